@@ -1,0 +1,1536 @@
+# cython: language_level=3
+"""The pager core: userspace virtual memory over fixed-size blocks of a BigFile.
+
+Invariants (all under ``g_lock`` unless said otherwise)
+-------------------------------------------------------
+* Every open file handle (BigFileH) owns one *region*: an anonymous address range
+  reserved PROT_NONE, 2 MiB aligned, big enough that the file can grow in place.
+  Block ``blk`` of a handle lives at ``base + blk*blksize`` and nowhere else, so all
+  windows (VMA objects, ndarray views) of one handle share memory.
+* A block has at most one ``Page``.  Its state is LOADING (a thread is filling a
+  private staging mapping), LOADED (mapped at its address) or SPILLED (dirty data
+  parked in the scratch file to respect the budget).  No Page means "not in RAM".
+* A LOADED page's protection says what the next access costs: PROT_NONE after the
+  CLOCK hand demoted it (one soft fault marks it referenced again), PROT_READ when
+  clean (or dirty while being written out), PROT_READ|PROT_WRITE when dirty.
+* Blocks appear at their address only complete: they are loaded into a staging
+  mapping and moved into place with one ``mremap(MREMAP_FIXED)``, so no thread can
+  observe a half-loaded block.
+* ``g_resident + g_pool_bytes`` stays within ``g_budget`` except when everything
+  resident is pinned or loading; then the overshoot is counted in the stats.
+
+Lock order: the GIL before ``g_lock``, everywhere.  Python code is never run while
+``g_lock`` is held: a Python callback could fault on mapped memory and re-enter.
+A fault that happens while this thread holds ``g_lock`` is a bug of the pager and
+is passed on to the previous handler (it crashes with a traceback, never hangs).
+"""
+
+from libc.stdint cimport uintptr_t, int64_t, uint64_t
+from libc.stdlib cimport malloc, calloc, realloc, free, qsort, abort
+from libc.string cimport memset, memcpy
+from libc.stdio cimport fprintf, stderr, fflush
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
+from cpython.exc cimport PyErr_Fetch, PyErr_Restore
+from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+from .posix cimport *
+
+import os as _os
+import sys as _sys
+import time as _time
+import traceback as _traceback
+
+cdef extern from "Python.h":
+    ctypedef struct PyThreadState:
+        pass
+    int PyGILState_Check() nogil
+    PyThreadState* PyEval_SaveThread() nogil
+    void PyEval_RestoreThread(PyThreadState*) nogil
+    void PyErr_SetInterrupt()
+
+
+# ----------------------------------------------------------------------------
+# constants
+
+WRITEOUT_STORE = 1
+WRITEOUT_MARKSTORED = 2
+
+cdef enum:
+    PG_LOADING = 1
+    PG_LOADED = 2
+    PG_SPILLED = 3
+
+cdef enum:
+    PROT_RO = 1          # PROT_READ
+    PROT_RW = 3          # PROT_READ | PROT_WRITE
+
+# error codes of pager_access (>0: errno of a syscall)
+cdef enum:
+    E_PYTHON = -1        # loadblk raised; exception stored by the caller's request
+    E_CLOSED = -2        # the handle was closed while we waited
+    E_RECURSE = -3       # loadblk touched the block it is loading
+    E_FORKED = -4        # Python loadblk in a forked child
+    E_BUFKEPT = -5       # loadblk kept a reference to its buffer
+
+cdef size_t HUGE = 2 * 1024 * 1024
+cdef int POOLMAX = 2
+cdef size_t OSPAGE = 4096
+
+# ----------------------------------------------------------------------------
+# data structures
+
+cdef struct Region
+cdef struct Page
+
+cdef struct Page:
+    Region* region
+    int64_t blk
+    int state
+    int dirty
+    int prot
+    int referenced
+    int pin
+    int writing          # being written out; a write fault clears it
+    int64_t spill        # byte offset in the scratch file, or -1
+    pthread_t loader     # thread filling it while LOADING
+    Page* prev           # CLOCK ring (LOADED pages only)
+    Page* next
+    Page* rprev          # all pages of the region
+    Page* rnext
+
+cdef struct Region:
+    char* base
+    size_t size
+    size_t blksize
+    int64_t nblk
+    Page** pages
+    Page* plist          # head of the region's page list
+    PyObject* bigfile    # strong reference, dropped when the region is freed
+    PyObject* fileh      # borrowed: for diagnostics only, valid while not closed
+    int direct_fd        # >= 0: blocks are pread() from this fd without the GIL
+    int64_t direct_off
+    int64_t npages
+    int64_t ndirty       # dirty pages, resident or spilled
+    int busy             # faults in progress
+    int closed
+    int advice
+
+cdef pthread_mutex_t g_lock
+cdef pthread_cond_t g_cond
+cdef Region** g_regions = NULL
+cdef int g_nregions = 0
+cdef int g_capregions = 0
+cdef Page* g_hand = NULL
+cdef int64_t g_nclock = 0
+cdef size_t g_budget = 1024 * 1024 * 1024
+cdef size_t g_resident = 0
+cdef size_t g_dirty = 0
+cdef size_t g_spilled = 0
+cdef size_t g_pool_bytes = 0
+cdef char* g_pool[4]
+cdef size_t g_pool_size[4]
+cdef int g_npool = 0
+cdef int g_forked = 0
+cdef int g_overshoot_warned = 0
+cdef int g_recycle = 1
+
+# statistics (counts)
+cdef uint64_t st_faults = 0, st_soft = 0, st_loads = 0, st_evictions = 0
+cdef uint64_t st_writeouts = 0, st_spills = 0, st_unspills = 0, st_overshoots = 0
+cdef uint64_t st_load_errors = 0, st_demotions = 0
+cdef size_t st_peak_resident = 0
+
+# scratch file for spilled dirty pages
+cdef int g_scratch_fd = -1
+cdef int64_t g_scratch_end = 0
+cdef int64_t* g_scratch_free = NULL     # free offsets (all slots of one size class)
+cdef size_t* g_scratch_free_sz = NULL
+cdef int g_nscratch_free = 0
+cdef int g_capscratch_free = 0
+cdef bytes g_scratch_dir = b"/tmp"
+
+# ----------------------------------------------------------------------------
+# locking
+
+cdef inline void lock() noexcept nogil:
+    pthread_mutex_lock(&g_lock)
+    wcy_lockdepth_add(1)
+
+cdef inline void unlock() noexcept nogil:
+    wcy_lockdepth_add(-1)
+    pthread_mutex_unlock(&g_lock)
+
+cdef void wait_change() noexcept nogil:
+    """Wait for any page state change.  Called and returns with g_lock held.
+    If this thread holds the GIL it is released meanwhile (the loader may need it);
+    it is retaken *before* g_lock to keep the lock order."""
+    cdef PyThreadState* ts
+    if PyGILState_Check():
+        unlock()
+        ts = PyEval_SaveThread()
+        lock()
+        pthread_cond_wait(&g_cond, &g_lock)
+        unlock()
+        PyEval_RestoreThread(ts)
+        lock()
+    else:
+        wcy_lockdepth_add(-1)
+        pthread_cond_wait(&g_cond, &g_lock)
+        wcy_lockdepth_add(1)
+
+cdef void atfork_prepare() noexcept nogil:
+    pthread_mutex_lock(&g_lock)
+
+cdef void atfork_parent() noexcept nogil:
+    pthread_mutex_unlock(&g_lock)
+
+cdef void atfork_child() noexcept nogil:
+    global g_forked
+    pthread_mutex_init(&g_lock, NULL)
+    pthread_cond_init(&g_cond, NULL)
+    g_forked = 1
+
+# ----------------------------------------------------------------------------
+# memory primitives (g_lock held or memory private to the caller)
+
+cdef inline char* blk_addr(Region* r, int64_t blk) noexcept nogil:
+    return r.base + <size_t>blk * r.blksize
+
+cdef char* map_aligned(size_t size, size_t align, int prot) noexcept nogil:
+    """Fresh anonymous mapping of `size` bytes aligned to `align`."""
+    cdef char* p = <char*>mmap(NULL, size + align, prot,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    cdef uintptr_t a
+    cdef size_t head
+    if <void*>p == MAP_FAILED:
+        return NULL
+    a = (<uintptr_t>p + align - 1) & ~(<uintptr_t>align - 1)
+    head = a - <uintptr_t>p
+    if head:
+        munmap(p, head)
+    if align - head:
+        munmap(<char*>a + size, align - head)
+    return <char*>a
+
+cdef inline size_t align_for(size_t blksize) noexcept nogil:
+    return HUGE if blksize % HUGE == 0 else OSPAGE
+
+cdef int reset_slot(char* addr, size_t size) noexcept nogil:
+    """Drop the memory at addr and make it PROT_NONE again, as a fresh mapping
+    (so the kernel can merge it back into the surrounding reservation: the VMA
+    count stays bounded by the number of resident blocks)."""
+    if mmap(addr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
+            -1, 0) == MAP_FAILED:
+        # cannot happen short of ENOMEM at vm.max_map_count; keep the promise
+        # "no access" with the calls that do not need a new VMA
+        madvise(addr, size, MADV_DONTNEED)
+        if mprotect(addr, size, PROT_NONE) != 0:
+            return errno
+    return 0
+
+cdef char* pool_take(size_t size) noexcept nogil:
+    global g_npool, g_pool_bytes
+    cdef int i
+    cdef char* p
+    for i in range(g_npool):
+        if g_pool_size[i] == size:
+            p = g_pool[i]
+            g_npool -= 1
+            g_pool[i] = g_pool[g_npool]
+            g_pool_size[i] = g_pool_size[g_npool]
+            g_pool_bytes -= size
+            return p
+    return NULL
+
+cdef void pool_drain() noexcept nogil:
+    global g_npool, g_pool_bytes
+    while g_npool > 0:
+        g_npool -= 1
+        munmap(g_pool[g_npool], g_pool_size[g_npool])
+        g_pool_bytes -= g_pool_size[g_npool]
+
+cdef int page_unmap(Page* p) noexcept nogil:
+    """Take a LOADED page's memory away from its address; recycle it into the
+    staging pool when there is room (saves zeroing a fresh block on next load)."""
+    global g_npool, g_pool_bytes
+    cdef Region* r = p.region
+    cdef char* addr = blk_addr(r, p.blk)
+    cdef size_t bs = r.blksize
+    cdef char* slot
+    if g_recycle and g_npool < POOLMAX:
+        slot = map_aligned(bs, align_for(bs), PROT_NONE)
+        if slot != NULL:
+            if mremap(addr, bs, bs, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
+                      slot) == MAP_FAILED:
+                munmap(slot, bs)
+            else:
+                g_pool[g_npool] = slot
+                g_pool_size[g_npool] = bs
+                g_npool += 1
+                g_pool_bytes += bs
+    return reset_slot(addr, bs)
+
+# ---------------------------------------------------------------- CLOCK ring
+
+cdef void clock_add(Page* p) noexcept nogil:
+    global g_hand, g_nclock
+    if g_hand == NULL:
+        p.prev = p
+        p.next = p
+        g_hand = p
+    else:          # just behind the hand: visited last
+        p.next = g_hand
+        p.prev = g_hand.prev
+        g_hand.prev.next = p
+        g_hand.prev = p
+    g_nclock += 1
+
+cdef void clock_del(Page* p) noexcept nogil:
+    global g_hand, g_nclock
+    if p.next == p:
+        g_hand = NULL
+    else:
+        if g_hand == p:
+            g_hand = p.next
+        p.prev.next = p.next
+        p.next.prev = p.prev
+    p.prev = NULL
+    p.next = NULL
+    g_nclock -= 1
+
+# ------------------------------------------------------------------ pages
+
+cdef Page* page_new(Region* r, int64_t blk) noexcept nogil:
+    cdef Page* p = <Page*>calloc(1, sizeof(Page))
+    if p == NULL:
+        return NULL
+    p.region = r
+    p.blk = blk
+    p.spill = -1
+    p.rnext = r.plist
+    if r.plist != NULL:
+        r.plist.rprev = p
+    r.plist = p
+    r.pages[blk] = p
+    r.npages += 1
+    return p
+
+cdef void page_free(Page* p) noexcept nogil:
+    cdef Region* r = p.region
+    if p.rprev != NULL:
+        p.rprev.rnext = p.rnext
+    else:
+        r.plist = p.rnext
+    if p.rnext != NULL:
+        p.rnext.rprev = p.rprev
+    r.pages[p.blk] = NULL
+    r.npages -= 1
+    free(p)
+
+cdef void page_drop(Page* p) noexcept nogil:
+    """Forget a LOADED or SPILLED page entirely (its data is lost)."""
+    global g_resident, g_dirty, g_spilled, st_evictions
+    cdef Region* r = p.region
+    if p.state == PG_LOADED:
+        clock_del(p)
+        page_unmap(p)
+        g_resident -= r.blksize
+        if p.dirty:
+            g_dirty -= r.blksize
+        st_evictions += 1
+    elif p.state == PG_SPILLED:
+        scratch_release(p.spill, r.blksize)
+        g_spilled -= r.blksize
+    if p.dirty:
+        r.ndirty -= 1
+    page_free(p)
+
+cdef int set_prot(Page* p, int prot) noexcept nogil:
+    if p.prot != prot:
+        if mprotect(blk_addr(p.region, p.blk), p.region.blksize, prot) != 0:
+            return errno
+        p.prot = prot
+    return 0
+
+# ----------------------------------------------------------------- scratch
+
+cdef int scratch_open() noexcept nogil:
+    global g_scratch_fd
+    cdef const char* d
+    if g_scratch_fd >= 0:
+        return 0
+    with gil:
+        d = g_scratch_dir
+        g_scratch_fd = open(d, O_RDWR | O_TMPFILE | O_EXCL | O_CLOEXEC, 0o600)
+    return 0 if g_scratch_fd >= 0 else -1
+
+cdef int64_t scratch_alloc(size_t size) noexcept nogil:
+    global g_scratch_end, g_nscratch_free
+    cdef int i
+    cdef int64_t off
+    for i in range(g_nscratch_free):
+        if g_scratch_free_sz[i] == size:
+            off = g_scratch_free[i]
+            g_nscratch_free -= 1
+            g_scratch_free[i] = g_scratch_free[g_nscratch_free]
+            g_scratch_free_sz[i] = g_scratch_free_sz[g_nscratch_free]
+            return off
+    off = g_scratch_end
+    g_scratch_end += size
+    return off
+
+cdef void scratch_release(int64_t off, size_t size) noexcept nogil:
+    global g_nscratch_free, g_capscratch_free, g_scratch_free, g_scratch_free_sz
+    cdef int64_t* nf
+    cdef size_t* nsz
+    if off < 0:
+        return
+    if g_nscratch_free == g_capscratch_free:
+        nf = <int64_t*>realloc(g_scratch_free, (g_capscratch_free * 2 + 16) * sizeof(int64_t))
+        if nf == NULL:
+            return            # leak the slot: harmless
+        g_scratch_free = nf
+        nsz = <size_t*>realloc(g_scratch_free_sz, (g_capscratch_free * 2 + 16) * sizeof(size_t))
+        if nsz == NULL:
+            return
+        g_scratch_free_sz = nsz
+        g_capscratch_free = g_capscratch_free * 2 + 16
+    g_scratch_free[g_nscratch_free] = off
+    g_scratch_free_sz[g_nscratch_free] = size
+    g_nscratch_free += 1
+
+cdef int rw_full(int fd, char* buf, size_t size, int64_t off, int write) noexcept nogil:
+    """pread/pwrite the whole range; 0 or errno.  A short read zero-fills (holes)."""
+    cdef ssize_t n
+    cdef size_t done = 0
+    while done < size:
+        if write:
+            n = pwrite(fd, buf + done, size - done, off + done)
+        else:
+            n = pread(fd, buf + done, size - done, off + done)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if n == 0:
+            if write:
+                return EIO_()
+            memset(buf + done, 0, size - done)
+            return 0
+        done += n
+    return 0
+
+cdef inline int EIO_() noexcept nogil:
+    return 5
+
+cdef int page_spill(Page* p) noexcept nogil:
+    """Park a dirty LOADED page in the scratch file (g_lock held).  Writers fault
+    on it (we make it read-only first) and wait for us on g_lock."""
+    global g_resident, g_dirty, g_spilled, st_spills
+    cdef Region* r = p.region
+    cdef int64_t off
+    if scratch_open() != 0:
+        return -1
+    if set_prot(p, PROT_RO) != 0:
+        return -1
+    off = scratch_alloc(r.blksize)
+    if rw_full(g_scratch_fd, blk_addr(r, p.blk), r.blksize, off, 1) != 0:
+        scratch_release(off, r.blksize)
+        return -1
+    clock_del(p)
+    page_unmap(p)
+    p.state = PG_SPILLED
+    p.prot = PROT_NONE
+    p.spill = off
+    g_resident -= r.blksize
+    g_dirty -= r.blksize
+    g_spilled += r.blksize
+    st_spills += 1
+    return 0
+
+# ----------------------------------------------------------------- reclaim
+
+cdef inline size_t pressure(size_t need) noexcept nogil:
+    return g_resident + g_pool_bytes + need
+
+cdef void reclaim(size_t need, size_t bs) noexcept nogil:
+    """Make room for `need` more bytes (a block of size bs when need > 0): CLOCK
+    over LOADED pages.  A referenced page is demoted to PROT_NONE (its next touch
+    costs one soft fault and marks it referenced again); an unreferenced clean page
+    is evicted; dirty pages are spilled only when clean ones do not suffice."""
+    global g_hand, st_evictions, st_demotions, g_resident, st_overshoots, g_overshoot_warned
+    cdef int pass_
+    cdef int64_t scanned, limit
+    cdef Page* p
+    cdef size_t eff
+    for pass_ in range(2):
+        scanned = 0
+        limit = 2 * g_nclock + 2
+        while g_hand != NULL and scanned < limit:
+            eff = need
+            if need and g_npool > 0:
+                for i in range(g_npool):
+                    if g_pool_size[i] == bs:
+                        eff = 0
+                        break
+            if pressure(eff) <= g_budget:
+                return
+            p = g_hand
+            g_hand = p.next
+            scanned += 1
+            if p.pin:
+                continue
+            if p.referenced:
+                p.referenced = 0
+                if set_prot(p, PROT_NONE) == 0:
+                    st_demotions += 1
+                continue
+            if p.dirty:
+                if pass_ == 1:
+                    page_spill(p)
+                continue
+            clock_del(p)
+            page_unmap(p)
+            g_resident -= p.region.blksize
+            st_evictions += 1
+            page_free(p)
+    if need == 0 or pressure(need) > g_budget:
+        pool_drain()
+    if pressure(need) > g_budget and need:
+        st_overshoots += 1
+
+# ---------------------------------------------------------------- regions
+
+cdef Region* region_find(uintptr_t addr) noexcept nogil:
+    cdef int lo = 0, hi = g_nregions - 1, mid
+    cdef Region* r
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        r = g_regions[mid]
+        if addr < <uintptr_t>r.base:
+            hi = mid - 1
+        elif addr >= <uintptr_t>r.base + r.size:
+            lo = mid + 1
+        else:
+            return r
+    return NULL
+
+cdef int region_insert(Region* r) noexcept nogil:
+    global g_regions, g_capregions, g_nregions
+    cdef Region** nr
+    cdef int i
+    if g_nregions == g_capregions:
+        nr = <Region**>realloc(g_regions, (g_capregions * 2 + 8) * sizeof(Region*))
+        if nr == NULL:
+            return -1
+        g_regions = nr
+        g_capregions = g_capregions * 2 + 8
+    i = g_nregions
+    while i > 0 and <uintptr_t>g_regions[i - 1].base > <uintptr_t>r.base:
+        g_regions[i] = g_regions[i - 1]
+        i -= 1
+    g_regions[i] = r
+    g_nregions += 1
+    return 0
+
+cdef void region_remove(Region* r) noexcept nogil:
+    global g_nregions
+    cdef int i, j
+    for i in range(g_nregions):
+        if g_regions[i] == r:
+            for j in range(i, g_nregions - 1):
+                g_regions[j] = g_regions[j + 1]
+            g_nregions -= 1
+            return
+
+# ------------------------------------------------------------ loading
+
+cdef char* acquire_slot(size_t bs) noexcept nogil:
+    """A writable staging buffer for one block, counted as resident (g_lock held)."""
+    global g_resident, st_peak_resident
+    cdef char* slot
+    reclaim(bs, bs)
+    slot = pool_take(bs)
+    if slot != NULL:
+        if mprotect(slot, bs, PROT_RW) != 0:
+            munmap(slot, bs)
+            slot = NULL
+    if slot == NULL:
+        slot = map_aligned(bs, align_for(bs), PROT_RW)
+        if slot == NULL:
+            return NULL
+        if bs % HUGE == 0:
+            madvise(slot, bs, MADV_HUGEPAGE)
+    g_resident += bs
+    if g_resident > st_peak_resident:
+        st_peak_resident = g_resident
+    return slot
+
+cdef void release_slot(char* slot, size_t bs) noexcept nogil:
+    global g_resident
+    munmap(slot, bs)
+    g_resident -= bs
+
+cdef int place(Region* r, Page* p, char* slot, int prot) noexcept nogil:
+    """Move a filled staging buffer to its block address, atomically (g_lock held)."""
+    cdef char* addr = blk_addr(r, p.blk)
+    if mprotect(slot, r.blksize, prot) != 0:
+        return errno
+    if mremap(slot, r.blksize, r.blksize, MREMAP_MAYMOVE | MREMAP_FIXED, addr) == MAP_FAILED:
+        if errno != ENOMEM:
+            return errno
+        # likely vm.max_map_count: give memory (and VMAs) back, then once more
+        reclaim(<size_t>(g_budget // 2) + 1, r.blksize)
+        if mremap(slot, r.blksize, r.blksize, MREMAP_MAYMOVE | MREMAP_FIXED, addr) == MAP_FAILED:
+            return errno
+    p.prot = prot
+    return 0
+
+
+cdef class _Buf:
+    """Exports raw memory as a buffer for the duration of one callback."""
+    cdef char* ptr
+    cdef Py_ssize_t size
+    cdef int readonly
+    cdef int exports
+
+    def __getbuffer__(self, Py_buffer* buf, int flags):
+        PyBuffer_FillInfo(buf, self, self.ptr, self.size, self.readonly, flags)
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer* buf):
+        self.exports -= 1
+
+
+cdef _Buf mkbuf(char* ptr, size_t size, int readonly):
+    cdef _Buf b = _Buf.__new__(_Buf)
+    b.ptr = ptr
+    b.size = size
+    b.readonly = readonly
+    return b
+
+
+# exceptions retried when loadblk raises them inside a page fault (where they
+# cannot be propagated); settable by storage bindings (e.g. ZEO disconnects)
+TRANSIENT_ERRORS = (InterruptedError, BlockingIOError, TimeoutError, ConnectionError)
+LOAD_RETRIES = 3
+LOAD_RETRY_DELAY = 0.05
+
+
+def _call_loadblk(bigfile, blk, _Buf buf, int entry):
+    """Run bigfile.loadblk(blk, memoryview); retry transient errors (in a fault only:
+    at an entry point the caller gets the exception and decides)."""
+    cdef int attempt = 0
+    cdef object interrupted = None
+    mv = memoryview(buf)
+    try:
+        while True:
+            try:
+                bigfile.loadblk(blk, mv)
+                break
+            except KeyboardInterrupt:
+                if entry:
+                    raise
+                interrupted = True          # re-delivered once the fault is over
+            except TRANSIENT_ERRORS:
+                attempt += 1
+                if entry or attempt > LOAD_RETRIES:
+                    raise
+                _time.sleep(LOAD_RETRY_DELAY * (4 ** (attempt - 1)))
+    finally:
+        try:
+            mv.release()
+        except BufferError:
+            pass
+        if interrupted:
+            PyErr_SetInterrupt()
+    if buf.exports:
+        raise BufferError("loadblk kept a reference to its buffer (blk %d)" % blk)
+
+
+cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
+                    PyObject** exc) noexcept with gil:
+    cdef PyObject *et
+    cdef PyObject *ev
+    cdef PyObject *etb
+    cdef int rc = 0
+    cdef _Buf buf = mkbuf(slot, r.blksize, 0)
+    PyErr_Fetch(&et, &ev, &etb)
+    try:
+        _call_loadblk(<object>r.bigfile, blk, buf, entry)
+    except BaseException as e:
+        rc = E_BUFKEPT if buf.exports else E_PYTHON
+        if entry and exc != NULL:
+            Py_INCREF(e)
+            exc[0] = <PyObject*>e
+        else:
+            _report_fault_error(<object>r.bigfile, blk, e)
+    PyErr_Restore(et, ev, etb)
+    return rc
+
+
+def _report_fault_error(bigfile, blk, exc):
+    try:
+        _sys.stderr.write(
+            "wendelin_cy: FATAL: loading block %d of %r failed inside a page fault;\n"
+            "the access cannot be completed and the exception cannot be raised through\n"
+            "the code that touched the memory, so the process ends with SIGBUS\n"
+            "(as the kernel does for an I/O error on mmap).  The error was:\n" % (blk, bigfile))
+        _traceback.print_exception(type(exc), exc, exc.__traceback__, file=_sys.stderr)
+        _sys.stderr.flush()
+    except BaseException:
+        pass
+
+
+cdef int pager_access(Region* r, int64_t blk, int write, int entry,
+                      PyObject** exc) noexcept nogil:
+    """Make block `blk` of region `r` accessible (for writing if write == 1;
+    write == -1: unknown access kind, inferred from the page's protection).
+    Called from the fault handler (entry=0) or from a Python entry point (entry=1,
+    with or without the GIL).  Returns 0 or an error code (see E_*, or errno)."""
+    global st_faults, st_soft, st_loads, g_dirty, g_spilled, st_unspills, st_load_errors
+    global g_resident, st_peak_resident
+    cdef Page* p
+    cdef char* slot
+    cdef int rc, spilled, prot
+    cdef size_t bs = r.blksize
+    lock()
+    if not entry:
+        st_faults += 1
+    while True:
+        if r.closed:
+            unlock()
+            return E_CLOSED
+        if blk >= r.nblk:
+            unlock()
+            return EINVAL
+        p = r.pages[blk]
+        if p == NULL or p.state == PG_SPILLED:
+            break
+        if p.state == PG_LOADING:
+            if p.loader == pthread_self():
+                unlock()
+                return E_RECURSE
+            wait_change()
+            continue
+        # LOADED: upgrade or restore protection
+        if write < 0:
+            write = 1 if p.prot != PROT_NONE else 0
+        if write:
+            if not p.dirty:
+                p.dirty = 1
+                r.ndirty += 1
+                g_dirty += bs
+            p.writing = 0
+            prot = PROT_RW
+        elif p.dirty and not p.writing:
+            prot = PROT_RW
+        else:
+            prot = PROT_RO
+        if p.prot == PROT_RW:
+            prot = PROT_RW
+        rc = set_prot(p, prot)
+        p.referenced = 1
+        if not entry:
+            st_soft += 1
+        unlock()
+        return rc
+
+    # -- load: this thread becomes the loader of the block
+    if g_forked and r.direct_fd < 0 and p == NULL:
+        unlock()
+        return E_FORKED
+    spilled = p != NULL
+    if p == NULL:
+        p = page_new(r, blk)
+        if p == NULL:
+            unlock()
+            return ENOMEM
+    p.state = PG_LOADING
+    p.loader = pthread_self()
+    slot = acquire_slot(bs)
+    if slot == NULL:
+        rc = errno if errno else ENOMEM
+        if spilled:
+            p.state = PG_SPILLED
+        else:
+            page_free(p)
+        pthread_cond_broadcast(&g_cond)
+        unlock()
+        return rc
+    unlock()
+
+    if spilled:
+        rc = rw_full(g_scratch_fd, slot, bs, p.spill, 0)
+    elif r.direct_fd >= 0:
+        rc = rw_full(r.direct_fd, slot, bs, r.direct_off + <int64_t>(blk * bs), 0)
+    else:
+        rc = py_loadblk(r, blk, slot, entry, exc)
+
+    lock()
+    if rc == 0 and r.closed:
+        rc = E_CLOSED
+    if rc == 0:
+        if spilled:
+            prot = PROT_RW if (write > 0 or not p.writing) else PROT_RO
+            if write > 0:
+                p.writing = 0
+        else:
+            prot = PROT_RW if write > 0 else PROT_RO
+        rc = place(r, p, slot, prot)
+    if rc != 0:
+        if rc == E_BUFKEPT:
+            g_resident -= bs          # somebody holds it: leak, never unmap
+        else:
+            release_slot(slot, bs)
+        if spilled and not r.closed:
+            p.state = PG_SPILLED
+        else:
+            if spilled:
+                scratch_release(p.spill, bs)
+                g_spilled -= bs
+                r.ndirty -= 1
+            page_free(p)
+        st_load_errors += 1
+        pthread_cond_broadcast(&g_cond)
+        unlock()
+        return rc
+    if spilled:
+        scratch_release(p.spill, bs)
+        p.spill = -1
+        g_spilled -= bs
+        g_dirty += bs
+        st_unspills += 1
+    elif write > 0:
+        p.dirty = 1
+        r.ndirty += 1
+        g_dirty += bs
+    p.state = PG_LOADED
+    p.referenced = 1
+    clock_add(p)
+    st_loads += 1
+    pthread_cond_broadcast(&g_cond)
+    unlock()
+    return 0
+
+# ------------------------------------------------------------ the fault handler
+
+cdef sigaction_t g_prev_segv
+cdef int g_installed = 0
+
+cdef void chain(int sig, siginfo_t* si, void* uc, uintptr_t addr) noexcept nogil:
+    """Not our fault: hand it to whoever was installed before us (faulthandler)."""
+    cdef sigaction_t dfl
+    if si.si_code > 0 and wcy_chain_again(addr) == 1 and not wcy_handler_is_default(&g_prev_segv):
+        wcy_call_handler(&g_prev_segv, sig, si, uc)
+        return
+    # default action: the access faults again (or the signal is re-raised) and
+    # the kernel ends the process with SIGSEGV, as without us
+    memset(&dfl, 0, sizeof(dfl))
+    dfl.sa_handler = SIG_DFL
+    sigaction_(SIGSEGV, &dfl, NULL)
+    if si.si_code <= 0:
+        raise_(sig)
+
+cdef void fatal_fault(Region* r, int64_t blk, uintptr_t addr, int rc) noexcept nogil:
+    cdef sigaction_t dfl
+    if rc == E_FORKED:
+        fprintf(stderr, b"wendelin_cy: FATAL: block %lld at %p is not in RAM and this is a "
+                b"forked child: its BigFile must be reopened in the child (e.g. dbopen() "
+                b"again) before its data can be loaded.\n", <long long>blk, <void*>addr)
+    elif rc == E_RECURSE:
+        fprintf(stderr, b"wendelin_cy: FATAL: loadblk of block %lld touched the block it is "
+                b"loading (address %p)\n", <long long>blk, <void*>addr)
+    elif rc > 0:
+        fprintf(stderr, b"wendelin_cy: FATAL: cannot load block %lld at %p: %s\n",
+                <long long>blk, <void*>addr, strerror(rc))
+    elif rc == E_CLOSED:
+        fprintf(stderr, b"wendelin_cy: FATAL: access at %p to a file handle that was closed\n",
+                <void*>addr)
+    fflush(stderr)
+    memset(&dfl, 0, sizeof(dfl))
+    dfl.sa_handler = SIG_DFL
+    pthread_kill(pthread_self(), SIGBUS)
+    sigaction_(SIGBUS, &dfl, NULL)
+    raise_(SIGBUS)
+    abort()
+
+cdef void on_sigsegv(int sig, siginfo_t* si, void* uc) noexcept nogil:
+    cdef int saved = errno
+    cdef uintptr_t addr = <uintptr_t>si.si_addr
+    cdef Region* r = NULL
+    cdef int rc
+    cdef int64_t blk
+    if si.si_code > 0 and wcy_lockdepth() == 0:
+        lock()
+        r = region_find(addr)
+        if r != NULL:
+            r.busy += 1
+        unlock()
+    if r == NULL:
+        chain(sig, si, uc, addr)
+        wcy_set_errno(saved)
+        return
+    if wcy_fault_again(addr) > 100000:
+        # the same access keeps faulting although we granted it: not ours to fix
+        lock()
+        r.busy -= 1
+        unlock()
+        chain(sig, si, uc, addr)
+        return
+    blk = <int64_t>((addr - <uintptr_t>r.base) // r.blksize)
+    rc = pager_access(r, blk, wcy_fault_is_write(uc), 0, NULL)
+    lock()
+    r.busy -= 1
+    unlock()
+    if rc != 0:
+        fatal_fault(r, blk, addr, rc)
+    wcy_set_errno(saved)
+
+cdef void install_handler() noexcept nogil:
+    """Install (or re-assert) our SIGSEGV handler on top of the current one."""
+    global g_installed
+    cdef sigaction_t cur, act
+    sigaction_(SIGSEGV, NULL, &cur)
+    if g_installed and wcy_handler_ptr(&cur) == <void*>on_sigsegv:
+        return
+    memset(&act, 0, sizeof(act))
+    wcy_set_siginfo_handler(&act, on_sigsegv)
+    act.sa_flags = SA_SIGINFO | SA_NODEFER
+    sigemptyset(&act.sa_mask)
+    if sigaction_(SIGSEGV, &act, &g_prev_segv) == 0:
+        g_installed = 1
+
+def _ensure_handler():
+    """Re-assert the pager's SIGSEGV handler (e.g. after faulthandler.enable()
+    installed its own on top): ours runs first, and passes on what is not ours."""
+    install_handler()
+
+# ----------------------------------------------------------------- Python API
+
+def _raise_rc(int rc, blk, fileh):
+    if rc == E_CLOSED:
+        raise ValueError("file handle is closed")
+    if rc == E_FORKED:
+        raise RuntimeError("block %d of %r is not in RAM in this forked child; reopen the "
+                           "file (or database) in the child" % (blk, fileh))
+    if rc == E_RECURSE:
+        raise RuntimeError("loadblk of block %d touched the block it is loading" % blk)
+    if rc == E_BUFKEPT:
+        raise BufferError("loadblk kept a reference to its buffer (block %d)" % blk)
+    if rc == ENOMEM:
+        raise MemoryError("cannot map block %d of %r: out of memory or of kernel "
+                          "mappings (vm.max_map_count)" % (blk, fileh))
+    raise OSError(rc, "cannot load block %d of %r: %s" % (blk, fileh, _os.strerror(rc)))
+
+
+cdef class BigFile:
+    """A file of fixed-size blocks, served to the pager.
+
+    Subclass it and define ``loadblk(blk, buf)`` (fill the writable memoryview
+    ``buf`` of ``blksize`` bytes completely; zeros for holes) and
+    ``storeblk(blk, buf)`` (persist the read-only memoryview ``buf``).  loadblk may
+    run inside a page fault, in any thread, with the GIL taken for it: it must not
+    touch the block it is loading, and must not keep ``buf``.
+    """
+    cdef readonly size_t blksize
+    cdef int _direct_fd
+    cdef int64_t _direct_off
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kw):
+        self._direct_fd = -1
+
+    def __init__(self, blksize):
+        self._set_blksize(blksize)
+
+    def _set_blksize(self, blksize):
+        if isinstance(blksize, bool) or not isinstance(blksize, int):
+            raise TypeError("blksize must be an int, not %s" % type(blksize).__name__)
+        if blksize <= 0 or blksize % OSPAGE:
+            raise ValueError("blksize must be a positive multiple of the page size (%d), "
+                             "got %d" % (OSPAGE, blksize))
+        if blksize > (1 << 30):
+            raise ValueError("blksize must be at most 1 GiB, got %d" % blksize)
+        self.blksize = blksize
+
+    def _set_direct_fd(self, int fd, int64_t offset=0):
+        """Let the pager pread() blocks from fd itself, without the GIL (the lean
+        load path of local files).  fd must stay open while handles are open."""
+        self._direct_fd = fd
+        self._direct_off = offset
+
+    def loadblk(self, blk, buf):
+        raise NotImplementedError("%s.loadblk" % type(self).__name__)
+
+    def storeblk(self, blk, buf):
+        raise NotImplementedError("%s.storeblk" % type(self).__name__)
+
+    def fileh_open(self, reserve=None):
+        """Open a file handle: an address reservation the blocks are paged into."""
+        return BigFileH(self, reserve)
+
+
+DEFAULT_RESERVE = 64 << 30
+
+
+cdef class BigFileH:
+    """An open handle of a BigFile: blocks are paged into one address reservation."""
+    cdef Region* r
+    cdef readonly object bigfile
+    cdef readonly size_t blksize
+    cdef int nvma
+    cdef object __weakref__
+
+    def __cinit__(self, BigFile bigfile, reserve=None):
+        cdef size_t bs, size
+        cdef Region* r
+        cdef char* base
+        if bigfile.blksize == 0:
+            raise ValueError("%r: BigFile.__init__(blksize) was not called" % (bigfile,))
+        bs = bigfile.blksize
+        if reserve is None:
+            reserve = max(DEFAULT_RESERVE, bs * 64)
+        if reserve <= 0:
+            raise ValueError("reserve must be positive")
+        size = ((<size_t>reserve + bs - 1) // bs) * bs
+        size = ((size + HUGE - 1) // HUGE) * HUGE
+        size = (size // bs) * bs
+        if size == 0:
+            size = bs
+        install_handler()
+        base = map_aligned(size, HUGE, PROT_NONE)
+        if base == NULL:
+            raise MemoryError("cannot reserve %d bytes of address space" % size)
+        r = <Region*>calloc(1, sizeof(Region))
+        if r == NULL:
+            munmap(base, size)
+            raise MemoryError()
+        r.base = base
+        r.size = size
+        r.blksize = bs
+        r.nblk = size // bs
+        r.pages = <Page**>calloc(r.nblk, sizeof(Page*))
+        if r.pages == NULL:
+            munmap(base, size)
+            free(r)
+            raise MemoryError()
+        r.bigfile = <PyObject*>bigfile
+        Py_INCREF(bigfile)
+        r.fileh = <PyObject*>self
+        r.direct_fd = bigfile._direct_fd
+        r.direct_off = bigfile._direct_off
+        lock()
+        rc = region_insert(r)
+        unlock()
+        if rc != 0:
+            munmap(base, size)
+            free(r.pages)
+            Py_DECREF(bigfile)
+            free(r)
+            raise MemoryError()
+        self.r = r
+        self.bigfile = bigfile
+        self.blksize = bs
+
+    cdef Region* _region(self) except NULL:
+        if self.r == NULL:
+            raise ValueError("file handle is closed")
+        return self.r
+
+    cdef int _grow(self, int64_t nblk) except -1:
+        """Extend the reservation in place to hold nblk blocks."""
+        cdef Region* r = self.r
+        cdef size_t want = max(<size_t>nblk * r.blksize, r.size * 2)
+        cdef void* p
+        cdef Page** np_
+        want = ((want + HUGE - 1) // HUGE) * HUGE
+        want = (want // r.blksize) * r.blksize
+        p = mmap(r.base + r.size, want - r.size, PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0)
+        if p == MAP_FAILED or p != <void*>(r.base + r.size):
+            if p != MAP_FAILED:
+                munmap(p, want - r.size)
+            raise MemoryError(
+                "cannot grow the address reservation of %r from %d to %d bytes in place; "
+                "open the handle with a larger reserve= (fileh_open(reserve=...))"
+                % (self.bigfile, r.size, want))
+        np_ = <Page**>calloc(want // r.blksize, sizeof(Page*))
+        if np_ == NULL:
+            munmap(p, want - r.size)
+            raise MemoryError()
+        lock()
+        memcpy(np_, r.pages, r.nblk * sizeof(Page*))
+        free(r.pages)
+        r.pages = np_
+        r.size = want
+        r.nblk = want // r.blksize
+        unlock()
+        return 0
+
+    def mmap(self, pgoffset, pglen):
+        """Map blocks [pgoffset, pgoffset+pglen) -> VMA (a buffer, no copy)."""
+        cdef Region* r = self._region()
+        cdef VMA v
+        pgoffset = _index(pgoffset, "pgoffset")
+        pglen = _index(pglen, "pglen")
+        if pgoffset < 0 or pglen < 0:
+            raise ValueError("pgoffset and pglen must be >= 0")
+        if pgoffset + pglen > (1 << 40):
+            raise ValueError("mapping too large")
+        install_handler()
+        if pgoffset + pglen > r.nblk:
+            self._grow(pgoffset + pglen)
+        v = VMA.__new__(VMA)
+        v.fileh = self
+        v.pgoffset = pgoffset
+        v.pglen = pglen
+        v.addr = <uintptr_t>blk_addr(r, pgoffset)
+        v.size = pglen * r.blksize
+        self.nvma += 1
+        return v
+
+    @property
+    def closed(self):
+        return self.r == NULL
+
+    @property
+    def reserved(self):
+        return 0 if self.r == NULL else self.r.size
+
+    @property
+    def addr(self):
+        """Base address of the reservation (block 0)."""
+        return 0 if self.r == NULL else <uintptr_t>self.r.base
+
+    def isdirty(self):
+        cdef Region* r = self._region()
+        return r.ndirty > 0
+
+    def dirty_blocks(self):
+        """Sorted block numbers with changes not yet written out."""
+        cdef Region* r = self._region()
+        cdef Page* p
+        cdef int64_t n = 0, i = 0
+        cdef int64_t* a
+        lock()
+        p = r.plist
+        while p != NULL:
+            if p.dirty:
+                n += 1
+            p = p.rnext
+        a = <int64_t*>malloc((n + 1) * sizeof(int64_t))
+        if a != NULL:
+            p = r.plist
+            while p != NULL:
+                if p.dirty:
+                    a[i] = p.blk
+                    i += 1
+                p = p.rnext
+        unlock()
+        if a == NULL:
+            raise MemoryError()
+        out = sorted([a[j] for j in range(i)])
+        free(a)
+        return out
+
+    def resident_blocks(self):
+        """Sorted block numbers currently in RAM (LOADED)."""
+        cdef Region* r = self._region()
+        cdef Page* p
+        out = []
+        lock()
+        p = r.plist
+        cdef int64_t* a = <int64_t*>malloc((r.npages + 1) * sizeof(int64_t))
+        cdef int64_t i = 0
+        if a != NULL:
+            while p != NULL:
+                if p.state == PG_LOADED:
+                    a[i] = p.blk
+                    i += 1
+                p = p.rnext
+        unlock()
+        if a == NULL:
+            raise MemoryError()
+        out = sorted([a[j] for j in range(i)])
+        free(a)
+        return out
+
+    def dirty_writeout(self, int flags=WRITEOUT_STORE | WRITEOUT_MARKSTORED):
+        """STORE: bigfile.storeblk() every dirty block (in block order);
+        MARKSTORED: make them clean and write-protected again.  If storeblk raises,
+        nothing is marked stored and the exception propagates."""
+        global g_dirty, g_spilled, st_writeouts
+        cdef Region* r = self._region()
+        cdef Page* p
+        cdef Page** pv
+        cdef int64_t n = 0, i = 0
+        cdef size_t bs = r.blksize
+        cdef bytes tmp
+        cdef _Buf b
+        if flags & ~3 or flags == 0:
+            raise ValueError("invalid writeout flags %r" % flags)
+        lock()
+        p = r.plist
+        while p != NULL:
+            if p.dirty and p.state != PG_LOADING:
+                n += 1
+            p = p.rnext
+        pv = <Page**>malloc((n + 1) * sizeof(Page*))
+        if pv == NULL:
+            unlock()
+            raise MemoryError()
+        p = r.plist
+        while p != NULL:
+            if p.dirty and p.state != PG_LOADING:
+                pv[i] = p
+                i += 1
+                p.pin += 1
+                p.writing = 1
+                if p.state == PG_LOADED:
+                    set_prot(p, PROT_RO)      # a concurrent write faults, clears .writing
+            p = p.rnext
+        unlock()
+        qsort(pv, n, sizeof(Page*), cmp_page_blk)
+        try:
+            if flags & WRITEOUT_STORE:
+                tmp = None
+                for i in range(n):
+                    p = pv[i]
+                    lock()
+                    if p.state == PG_SPILLED:
+                        unlock()
+                        if tmp is None:
+                            tmp = PyBytes_FromStringAndSize(NULL, bs)
+                        lock()
+                        if p.state == PG_SPILLED:     # may have been reloaded meanwhile
+                            rc = rw_full(g_scratch_fd, PyBytes_AS_STRING(tmp), bs, p.spill, 0)
+                            unlock()
+                            if rc:
+                                raise OSError(rc, "reading scratch file: " + _os.strerror(rc))
+                            b = mkbuf(PyBytes_AS_STRING(tmp), bs, 1)
+                        else:
+                            unlock()
+                            b = mkbuf(blk_addr(r, p.blk), bs, 1)
+                    else:
+                        if p.prot == PROT_NONE:
+                            set_prot(p, PROT_RO)
+                        unlock()
+                        b = mkbuf(blk_addr(r, p.blk), bs, 1)
+                    mv = memoryview(b)
+                    try:
+                        self.bigfile.storeblk(p.blk, mv)
+                    finally:
+                        mv.release()
+        except BaseException:
+            lock()
+            for i in range(n):
+                pv[i].pin -= 1
+                pv[i].writing = 0
+            unlock()
+            free(pv)
+            raise
+        lock()
+        for i in range(n):
+            p = pv[i]
+            p.pin -= 1
+            if flags & WRITEOUT_MARKSTORED and p.writing:
+                if p.state == PG_LOADED:
+                    p.dirty = 0
+                    r.ndirty -= 1
+                    g_dirty -= bs
+                    set_prot(p, PROT_RO if p.prot != PROT_NONE else PROT_NONE)
+                elif p.state == PG_SPILLED:
+                    p.writing = 0
+                    p.dirty = 1          # page_drop accounts ndirty
+                    page_drop(p)
+                    st_writeouts += 1
+                    continue
+            elif p.state == PG_LOADED and p.writing and p.prot == PROT_RO:
+                set_prot(p, PROT_RW)     # still dirty: writable again
+            p.writing = 0
+            st_writeouts += 1
+        unlock()
+        free(pv)
+
+    def dirty_discard(self):
+        """Forget every change not written out: the next access reloads the block."""
+        cdef Region* r = self._region()
+        cdef Page* p
+        cdef Page* nx
+        lock()
+        while True:
+            p = r.plist
+            busy = False
+            while p != NULL:
+                nx = p.rnext
+                if p.dirty:
+                    if p.state == PG_LOADING or p.pin:
+                        busy = True
+                    else:
+                        page_drop(p)
+                p = nx
+            if not busy:
+                break
+            wait_change()
+        unlock()
+
+    def invalidate_page(self, pgoffset):
+        """Drop the in-RAM copy of block pgoffset (it changed in storage); the next
+        access reloads it.  A dirty block cannot be invalidated (RuntimeError)."""
+        cdef Region* r = self._region()
+        cdef Page* p
+        cdef int64_t blk = _index(pgoffset, "pgoffset")
+        if blk < 0:
+            raise ValueError("pgoffset must be >= 0")
+        if blk >= r.nblk:
+            return
+        lock()
+        while True:
+            p = r.pages[blk]
+            if p == NULL:
+                break
+            if p.state == PG_LOADING or p.pin:
+                wait_change()
+                continue
+            if p.dirty:
+                unlock()
+                raise RuntimeError("invalidate_page(%d): block has changes not written out"
+                                   % blk)
+            page_drop(p)
+            break
+        unlock()
+
+    def drop_clean(self, int64_t start=0, int64_t stop=-1):
+        """Evict the clean resident blocks in [start, stop) (madvise DONTNEED)."""
+        cdef Region* r = self._region()
+        cdef Page* p
+        cdef Page* nx
+        if stop < 0 or stop > r.nblk:
+            stop = r.nblk
+        lock()
+        p = r.plist
+        while p != NULL:
+            nx = p.rnext
+            if (p.state == PG_LOADED and not p.dirty and not p.pin
+                    and start <= p.blk < stop):
+                page_drop(p)
+            p = nx
+        unlock()
+
+    def prefault(self, int64_t start, int64_t stop, write=False):
+        """Make blocks [start, stop) resident (and dirty, writable with write=True),
+        calling loadblk directly: its exceptions propagate normally."""
+        cdef Region* r = self._region()
+        cdef PyObject* exc = NULL
+        cdef int rc
+        cdef int w = 1 if write else 0
+        cdef int64_t blk
+        if stop > r.nblk:
+            self._grow(stop)
+            r = self.r
+        for blk in range(start, stop):
+            rc = pager_access(r, blk, w, 1, &exc)
+            if rc != 0:
+                if exc != NULL:
+                    e = <object>exc
+                    Py_DECREF(e)
+                    raise e
+                _raise_rc(rc, blk, self)
+
+    def close(self):
+        """Release the handle: changes not written out are discarded."""
+        if self.r == NULL:
+            return
+        if self.nvma > 0:
+            raise RuntimeError("cannot close %r: %d mappings (views) are still alive"
+                               % (self, self.nvma))
+        self._close()
+
+    cdef void _close(self):
+        cdef Region* r = self.r
+        cdef Page* p
+        cdef Page* nx
+        if r == NULL:
+            return
+        self.r = NULL
+        lock()
+        r.closed = 1
+        while True:          # loaders finish (and see .closed) before we tear down
+            p = r.plist
+            busy = False
+            while p != NULL:
+                nx = p.rnext
+                if p.state == PG_LOADING or p.pin:
+                    busy = True
+                else:
+                    page_drop(p)
+                p = nx
+            if not busy:
+                break
+            wait_change()
+        region_remove(r)
+        unlock()
+        munmap(r.base, r.size)
+        free(r.pages)
+        Py_DECREF(<object>r.bigfile)
+        free(r)
+
+    def __dealloc__(self):
+        self._close()
+
+    def __repr__(self):
+        return "<BigFileH of %r%s>" % (self.bigfile, " (closed)" if self.r == NULL else "")
+
+
+cdef int cmp_page_blk(const void* a, const void* b) noexcept nogil:
+    cdef int64_t x = (<Page**>a)[0].blk
+    cdef int64_t y = (<Page**>b)[0].blk
+    return (x > y) - (x < y)
+
+
+cdef object _index(x, name):
+    try:
+        return x.__index__()
+    except AttributeError:
+        raise TypeError("%s must be an integer, not %s" % (name, type(x).__name__)) from None
+
+
+_ADVICE = {"normal": 0, "sequential": 1, "random": 2, "willneed": 3, "dontneed": 4}
+
+
+cdef class VMA:
+    """A window of blocks [pgoffset, pgoffset+pglen) of a file handle, exporting a
+    writable buffer.  The memory stays valid while the VMA (or any ndarray made
+    from it) is alive."""
+    cdef readonly BigFileH fileh
+    cdef readonly int64_t pgoffset
+    cdef readonly int64_t pglen
+    cdef uintptr_t addr
+    cdef size_t size
+    cdef object __weakref__
+
+    def __getbuffer__(self, Py_buffer* buf, int flags):
+        if self.fileh.r == NULL:
+            raise ValueError("file handle is closed")
+        PyBuffer_FillInfo(buf, self, <void*>self.addr, self.size, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer* buf):
+        pass
+
+    def __len__(self):
+        return self.size
+
+    @property
+    def addr_start(self):
+        return self.addr
+
+    @property
+    def addr_stop(self):
+        return self.addr + self.size
+
+    def filerange(self):
+        return (self.pgoffset, self.pglen)
+
+    def pagesize(self):
+        return self.fileh.blksize
+
+    cdef _blkrange(self, offset, length):
+        offset = _index(offset, "offset")
+        if length is None:
+            length = self.size - offset
+        length = _index(length, "length")
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError("range [%d, %d) outside the mapping of %d bytes"
+                             % (offset, offset + length, self.size))
+        bs = self.fileh.blksize
+        if length == 0:
+            return self.pgoffset, self.pgoffset
+        return (self.pgoffset + offset // bs,
+                self.pgoffset + (offset + length + bs - 1) // bs)
+
+    def prefault(self, offset=0, length=None, write=False):
+        """Make bytes [offset, offset+length) resident (dirty and writable with
+        write=True).  loadblk errors raise here as Python exceptions.  Use it before
+        handing mapped memory to a system call: the kernel does not fault pages in
+        for us, it returns EFAULT.  Ranges bigger than the RAM budget cannot all stay
+        resident: go in chunks."""
+        start, stop = self._blkrange(offset, length)
+        self.fileh.prefault(start, stop, write)
+
+    def madvise(self, advice, offset=0, length=None):
+        """'willneed' loads the range now; 'dontneed' drops its clean blocks;
+        'sequential', 'random', 'normal' steer the pager (readahead)."""
+        if advice not in _ADVICE:
+            raise ValueError("advice must be one of %s" % sorted(_ADVICE))
+        start, stop = self._blkrange(offset, length)
+        if advice == "willneed":
+            self.fileh.prefault(start, stop, False)
+        elif advice == "dontneed":
+            self.fileh.drop_clean(start, stop)
+        else:
+            (<BigFileH>self.fileh).r.advice = _ADVICE[advice]
+
+    def __dealloc__(self):
+        if self.fileh is not None:
+            self.fileh.nvma -= 1
+
+    def __repr__(self):
+        return "<VMA blocks [%d, %d) of %r>" % (self.pgoffset, self.pgoffset + self.pglen,
+                                                self.fileh)
+
+# ----------------------------------------------------------------- module API
+
+def set_budget(nbytes):
+    """Set the process-wide RAM budget (bytes) and reclaim down to it now."""
+    global g_budget
+    nbytes = _index(nbytes, "nbytes")
+    if nbytes <= 0:
+        raise ValueError("RAM budget must be positive, got %d" % nbytes)
+    lock()
+    g_budget = nbytes
+    reclaim(0, 0)
+    unlock()
+
+def get_budget():
+    return g_budget
+
+def set_recycle(flag):
+    """Recycle evicted block memory as staging buffers (default on)."""
+    global g_recycle
+    g_recycle = 1 if flag else 0
+
+def set_scratch_dir(path):
+    global g_scratch_dir
+    g_scratch_dir = _os.fsencode(path)
+
+def stats():
+    lock()
+    d = dict(budget=g_budget, resident=g_resident, dirty=g_dirty, spilled=g_spilled,
+             pool=g_pool_bytes, faults=st_faults, soft_faults=st_soft, loads=st_loads,
+             evictions=st_evictions, writeouts=st_writeouts, spills=st_spills,
+             unspills=st_unspills, demotions=st_demotions, overshoots=st_overshoots,
+             load_errors=st_load_errors, peak_resident=st_peak_resident,
+             regions=g_nregions)
+    unlock()
+    return d
+
+def reset_peak():
+    global st_peak_resident
+    lock()
+    st_peak_resident = g_resident
+    unlock()
+
+def _addr_in_pager(uintptr_t addr):
+    cdef Region* r
+    lock()
+    r = region_find(addr)
+    unlock()
+    return r != NULL
+
+
+pthread_mutex_init(&g_lock, NULL)
+pthread_cond_init(&g_cond, NULL)
+pthread_atfork(atfork_prepare, atfork_parent, atfork_child)
+install_handler()

@@ -1,0 +1,91 @@
+/* wcy.h: the few things of the pager core that Cython cannot say by itself.
+ *
+ * - per-thread state of the fault handler (C11 _Thread_local);
+ * - reading the fault's access kind (read/write) out of the ucontext, which is
+ *   architecture specific;
+ * - calling a saved previous signal handler through its function pointer.
+ *
+ * Everything here is async-signal-safe.
+ */
+#ifndef WENDELIN_CY_WCY_H
+#define WENDELIN_CY_WCY_H
+
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <ucontext.h>
+
+/* per-thread: depth of pager-lock ownership; a fault while > 0 is a bug in
+ * the pager itself and must not deadlock on the lock: it is chained instead. */
+static _Thread_local int wcy_tls_lockdepth = 0;
+/* per-thread: last address chained to the previous handler, and how many times
+ * in a row.  A previous handler that returns without fixing the fault would
+ * make the instruction fault forever; the second time we fall back to SIG_DFL. */
+static _Thread_local uintptr_t wcy_tls_chain_addr = 0;
+static _Thread_local int wcy_tls_chain_count = 0;
+/* per-thread: same address faulting again and again inside our range means
+ * something is wrong (e.g. a protection we cannot grant): bounded. */
+static _Thread_local uintptr_t wcy_tls_fault_addr = 0;
+static _Thread_local int wcy_tls_fault_count = 0;
+
+static inline void wcy_set_errno(int e) { errno = e; }
+static inline int  wcy_lockdepth(void) { return wcy_tls_lockdepth; }
+static inline void wcy_lockdepth_add(int d) { wcy_tls_lockdepth += d; }
+
+static inline int wcy_chain_again(uintptr_t addr) {
+    if (wcy_tls_chain_addr == addr) return ++wcy_tls_chain_count;
+    wcy_tls_chain_addr = addr; wcy_tls_chain_count = 1; return 1;
+}
+static inline int wcy_fault_again(uintptr_t addr) {
+    if (wcy_tls_fault_addr == addr) return ++wcy_tls_fault_count;
+    wcy_tls_fault_addr = addr; wcy_tls_fault_count = 1; return 1;
+}
+static inline void wcy_fault_done(void) { wcy_tls_fault_addr = 0; wcy_tls_fault_count = 0; }
+
+/* 1: the faulting access was a write; 0: a read; -1: unknown on this arch
+ * (the pager then learns it from a second fault on a read-only block). */
+static inline int wcy_fault_is_write(void *ucv) {
+#if defined(__x86_64__)
+    ucontext_t *uc = (ucontext_t *)ucv;
+    return (uc->uc_mcontext.gregs[REG_ERR] & 0x2) ? 1 : 0;
+#elif defined(__aarch64__)
+    ucontext_t *uc = (ucontext_t *)ucv;
+    unsigned char *p = (unsigned char *)uc->uc_mcontext.__reserved;
+    unsigned char *end = p + sizeof(uc->uc_mcontext.__reserved);
+    while (p + 8 <= end) {
+        uint32_t magic, size;
+        memcpy(&magic, p, 4); memcpy(&size, p + 4, 4);
+        if (magic == 0 || size == 0) break;
+        if (magic == 0x45535201u /* ESR_MAGIC */ && p + 16 <= end) {
+            uint64_t esr; memcpy(&esr, p + 8, 8);
+            return (esr & (1u << 6)) ? 1 : 0;   /* WnR */
+        }
+        p += size;
+    }
+    return -1;
+#else
+    (void)ucv;
+    return -1;
+#endif
+}
+
+/* call a saved struct sigaction as the kernel would have */
+static inline void wcy_call_handler(const struct sigaction *sa, int sig, siginfo_t *si, void *uc) {
+    if (sa->sa_flags & SA_SIGINFO) {
+        if (sa->sa_sigaction) sa->sa_sigaction(sig, si, uc);
+    } else if (sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN) {
+        sa->sa_handler(sig);
+    }
+}
+static inline int wcy_handler_is_default(const struct sigaction *sa) {
+    return !(sa->sa_flags & SA_SIGINFO) && (sa->sa_handler == SIG_DFL || sa->sa_handler == SIG_IGN);
+}
+static inline void *wcy_handler_ptr(const struct sigaction *sa) {
+    return (sa->sa_flags & SA_SIGINFO) ? (void *)sa->sa_sigaction : (void *)sa->sa_handler;
+}
+static inline void wcy_set_siginfo_handler(struct sigaction *sa, void (*fn)(int, siginfo_t *, void *)) {
+    sa->sa_sigaction = fn;
+}
+
+#endif

@@ -1,0 +1,148 @@
+"""The process-wide RAM budget of the pager, and its statistics.
+
+The budget bounds the bytes of block data the pager keeps in RAM (resident
+blocks, clean or dirty, plus at most two recycled staging blocks).  Before a new
+block would exceed it, the CLOCK reclaim evicts least-recently-used clean blocks;
+when dirty blocks alone exceed it, the coldest are spilled to a private scratch
+file (in ``$WENDELIN_CY_SCRATCH_DIR`` or the temp dir) and read back on access or
+at writeout, so one transaction may change more data than RAM.
+
+Default: ``WENDELIN_CY_RAM_BUDGET`` if set (``512M``, ``2G``, ``1.5G``, ``65536``),
+else half of the memory available to this process: the smaller of the machine's
+``MemAvailable`` and the memory cgroup's limit minus its current usage.
+"""
+import os
+import re
+import tempfile
+
+from ._pager import virtmem as _vm
+
+__all__ = ["set_ram_budget", "get_ram_budget", "pager_stats", "parse_size",
+           "default_ram_budget"]
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MIN_BUDGET = 1 << 20       # below one MiB the pager could not hold a single block
+
+
+def parse_size(text):
+    """'512M' -> 536870912; '2G', '1.5g', '64k', '4096', '2GiB', '100MB' are accepted."""
+    if isinstance(text, bool):
+        raise TypeError("a size must be an int or a string like '512M'")
+    if isinstance(text, int):
+        return text
+    if not isinstance(text, str):
+        raise TypeError("a size must be an int or a string like '512M', not %s"
+                        % type(text).__name__)
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", text)
+    if not m:
+        raise ValueError("cannot parse size %r: use e.g. 512M, 2G or a number of bytes"
+                         % text)
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _read_int(path):
+    try:
+        with open(path) as f:
+            v = f.read().strip()
+    except OSError:
+        return None
+    if v in ("max", ""):
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        return None
+
+
+def _cgroup_available():
+    """Bytes this process's memory cgroup still allows, or None."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, ctrls, path = parts
+        if ctrls == "":          # cgroup v2
+            base = "/sys/fs/cgroup" + path
+            lim = _read_int(base + "/memory.max")
+            use = _read_int(base + "/memory.current")
+        elif "memory" in ctrls.split(","):
+            base = "/sys/fs/cgroup/memory" + path
+            lim = _read_int(base + "/memory.limit_in_bytes")
+            use = _read_int(base + "/memory.usage_in_bytes")
+        else:
+            continue
+        if lim is None or lim >= (1 << 60):
+            continue
+        avail = max(lim - (use or 0), 0)
+        best = avail if best is None else min(best, avail)
+    return best
+
+
+def _meminfo_available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def default_ram_budget():
+    env = os.environ.get("WENDELIN_CY_RAM_BUDGET")
+    if env:
+        return _check(parse_size(env), "WENDELIN_CY_RAM_BUDGET")
+    avail = [x for x in (_meminfo_available(), _cgroup_available()) if x]
+    if not avail:
+        return 1 << 30
+    return max(min(avail) // 2, 64 << 20)
+
+
+def _check(nbytes, what="budget"):
+    if nbytes < MIN_BUDGET:
+        raise ValueError("%s must be at least %d bytes (1 MiB), got %d"
+                         % (what, MIN_BUDGET, nbytes))
+    return nbytes
+
+
+def set_ram_budget(nbytes):
+    """Set the RAM budget for block data, in bytes or as '512M'/'2G'.
+
+    Lowering it reclaims clean blocks (and spills dirty ones) at once."""
+    _vm.set_budget(_check(parse_size(nbytes)))
+
+
+def get_ram_budget():
+    return _vm.get_budget()
+
+
+def pager_stats():
+    """A dict of the pager's state and counters:
+
+    budget, resident, dirty, spilled, pool, peak_resident: bytes
+      (resident: blocks in RAM; dirty: resident blocks with unsaved changes;
+      spilled: dirty blocks parked in the scratch file; pool: recycled staging
+      memory, counted within the budget)
+    faults: page faults taken in pager memory; soft_faults: those served without
+      loading (recency marks, write-enables); loads: blocks loaded;
+      evictions: blocks dropped from RAM; writeouts: blocks written out;
+      spills/unspills: dirty blocks parked/read back; demotions: CLOCK recency
+      marks cleared; overshoots: times the budget could not be kept (everything
+      pinned or loading); load_errors; regions: open file handles.
+    """
+    return _vm.stats()
+
+
+def _init():
+    _vm.set_budget(default_ram_budget())
+    _vm.set_scratch_dir(os.environ.get("WENDELIN_CY_SCRATCH_DIR") or tempfile.gettempdir())
+
+
+_init()
