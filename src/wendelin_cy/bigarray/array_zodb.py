@@ -1,0 +1,128 @@
+"""ZBigArray: a BigArray persisted in ZODB.
+
+The persistent state is the geometry (shape, dtype, order) and a ZBigFile that
+holds the bytes.  The file handle is opened on first use and kept in the
+``_v_fileh`` attribute; while it is open the object is never turned into a
+ghost by the cache (``_p_deactivate`` does nothing), and when another
+transaction changes the geometry (e.g. an append from another process) the
+invalidation reloads the state but keeps the handle, so views stay valid and
+only the changed blocks are reloaded (see ``bigfile.file_zodb``).
+
+The dtype is stored portably: ``dtype.str`` for plain dtypes, a description
+of names / formats / offsets / itemsize for structured ones (recursively), so
+the record does not depend on how numpy pickles its dtype objects.
+"""
+
+import numpy as np
+from persistent import Persistent
+
+from wendelin_cy.bigarray import BigArray
+from wendelin_cy.bigfile.file_zodb import ZBigFile, DEFAULT_BLKSIZE
+
+__all__ = ['ZBigArray']
+
+
+def _dtype_state(dt):
+    if dt.fields is None:
+        if dt.subdtype is not None:
+            base, shape = dt.subdtype
+            return {'subdtype': _dtype_state(base), 'shape': list(shape)}
+        if dt.hasobject:
+            raise TypeError('ZBigArray cannot persist object dtype %s' % (dt,))
+        return dt.str
+    names = list(dt.names)
+    return {
+        'names': names,
+        'formats': [_dtype_state(dt.fields[n][0]) for n in names],
+        'offsets': [dt.fields[n][1] for n in names],
+        'itemsize': dt.itemsize,
+    }
+
+
+def _dtype_from_state(s):
+    if isinstance(s, str):
+        return np.dtype(s)
+    if 'subdtype' in s:
+        return np.dtype((_dtype_from_state(s['subdtype']), tuple(s['shape'])))
+    return np.dtype({
+        'names': list(s['names']),
+        'formats': [_dtype_from_state(f) for f in s['formats']],
+        'offsets': list(s['offsets']),
+        'itemsize': s['itemsize'],
+    })
+
+
+class ZBigArray(BigArray, Persistent):
+    """ZBigArray(shape, dtype, order='C', blksize=2 MiB, zblk_fmt=None)
+
+    A BigArray whose data and geometry live in ZODB: store it in a persistent
+    container (``root['A'] = ZBigArray(...)``) and ``transaction.commit()``.
+    """
+
+    _STATE_VERSION = 1
+
+    def __init__(self, shape, dtype, order='C', blksize=DEFAULT_BLKSIZE,
+                 zblk_fmt=None):
+        Persistent.__init__(self)
+        self._init_geometry(shape, dtype, order)
+        _dtype_state(self._dtype)          # refuse what cannot be stored
+        self.zfile = ZBigFile(blksize, zblk_fmt=zblk_fmt)
+
+    # -- file handle
+
+    @property
+    def _fileh(self):
+        d = self.__dict__          # does not unghostify
+        fh = d.get('_v_fileh')
+        if fh is None or fh.closed:
+            fh = self.zfile.fileh_open()
+            self.__dict__['_v_fileh'] = fh
+        else:
+            fh.join_current()
+        return fh
+
+    @_fileh.setter
+    def _fileh(self, fh):
+        self.__dict__['_v_fileh'] = fh
+
+    def _p_deactivate(self):
+        fh = self.__dict__.get('_v_fileh')
+        if fh is not None and not fh.closed:
+            return              # mapped: stay alive
+        super()._p_deactivate()
+
+    def _p_invalidate(self):
+        # the state changed elsewhere: reload it on next access, keep the handle
+        keep = {k: v for k, v in self.__dict__.items() if k.startswith('_v_')}
+        super()._p_invalidate()
+        self.__dict__.update(keep)
+
+    # -- persistent state
+
+    def __getstate__(self):
+        return {
+            'version': self._STATE_VERSION,
+            'shape': list(self._shape),
+            'dtype': _dtype_state(self._dtype),
+            'order': self._order,
+            'zfile': self.zfile,
+        }
+
+    def __setstate__(self, state):
+        d = self.__dict__
+        keep = {k: v for k, v in d.items() if k.startswith('_v_')}
+        d.clear()
+        if state.get('version') != self._STATE_VERSION:
+            raise ValueError('ZBigArray: unsupported state version %r'
+                             % (state.get('version'),))
+        d['_shape'] = tuple(int(x) for x in state['shape'])
+        d['_dtype'] = _dtype_from_state(state['dtype'])
+        d['_order'] = state['order']
+        d['zfile'] = state['zfile']
+        d.update(keep)
+
+    def __repr__(self):
+        if self._p_state < 0:       # ghost: do not load for a repr
+            return '<%s oid=%s (ghost)>' % (
+                type(self).__name__, self._p_oid.hex() if self._p_oid else None)
+        return BigArray.__repr__(self)

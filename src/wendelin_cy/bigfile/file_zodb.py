@@ -1,0 +1,980 @@
+"""ZBigFile: a BigFile whose blocks are objects in ZODB.
+
+Design note
+===========
+
+What is stored
+--------------
+A ``ZBigFile`` is a small Persistent object: ``blksize``, a revision counter
+``rev`` and ``blktab``, an ``LOBTree`` mapping block number -> ZBlk object.
+A block that is absent from ``blktab`` is a hole: it reads as zeros and costs
+nothing in the database.  A block whose content becomes all zeros is deleted
+from ``blktab`` again, so zeroing (e.g. ``BigArray.resize`` shrinking) frees it.
+
+Two record formats hold the bytes of one block:
+
+``ZBlk0``  one Persistent object whose pickled state is the block bytes (with
+           trailing zeros cut off).  A read is one storage load - the fastest
+           path - but any change, even of one byte, rewrites the whole block.
+
+``ZBlk1``  the block cut into chunks (32 KiB by default, ``CHUNKSIZE``), one
+           ``ZData`` object per chunk in an ``IOBTree`` keyed by byte offset.
+           Only chunks that differ from what is stored are rewritten and
+           all-zero chunks are not stored at all, so small changes and sparse
+           blocks are cheap; a read costs one load per chunk.  A ZBlk1 may also
+           name a ``base`` ZBlk0: chunks absent from its table then come from
+           the base (and ``ZData(b'')`` stands for a chunk that became zero).
+           This is how ``auto`` turns a small change of a big ZBlk0 block into
+           a write of a few chunks instead of the whole block.
+
+Which one is written is chosen per block at commit by the format, taken from
+(first that is set) the ``zblk_fmt`` argument of ``fileh_open``, the
+``zblk_fmt`` attribute of the ZBigFile, the environment variable
+``WENDELIN_CY_ZBLK_FMT``, or ``auto``:
+
+* ``ZBlk0``: always a ZBlk0 (rewritten in place when it already is one);
+* ``ZBlk1``: always a ZBlk1 without base (updated chunk by chunk when it
+  already is one, converted with one full write otherwise);
+* ``auto`` looks at what changed, chunk by chunk, against what is stored: a
+  new block that is mostly filled, or a block of which more than half of the
+  chunks changed (appends, full rewrites), becomes a ZBlk0; otherwise only the
+  changed chunks are written, into a ZBlk1 (over the old ZBlk0 as base when
+  there is one).  An overlay that grows past half the block is compacted back
+  into a ZBlk0.  Reads stay close to ZBlk0 speed, small writes stay small.
+
+Readers do not care about the format: every format reads every record.
+
+Invariant used for invalidation: every change of the content of block ``blk``
+either modifies the object ``blktab[blk]`` itself (ZBlk1 bumps its own ``rev``
+whenever a chunk changes, so chunk objects need no watching), or changes which
+object ``blktab[blk]`` is (new block, deleted block, other format) and then
+also bumps ``ZBigFile.rev``.  A ZBlk0 that serves as base is never modified.
+
+Loading: one copy in RAM
+------------------------
+``loadblk`` copies the payload of the ZBlk into the page and turns the objects
+it activated back into ghosts right away (``_p_deactivate``): the bytes live in
+the pager page only, not also in the ZODB object cache.  The ghosts of the ZBlk
+objects that were loaded are kept referenced (``_ZBigFileIO._loaded``): a ghost
+that nobody references drops out of the cache, and the cache is what delivers
+invalidations.
+
+Committing
+----------
+The pager knows which pages are dirty; ZODB knows nothing of them.  Each handle
+(``ZBigFileH``) is both a transaction data manager and a synchronizer of the
+ZBigFile's connection's transaction manager:
+
+* ``beforeCompletion`` (called at the start of every commit and abort) joins the
+  transaction if the handle is dirty, and joins the Connection too (through
+  ``Connection._register()``) so that it is part of the two-phase commit even if
+  no other object changed;
+* ``tpc_begin`` - when every data manager has begun and before any ``commit()`` -
+  runs ``dirty_writeout(WRITEOUT_STORE)``: ``storeblk`` updates ZBlk objects,
+  which register with the Connection, whose ``commit()`` then stores them in the
+  same ZODB transaction.  ``storeblk`` copies no data: the changed objects
+  carry a reference to the page and their ``__getstate__`` reads it when the
+  Connection pickles them, one object at a time, so a commit never holds a
+  second copy of all dirty data;
+* after the whole two-phase commit succeeded (``afterCompletion`` with status
+  COMMITTED) the pages are marked stored (``WRITEOUT_MARKSTORED``) and the
+  written objects become ghosts.  If the commit fails, the storage aborts (the
+  database is unchanged), the Connection invalidates the objects it was given,
+  and the pages stay dirty until the abort, which discards them: never half
+  of the change in memory and half in the database;
+* ``abort`` discards dirty pages;
+* ``savepoint`` copies the dirty blocks to a temporary file; rolling back
+  discards every dirty page and writes the saved blocks back.
+
+Known gap: a handle joins a transaction at ``fileh_open``, at ``begin()``
+(``newTransaction``), on every access through ``ZBigArray`` and at the end of the
+transaction if it is dirty.  With implicit transactions (no ``begin()``), pages
+dirtied after a commit only through an ndarray view made earlier, without any
+access to the ZBigArray, are not covered by a ``transaction.savepoint()`` taken
+before the handle joined; the pager has no "page became dirty" callback to join
+earlier.  Commit and abort are not affected.
+
+Invalidation
+------------
+When another connection commits, ZODB calls ``_p_invalidate`` of the objects it
+changed that are in this connection's cache, at this connection's next
+transaction boundary.  ``ZBlk*._p_invalidate`` records the block it serves;
+``ZBigFile._p_invalidate`` records that ``blktab`` may map blocks to other
+objects.  Then, at the boundary (our ``afterCompletion`` / ``newTransaction``,
+after having made the Connection process its invalidations), the recorded
+blocks are dropped from the pager with ``invalidate_page`` and, if the table
+changed, each block loaded so far is looked up again in ``blktab`` (no data is
+read) and dropped if it maps to another object.  Nothing is re-read eagerly:
+the next access loads the new data at the new snapshot.  Within a transaction
+nothing is invalidated, so views are a consistent snapshot.
+
+Limits: a handle and its ZBigFile belong to one connection and one thread, as
+ZODB objects do.  The pure-Python ``persistent`` pickle cache does not call
+``_p_invalidate`` of ghosts; the C implementation (the default) is required.
+"""
+
+import os
+import tempfile
+import weakref
+
+import numpy as np
+import transaction as _transaction
+from BTrees.IOBTree import IOBTree
+from BTrees.LOBTree import LOBTree
+from persistent import Persistent
+from transaction.interfaces import TransactionFailedError  # noqa: F401 (doc)
+
+from wendelin_cy.bigfile import BigFile, WRITEOUT_MARKSTORED, WRITEOUT_STORE
+
+__all__ = ['ZBigFile', 'ZBigFileH', 'ZBlk0', 'ZBlk1', 'ZData',
+           'DEFAULT_BLKSIZE', 'CHUNKSIZE', 'ZBLK_FORMATS', 'ZBLK_FMT_ENV']
+
+DEFAULT_BLKSIZE = 2 * 1024 * 1024
+CHUNKSIZE = 32 * 1024
+ZBLK_FORMATS = ('ZBlk0', 'ZBlk1', 'auto')
+ZBLK_FMT_ENV = 'WENDELIN_CY_ZBLK_FMT'
+_OSPAGE = 4096
+
+
+def _check_fmt(fmt, what):
+    if fmt not in ZBLK_FORMATS:
+        raise ValueError('%s: unknown ZBlk format %r; expected one of %s'
+                         % (what, fmt, ', '.join(ZBLK_FORMATS)))
+    return fmt
+
+
+def _env_fmt():
+    fmt = os.environ.get(ZBLK_FMT_ENV, '') or 'auto'
+    return _check_fmt(fmt, '$' + ZBLK_FMT_ENV)
+
+
+def _chunksize(blksize):
+    return CHUNKSIZE if blksize % CHUNKSIZE == 0 else _OSPAGE
+
+
+def _fill(buf, off, data, end):
+    """buf[off:end] = data padded with zeros."""
+    n = len(data)
+    if n:
+        buf[off:off + n] = data
+    if off + n < end:
+        _zero(buf, off + n, end)
+
+
+_zeros_cache = memoryview(b'')
+
+
+def _zero(buf, start, end):
+    global _zeros_cache
+    n = end - start
+    if len(_zeros_cache) < n:
+        _zeros_cache = memoryview(bytes(n))
+    buf[start:end] = _zeros_cache[:n]
+
+
+def _same(mv, data):
+    """True if the bytes-like `mv` equals `data` padded with zeros."""
+    n = len(data)
+    if n > len(mv):
+        return False
+    a = np.frombuffer(mv, dtype=np.uint8)
+    try:
+        return bool((a[:n] == np.frombuffer(data, dtype=np.uint8)).all()
+                    and not a[n:].any())
+    finally:
+        del a
+
+
+def _iszero(mv):
+    """True if the bytes-like `mv` is all zeros (no copy)."""
+    n = len(mv)
+    if n % 8 == 0:
+        a = np.frombuffer(mv, dtype=np.uint64)
+    else:
+        a = np.frombuffer(mv, dtype=np.uint8)
+    try:
+        return not a.any()
+    finally:
+        del a
+
+
+# ~~~ ZBlk objects
+
+class _ZBlkBase(Persistent):
+    """Common part of the objects that hold bytes of a block.
+
+    ``_p_invalidate`` (called by the Connection when another transaction
+    changed this object) tells the ZBigFile handles that loaded the block.
+    """
+
+    def _p_invalidate(self):
+        owner = _OWNER.get(self)
+        if owner is not None:
+            io = owner[0]()
+            if io is not None:
+                io._pending.add(owner[1])
+        super()._p_invalidate()
+
+
+class _BytesRecord(_ZBlkBase):
+    """State: bytes with trailing zeros cut off.
+
+    While being committed the object carries ``_v_src``, a callable returning
+    the bytes from the pager page, so that no copy is made before pickling.
+    """
+
+    def __init__(self, data=b''):
+        self._data = bytes(data).rstrip(b'\0')
+
+    def __getstate__(self):
+        src = self.__dict__.get('_v_src')
+        if src is not None:
+            return src()
+        return self._data
+
+    def __setstate__(self, state):
+        if not isinstance(state, bytes):
+            raise TypeError('%s: corrupt state of type %s'
+                            % (type(self).__name__, type(state).__name__))
+        self.__dict__['_data'] = state
+
+    def _loaddata(self):
+        """-> bytes; the object is turned back into a ghost (if unchanged)."""
+        if self._p_changed:
+            return self.__getstate__()
+        data = self._data
+        self._p_deactivate()
+        return data
+
+    def _set_src(self, src):
+        """Mark changed; the new bytes are `src` or, if it is callable, come
+        from src() when the object is pickled."""
+        if self._p_jar is not None:
+            self._p_changed = True          # may load the old state first
+        d = self.__dict__
+        if callable(src):
+            d.pop('_data', None)
+            d['_v_src'] = src
+        else:
+            d.pop('_v_src', None)
+            d['_data'] = src
+
+
+class ZBlk0(_BytesRecord):
+    """Whole block in one object (fast reads, whole-block writes)."""
+
+    def loadblkdata(self, buf):
+        _fill(buf, 0, self._loaddata(), len(buf))
+
+
+class ZData(_BytesRecord):
+    """One chunk of a ZBlk1 (b'' is an all-zero chunk)."""
+
+
+class ZBlk1(_ZBlkBase):
+    """Block as chunks: {offset: ZData} over an optional ZBlk0 base."""
+
+    def __init__(self, chunksize, base=None):
+        self.chunksize = chunksize
+        self.chunktab = IOBTree()
+        self.base = base
+        self.rev = 0
+
+    def __getstate__(self):
+        return {'chunksize': self.chunksize, 'chunktab': self.chunktab,
+                'base': self.base, 'rev': self.rev}
+
+    def __setstate__(self, state):
+        d = self.__dict__
+        d['chunksize'] = state['chunksize']
+        d['chunktab'] = state['chunktab']
+        d['base'] = state.get('base')
+        d['rev'] = state.get('rev', 0)
+
+    def loadblkdata(self, buf):
+        n = len(buf)
+        cs = self.chunksize
+        base = self.base
+        if base is not None:
+            base.loadblkdata(buf)
+        else:
+            _zero(buf, 0, n)
+        for off, zd in self.chunktab.items():
+            if off >= n:
+                break
+            _fill(buf, off, zd._loaddata(), min(off + cs, n))
+
+    def _p_resolveConflict(self, old, saved, new):   # no automatic merge
+        from ZODB.POSException import ConflictError
+        raise ConflictError
+
+
+# ~~~ ZBigFile
+
+class ZBigFile(Persistent):
+    """A file of ``blksize`` blocks stored as ZBlk objects in ``blktab``.
+
+    ZBigFile(blksize=2 MiB, zblk_fmt=None); ``fileh_open()`` gives a handle
+    (``ZBigFileH``) to mmap, joined to the transactions of the connection the
+    ZBigFile lives in.
+    """
+
+    def __init__(self, blksize=DEFAULT_BLKSIZE, zblk_fmt=None):
+        if isinstance(blksize, bool) or not isinstance(blksize, (int, np.integer)):
+            raise TypeError('ZBigFile: blksize must be an int, not %s'
+                            % type(blksize).__name__)
+        blksize = int(blksize)
+        if blksize <= 0 or blksize % _OSPAGE:
+            raise ValueError('ZBigFile: blksize must be a positive multiple of %d, '
+                             'got %d' % (_OSPAGE, blksize))
+        if zblk_fmt is not None:
+            _check_fmt(zblk_fmt, 'ZBigFile')
+        self.blksize = blksize
+        self.blktab = LOBTree()
+        self.rev = 0
+        self.zblk_fmt = zblk_fmt
+
+    def __setstate__(self, state):
+        d = self.__dict__
+        keep = {k: v for k, v in d.items() if k.startswith('_v_')}
+        d.clear()
+        d.update(state)
+        d.setdefault('zblk_fmt', None)
+        d.setdefault('rev', 0)
+        d.update(keep)
+
+    def fileh_open(self, zblk_fmt=None, reserve=None):
+        """Open a handle: mmap it; commit/abort of the transaction write out /
+        discard its changes."""
+        if zblk_fmt is not None:
+            _check_fmt(zblk_fmt, 'fileh_open')
+        io = _IO.get(self)
+        if io is None:
+            io = _IO[self] = _ZBigFileIO(self)
+        return ZBigFileH(self, io, zblk_fmt, reserve)
+
+    def _p_invalidate(self):
+        io = _IO.get(self)
+        if io is not None:
+            io._recheck = True
+        super()._p_invalidate()
+
+    def _p_resolveConflict(self, old, saved, new):
+        """Concurrent changes of different blocks both bump ``rev``: merge."""
+        def norm(s):
+            return {k: getattr(v, 'oid', v) for k, v in s.items() if k != 'rev'}
+        if norm(old) != norm(saved) or norm(old) != norm(new):
+            from ZODB.POSException import ConflictError
+            raise ConflictError
+        merged = dict(new)
+        merged['rev'] = max(saved.get('rev', 0), new.get('rev', 0)) + 1
+        return merged
+
+    def __repr__(self):
+        oid = self._p_oid
+        return '<%s oid=%s blksize=%s>' % (
+            type(self).__name__, oid.hex() if oid else None,
+            self.__dict__.get('blksize', '?'))
+
+
+# ZBigFile -> its _ZBigFileIO; ZBlk -> (weakref(io), blk).  Kept outside the
+# objects: ghostification clears an object's __dict__ (and _v_ attributes).
+_IO = weakref.WeakKeyDictionary()
+_OWNER = weakref.WeakKeyDictionary()
+
+
+def _read_page(fh, blk, off, size):
+    """Bytes [off, off+size) of block blk as the handle sees it, zeros cut."""
+    vma = fh.mmap(blk, 1)
+    mv = memoryview(vma)
+    try:
+        return bytes(mv[off:off + size]).rstrip(b'\0')
+    finally:
+        mv.release()
+        del vma
+
+
+class _Writeout:
+    """What one dirty_writeout(STORE) changed, until the commit ends."""
+
+    def __init__(self, fh, fmt, lazy):
+        self.fh = fh            # the core BigFileH whose pages are written
+        self.fmt = fmt
+        self.lazy = lazy        # read pages at pickling time (in a commit)
+        self.written = {}       # blk -> object now in blktab (None: hole)
+        self.touched = []       # objects to turn into ghosts afterwards
+        self.undo = []          # (blk, old) for a ZBigFile without connection
+        self.bumped = False
+
+    def src(self, blk, off, size, buf):
+        if self.lazy:
+            fh = self.fh
+            return lambda: _read_page(fh, blk, off, size)
+        data = bytes(buf[off:off + size]).rstrip(b'\0')
+        return lambda: data
+
+
+class _ZBigFileIO(BigFile):
+    """The BigFile the pager sees for one in-memory ZBigFile object."""
+
+    def __init__(self, zfile):
+        super().__init__(zfile.blksize)
+        self._zfile = zfile
+        self._handles = []
+        self._loaded = {}       # blk -> ZBlk ghost (None for a hole) last loaded
+        self._pending = set()   # blocks invalidated, to drop at the boundary
+        self._recheck = False   # blktab changed: compare _loaded against it
+        self._wo = None         # _Writeout in progress
+
+    def __repr__(self):
+        return '<_ZBigFileIO of %r>' % (self._zfile,)
+
+    # -- pager callbacks
+
+    def loadblk(self, blk, buf):
+        zblk = self._zfile.blktab.get(blk)
+        self._track(blk, zblk)
+        if zblk is None:
+            _zero(buf, 0, len(buf))
+        else:
+            zblk.loadblkdata(buf)
+
+    def _track(self, blk, zblk):
+        old = self._loaded.get(blk)
+        if old is not None and old is not zblk:
+            if _OWNER.get(old, (None, None))[1] == blk:
+                del _OWNER[old]
+        self._loaded[blk] = zblk
+        if zblk is not None:
+            _OWNER[zblk] = (weakref.ref(self), blk)
+
+    def storeblk(self, blk, buf):
+        wo = self._wo
+        if wo is None:
+            raise RuntimeError('%r: storeblk outside of a ZBigFileH writeout' % self)
+        zfile = self._zfile
+        blktab = zfile.blktab
+        old = blktab.get(blk)
+        bs = len(buf)
+        if _iszero(buf):
+            if old is not None:
+                self._set(wo, blk, None, old)
+            return
+        fmt = wo.fmt
+        cs = _chunksize(bs)
+        if fmt == 'ZBlk0':
+            if type(old) is ZBlk0:
+                old._p_activate()
+                data = old.__dict__.get('_data')
+                if data is not None and _same(buf, data):
+                    if not old._p_changed:
+                        old._p_deactivate()
+                    return              # same bytes: nothing to write
+                old._set_src(wo.src(blk, 0, bs, buf))
+                wo.touched.append(old)
+                wo.written[blk] = old
+            else:
+                new = ZBlk0()
+                new._set_src(wo.src(blk, 0, bs, buf))
+                self._set(wo, blk, new, old)
+            return
+
+        # ZBlk1 and auto need to know which chunks changed
+        nch = -(-bs // cs)
+        changed, zero, same_base = _diff(buf, old, cs, nch)
+        if not changed:
+            return
+        if fmt == 'ZBlk1':
+            if type(old) is ZBlk1 and old.base is None:
+                self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
+            else:
+                self._new1(wo, blk, old, buf, cs, nch, zero_of=_zero_chunks(buf, cs, nch))
+            return
+
+        # auto
+        half = nch / 2
+        if old is None:
+            nz = nch - sum(_zero_chunks(buf, cs, nch))
+            if nz > half:
+                self._new0(wo, blk, old, buf)
+            else:
+                self._new1(wo, blk, old, buf, cs, nch,
+                           zero_of=_zero_chunks(buf, cs, nch))
+        elif type(old) is ZBlk0:
+            if len(changed) > half:
+                self._rewrite0(wo, blk, old, buf)
+            else:
+                z1 = ZBlk1(cs, base=old)
+                for i in changed:
+                    zd = ZData()
+                    zd._set_src(wo.src(blk, i * cs, cs, buf))
+                    z1.chunktab[i * cs] = zd
+                self._set(wo, blk, z1, old)
+        else:   # ZBlk1
+            if old.base is None:
+                if len(changed) > half:
+                    self._new0(wo, blk, old, buf)
+                else:
+                    self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
+            else:
+                overlay = set(k // cs for k in old.chunktab.keys())
+                for i in changed:
+                    if same_base[i]:
+                        overlay.discard(i)
+                    else:
+                        overlay.add(i)
+                if len(overlay) > half or len(changed) > half:
+                    self._new0(wo, blk, old, buf)
+                else:
+                    self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
+
+    # -- storeblk helpers
+
+    def _set(self, wo, blk, new, old):
+        """blktab[blk] = new (None: delete); bump ZBigFile.rev once."""
+        zfile = self._zfile
+        if new is None:
+            del zfile.blktab[blk]
+        else:
+            zfile.blktab[blk] = new
+            wo.touched.append(new)
+            if isinstance(new, ZBlk1):
+                wo.touched.extend(new.chunktab.values())
+        wo.written[blk] = new
+        if zfile._p_jar is None:
+            wo.undo.append((blk, old))
+        if not wo.bumped:
+            zfile.rev = zfile.__dict__.get('rev', 0) + 1
+            wo.bumped = True
+
+    def _new0(self, wo, blk, old, buf):
+        new = ZBlk0()
+        new._set_src(wo.src(blk, 0, len(buf), buf))
+        self._set(wo, blk, new, old)
+
+    def _rewrite0(self, wo, blk, old, buf):
+        old._set_src(wo.src(blk, 0, len(buf), buf))
+        wo.touched.append(old)
+        wo.written[blk] = old
+
+    def _new1(self, wo, blk, old, buf, cs, nch, zero_of):
+        z1 = ZBlk1(cs)
+        for i in range(nch):
+            if not zero_of[i]:
+                zd = ZData()
+                zd._set_src(wo.src(blk, i * cs, cs, buf))
+                z1.chunktab[i * cs] = zd
+        self._set(wo, blk, z1, old)
+
+    def _update1(self, wo, blk, z1, changed, zero, same_base, buf, cs):
+        tab = z1.chunktab
+        base = z1.base
+        for i in changed:
+            off = i * cs
+            zd = tab.get(off)
+            if (base is None and zero[i]) or (base is not None and same_base[i]):
+                if zd is not None:
+                    del tab[off]
+                continue
+            if zd is None:
+                zd = tab[off] = ZData()
+            zd._set_src(wo.src(blk, off, cs, buf))
+            wo.touched.append(zd)
+        z1.rev = z1.rev + 1         # readers watch the ZBlk1 object only
+        wo.touched.append(z1)
+        wo.written[blk] = z1
+
+    # -- after a writeout
+
+    def _committed(self, wo):
+        """The transaction that stored wo is durable: forget the page refs."""
+        for obj in wo.touched:
+            obj.__dict__.pop('_v_src', None)
+            if obj._p_jar is not None and not obj._p_changed:
+                obj._p_deactivate()
+        for blk, z in wo.written.items():
+            self._track(blk, z)
+
+    def _failed(self, wo):
+        """The commit of wo failed; undo what ZODB will not (no connection)."""
+        for obj in wo.touched:
+            obj.__dict__.pop('_v_src', None)
+        if wo.undo:
+            tab = self._zfile.blktab
+            for blk, old in reversed(wo.undo):
+                if old is None:
+                    tab.pop(blk, None)
+                else:
+                    tab[blk] = old
+        self._recheck = True
+
+    # -- transaction boundary
+
+    def _apply_invalidations(self):
+        pending, self._pending = self._pending, set()
+        if self._recheck:
+            self._recheck = False
+            blktab = self._zfile.blktab
+            for blk, zblk in list(self._loaded.items()):
+                if blktab.get(blk) is not zblk:
+                    pending.add(blk)
+        if not pending:
+            return
+        for blk in pending:
+            z = self._loaded.pop(blk, None)
+            if z is not None and _OWNER.get(z, (None, None))[1] == blk:
+                del _OWNER[z]
+        for h in list(self._handles):
+            fh = h._fh
+            if fh is None or fh.closed:
+                continue
+            dirty = set(fh.dirty_blocks())
+            for blk in pending:
+                if blk not in dirty:
+                    fh.invalidate_page(blk)
+
+
+def _zero_chunks(buf, cs, nch):
+    n = len(buf)
+    return [_iszero(buf[i * cs:min((i + 1) * cs, n)]) for i in range(nch)]
+
+
+def _diff(buf, old, cs, nch):
+    """Compare buf with the stored block `old` chunk by chunk.
+
+    -> (changed chunk indices, zero[i]: new chunk i is all zeros,
+        same_base[i]: new chunk i equals the base chunk of a ZBlk1 with base).
+    Objects activated to compare are turned back into ghosts.
+    """
+    n = len(buf)
+    zero = [False] * nch
+    same_base = [False] * nch
+    changed = []
+    base_data = None
+    odata = None
+    if type(old) is ZBlk0:
+        odata = old._loaddata()
+    elif type(old) is ZBlk1:
+        if old.base is not None:
+            base_data = old.base._loaddata()
+        overlay = dict(old.chunktab.items())
+    for i in range(nch):
+        lo, hi = i * cs, min((i + 1) * cs, n)
+        new = bytes(buf[lo:hi]).rstrip(b'\0')
+        zero[i] = not new
+        if old is None:
+            prev = b''
+        elif odata is not None:
+            prev = odata[lo:hi].rstrip(b'\0')
+        else:
+            b = base_data[lo:hi].rstrip(b'\0') if base_data is not None else b''
+            same_base[i] = (new == b)
+            zd = overlay.get(lo)
+            prev = zd._loaddata() if zd is not None else b
+        if new != prev:
+            changed.append(i)
+    return changed, zero, same_base
+
+
+# ~~~ handle
+
+def _default_tm():
+    return _transaction.manager.manager
+
+
+class ZBigFileH:
+    """A pager handle of a ZBigFile, tied to ``transaction``.
+
+    It has the BigFileH API (mmap, dirty_writeout, dirty_discard,
+    invalidate_page, isdirty, dirty_blocks, close, blksize) and is the
+    transaction data manager and synchronizer described in the module
+    docstring.
+    """
+
+    def __init__(self, zfile, io, zblk_fmt, reserve):
+        self.zfile = zfile
+        self._io = io
+        self._fmt = zblk_fmt
+        self._fh = io.fileh_open(reserve) if reserve is not None else io.fileh_open()
+        self._txn = None        # transaction we joined
+        self._wo = None         # _Writeout of the commit in progress
+        self._registering = False
+        self._tm = None
+        io._handles.append(self)
+        self._register_synch()
+        self._join(self._tm.get() if not getattr(self._tm, 'explicit', False)
+                   else None)
+
+    # -- BigFileH API
+
+    @property
+    def blksize(self):
+        return self._fh.blksize
+
+    @property
+    def bigfile(self):
+        return self._io
+
+    @property
+    def closed(self):
+        return self._fh.closed
+
+    def mmap(self, pgoffset, pglen):
+        self.join_current()
+        return self._fh.mmap(pgoffset, pglen)
+
+    def isdirty(self):
+        return self._fh.isdirty()
+
+    def dirty_blocks(self):
+        return self._fh.dirty_blocks()
+
+    def dirty_discard(self):
+        self._fh.dirty_discard()
+
+    def invalidate_page(self, pgoffset):
+        self._fh.invalidate_page(pgoffset)
+
+    def dirty_writeout(self, flags=WRITEOUT_STORE | WRITEOUT_MARKSTORED):
+        """Write dirty pages into ZBlk objects now (they are committed with the
+        transaction, like any changed persistent object)."""
+        if flags & WRITEOUT_STORE:
+            wo = _Writeout(self._fh, self._format(), lazy=False)
+            self._store(wo)
+            if flags & WRITEOUT_MARKSTORED:
+                self._fh.dirty_writeout(WRITEOUT_MARKSTORED)
+            self._io._committed(wo)
+        else:
+            self._fh.dirty_writeout(flags)
+
+    def __getattr__(self, name):            # prefault, drop_clean, ...
+        if name.startswith('__') or name in ('_fh', '_io', '_tm', '_txn'):
+            raise AttributeError(name)
+        return getattr(self._fh, name)
+
+    def close(self):
+        """Close the handle (raises while views are alive); changes not
+        committed are discarded."""
+        if self._fh.closed:
+            return
+        self._fh.close()
+        try:
+            self._io._handles.remove(self)
+        except ValueError:
+            pass
+        self._unregister_synch()
+
+    def __repr__(self):
+        return '<ZBigFileH of %r%s>' % (self.zfile, ' (closed)' if self._fh.closed else '')
+
+    # -- helpers
+
+    def _format(self):
+        if self._fmt is not None:
+            return self._fmt
+        f = self.zfile.zblk_fmt
+        if f is not None:
+            return _check_fmt(f, 'ZBigFile.zblk_fmt')
+        return _env_fmt()
+
+    def _conn(self):
+        return self.zfile._p_jar
+
+    def _current_tm(self):
+        conn = self._conn()
+        tm = getattr(conn, 'transaction_manager', None) if conn is not None else None
+        return tm if tm is not None else _default_tm()
+
+    def _register_synch(self):
+        tm = self._current_tm()
+        if tm is self._tm:
+            return
+        self._unregister_synch()
+        self._tm = tm
+        self._registering = True
+        try:
+            tm.registerSynch(self)
+        finally:
+            self._registering = False
+
+    def _unregister_synch(self):
+        if self._tm is not None:
+            try:
+                self._tm.unregisterSynch(self)
+            except KeyError:
+                pass
+            self._tm = None
+
+    def _join(self, txn):
+        if txn is None or txn is self._txn or self._fh.closed:
+            return
+        from transaction._transaction import Status
+        if txn.status not in (Status.ACTIVE, Status.DOOMED):
+            return
+        txn.join(self)
+        self._txn = txn
+
+    def join_current(self):
+        """Join the current transaction of our manager (if there is one)."""
+        tm = self._tm
+        if tm is None or self._fh.closed:
+            return
+        if getattr(tm, 'explicit', False):
+            try:
+                txn = tm.get()
+            except Exception:
+                return
+        else:
+            txn = tm.get()
+        self._join(txn)
+
+    def _store(self, wo):
+        io = self._io
+        if io._wo is not None:
+            raise RuntimeError('%r: nested writeout' % self)
+        io._wo = wo
+        try:
+            self._fh.dirty_writeout(WRITEOUT_STORE)
+        finally:
+            io._wo = None
+
+    def _boundary(self, txn, sync):
+        """New snapshot: let the Connection process its invalidations, then
+        drop the pages they concern."""
+        conn = self._conn()
+        if conn is not None and getattr(conn, 'opened', None):
+            conn.newTransaction(txn, sync)
+        self._io._apply_invalidations()
+
+    # -- ISynchronizer
+
+    def newTransaction(self, txn):
+        if self._registering or self._fh.closed:
+            return
+        self._boundary(txn, True)
+        self._join(txn)
+
+    def beforeCompletion(self, txn):
+        if self._fh.closed or not self._fh.isdirty():
+            return
+        self._join(txn)
+        conn = self._conn()
+        if conn is not None and getattr(conn, '_needs_to_join', False):
+            # the Connection must take part in this commit even if no other
+            # object changed: storeblk registers objects with it in tpc_begin
+            conn._register()
+
+    def afterCompletion(self, txn):
+        from transaction._transaction import Status
+        wo, self._wo = self._wo, None
+        self._txn = None
+        if self._fh.closed:
+            return
+        if wo is not None:
+            if txn.status is Status.COMMITTED:
+                self._fh.dirty_writeout(WRITEOUT_MARKSTORED)
+                self._io._committed(wo)
+            else:
+                self._io._failed(wo)
+        self._register_synch()      # a new ZBigFile may just have got its jar
+        if not getattr(self._tm, 'explicit', False):
+            self._boundary(txn, False)
+
+    # -- IDataManager
+
+    @property
+    def transaction_manager(self):
+        return self._tm
+
+    def sortKey(self):
+        return 'wendelin_cy.ZBigFileH:%016x' % id(self)
+
+    def abort(self, txn):
+        wo, self._wo = self._wo, None
+        if wo is not None:
+            self._io._failed(wo)
+        if not self._fh.closed:
+            self._fh.dirty_discard()
+        self._txn = None
+
+    def tpc_begin(self, txn):
+        if self._fh.closed or not self._fh.isdirty():
+            return
+        wo = _Writeout(self._fh, self._format(), lazy=True)
+        self._wo = wo
+        self._store(wo)
+
+    def commit(self, txn):
+        pass
+
+    def tpc_vote(self, txn):
+        pass
+
+    def tpc_finish(self, txn):
+        pass            # pages are marked stored in afterCompletion, once
+                        # every participant has finished
+
+    def tpc_abort(self, txn):
+        wo, self._wo = self._wo, None
+        if wo is not None:
+            self._io._failed(wo)
+        # the pages stay dirty; the abort that must follow discards them
+
+    def savepoint(self):
+        return _Savepoint(self)
+
+
+class _Savepoint:
+    """Dirty blocks of a handle copied to a temporary file."""
+
+    def __init__(self, zfh):
+        self.zfh = zfh
+        fh = zfh._fh
+        self.blocks = {}
+        self.file = None
+        if fh.closed:
+            return
+        blks = fh.dirty_blocks()
+        if not blks:
+            return
+        f = self.file = tempfile.TemporaryFile(prefix='wendelin_cy-savepoint-')
+        bs = fh.blksize
+        for blk in blks:
+            vma = fh.mmap(blk, 1)
+            mv = memoryview(vma)
+            try:
+                self.blocks[blk] = f.tell()
+                f.write(mv)
+            finally:
+                mv.release()
+                del vma
+        assert f.tell() == bs * len(blks)
+
+    def rollback(self):
+        fh = self.zfh._fh
+        if fh.closed:
+            return
+        fh.dirty_discard()
+        f = self.file
+        for blk, pos in self.blocks.items():
+            vma = fh.mmap(blk, 1)
+            mv = memoryview(vma)
+            try:
+                f.seek(pos)
+                if f.readinto(mv) != len(mv):
+                    raise IOError('savepoint file truncated')
+            finally:
+                mv.release()
+                del vma
+
+
+def _close_handles_of(conn):
+    """Close the handles of ZBigFiles of `conn` (used by dbclose).  A handle
+    with live views stays open but stops following transactions."""
+    for zfile, io in list(_IO.items()):
+        if zfile._p_jar is conn:
+            for h in list(io._handles):
+                try:
+                    h.close()
+                except RuntimeError:
+                    h._unregister_synch()

@@ -1,0 +1,160 @@
+"""Open and close a ZODB database by URI: ``root = dbopen(uri)``, ``dbclose(root)``.
+
+URIs understood:
+
+* a plain path, or ``file://path`` -> FileStorage (created if missing);
+* ``memory://`` (optionally ``memory://name``) -> MappingStorage, in this
+  process only;
+* ``zeo://host:port`` (or ``zeo:///path/to/socket``), optional ``?storage=name``
+  -> ZEO ClientStorage opened with ``server_sync=True``, so that every new
+  transaction sees everything committed before it began;
+* every scheme some installed package registers with ``zodburi``
+  (``postgres://``, ``mysql://``, ``sqlite://`` from RelStorage, ...);
+* ``neo://`` through NEO's client, if installed.
+
+Unknown schemes and files that are not databases raise ``ValueError`` that
+says so.
+"""
+
+import os
+import urllib.parse
+
+__all__ = ['dbopen', 'dbclose', 'dbstoropen']
+
+
+def _split_scheme(uri):
+    if '://' not in uri:
+        return None, uri
+    scheme, rest = uri.split('://', 1)
+    if not scheme or not all(c.isalnum() or c in '+-.' for c in scheme):
+        return None, uri
+    return scheme.lower(), rest
+
+
+def _filestorage(path, **kw):
+    from ZODB.FileStorage import FileStorage
+    from ZODB.FileStorage.FileStorage import FileStorageFormatError
+    path = os.path.expanduser(path)
+    if not path:
+        raise ValueError('dbopen: empty FileStorage path')
+    if os.path.isdir(path):
+        raise ValueError('dbopen: %r is a directory, not a FileStorage database'
+                         % path)
+    try:
+        return FileStorage(path, **kw)
+    except FileStorageFormatError as e:
+        raise ValueError('dbopen: %r is not a ZODB FileStorage database (%s)'
+                         % (path, e)) from e
+
+
+def _zeo(rest):
+    from ZEO.ClientStorage import ClientStorage
+    u = urllib.parse.urlsplit('zeo://' + rest)
+    q = dict(urllib.parse.parse_qsl(u.query))
+    storage = q.pop('storage', '1')
+    kw = {}
+    for k in ('wait_timeout',):
+        if k in q:
+            kw[k] = float(q.pop(k))
+    if q:
+        raise ValueError('dbopen: unknown zeo:// parameters: %s' % ', '.join(sorted(q)))
+    if u.hostname:
+        if u.port is None:
+            raise ValueError('dbopen: zeo:// URI needs a port: zeo://host:port')
+        addr = (u.hostname, u.port)
+    elif u.path:
+        addr = u.path               # unix socket
+    else:
+        raise ValueError('dbopen: zeo:// URI needs host:port or a socket path')
+    return ClientStorage(addr, storage=storage, server_sync=True, **kw)
+
+
+def _neo(uri):
+    try:
+        import neo.client.zodburi  # noqa: F401
+    except ImportError as e:
+        raise ValueError(
+            'dbopen: %r needs the NEO client, which is not installed: '
+            'pip install neoppod[client]  (%s)' % (uri, e)) from e
+    return _zodburi(uri)
+
+
+def _zodburi(uri):
+    try:
+        import zodburi
+    except ImportError as e:
+        raise ValueError('dbopen: cannot open %r: unknown scheme (and zodburi is '
+                         'not installed)' % (uri,)) from e
+    try:
+        factory, dbkw = zodburi.resolve_uri(uri)
+    except zodburi.NoResolverForScheme:
+        raise ValueError('dbopen: cannot open %r: unknown URI scheme %r (known: '
+                         'file path, file://, memory://, zeo://, neo:// and the '
+                         'zodburi schemes of installed packages)'
+                         % (uri, uri.split(':', 1)[0])) from None
+    return factory(), dbkw
+
+
+def dbstoropen(uri):
+    """uri -> (storage, extra ZODB.DB keyword arguments)."""
+    if not isinstance(uri, (str, os.PathLike)):
+        raise TypeError('dbopen: uri must be a str, not %s' % type(uri).__name__)
+    uri = os.fspath(uri)
+    scheme, rest = _split_scheme(uri)
+    if scheme is None:
+        return _filestorage(uri), {}
+    if scheme == 'file':
+        u = urllib.parse.urlsplit(uri)
+        path = urllib.parse.unquote((u.netloc or '') + (u.path or ''))
+        return _filestorage(path), {}
+    if scheme == 'memory':
+        from ZODB.MappingStorage import MappingStorage
+        return MappingStorage(rest or 'memory'), {}
+    if scheme == 'zeo':
+        return _zeo(rest), {}
+    if scheme == 'neo':
+        return _neo(uri)
+    return _zodburi(uri)
+
+
+def dbopen(uri, **dbkw):
+    """Open the database named by uri and return its root mapping.
+
+    The connection uses the default (thread-local) transaction manager, so
+    ``transaction.commit()`` commits it.  Close with ``dbclose(root)``.
+    """
+    import ZODB
+    storage, kw = dbstoropen(uri)
+    kw.update(dbkw)
+    try:
+        db = ZODB.DB(storage, **kw)
+    except BaseException:
+        storage.close()
+        raise
+    try:
+        conn = db.open()
+        return conn.root()
+    except BaseException:
+        db.close()
+        raise
+
+
+def dbclose(root):
+    """Close the connection of `root` and its database.
+
+    Open ZBigFile handles of the connection are closed first (their views
+    must be gone); the connection must not be in the middle of a transaction
+    with changes (commit or abort first).
+    """
+    conn = root._p_jar
+    if conn is None:
+        raise ValueError('dbclose: %r is not loaded from a database' % (root,))
+    db = conn.db()
+    try:
+        from wendelin_cy.bigfile.file_zodb import _close_handles_of
+    except ImportError:         # pragma: no cover
+        pass
+    else:
+        _close_handles_of(conn)
+    conn.close()
+    db.close()
