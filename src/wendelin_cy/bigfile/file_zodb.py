@@ -303,6 +303,8 @@ class ZBlk1(_ZBlkBase):
             if off >= n:
                 break
             _fill(buf, off, zd._loaddata(), min(off + cs, n))
+        if not self._p_changed:
+            self._p_deactivate()
 
     def _p_resolveConflict(self, old, saved, new):   # no automatic merge
         from ZODB.POSException import ConflictError
@@ -358,6 +360,16 @@ class ZBigFile(Persistent):
         if io is not None:
             io._recheck = True
         super()._p_invalidate()
+
+    def __getstate__(self):
+        # A ZBigFile that got its connection just now (first commit after it
+        # was added) may have handles still following the default transaction
+        # manager: move them over, and write their pages into this commit.
+        io = _IO.get(self)
+        if io is not None and self._p_jar is not None:
+            for h in list(io._handles):
+                h._zfile_being_stored()
+        return super().__getstate__()
 
     def _p_resolveConflict(self, old, saved, new):
         """Concurrent changes of different blocks both bump ``rev``: merge."""
@@ -698,12 +710,11 @@ class ZBigFileH:
         self._fh = io.fileh_open(reserve) if reserve is not None else io.fileh_open()
         self._txn = None        # transaction we joined
         self._wo = None         # _Writeout of the commit in progress
+        self._discard_txn = None    # failed commit whose abort discards our pages
         self._registering = False
         self._tm = None
         io._handles.append(self)
-        self._register_synch()
-        self._join(self._tm.get() if not getattr(self._tm, 'explicit', False)
-                   else None)
+        self.join_current()
 
     # -- BigFileH API
 
@@ -791,6 +802,7 @@ class ZBigFileH:
             return
         self._unregister_synch()
         self._tm = tm
+        self._txn = None        # a transaction of the old manager is not ours
         self._registering = True
         try:
             tm.registerSynch(self)
@@ -816,9 +828,10 @@ class ZBigFileH:
 
     def join_current(self):
         """Join the current transaction of our manager (if there is one)."""
-        tm = self._tm
-        if tm is None or self._fh.closed:
+        if self._fh.closed:
             return
+        self._register_synch()
+        tm = self._tm
         if getattr(tm, 'explicit', False):
             try:
                 txn = tm.get()
@@ -827,6 +840,35 @@ class ZBigFileH:
         else:
             txn = tm.get()
         self._join(txn)
+
+    def _zfile_being_stored(self):
+        """The Connection pickles our ZBigFile: follow its transaction manager
+        from now on; if it is committing, our dirty pages belong to it."""
+        from transaction._transaction import Status
+        if self._fh.closed or self._current_tm() is self._tm:
+            return
+        self._register_synch()
+        try:
+            txn = self._tm.get()
+        except Exception:       # explicit manager without a transaction
+            return
+        if txn.status is Status.ACTIVE:         # a savepoint
+            self._join(txn)
+        elif (txn.status is Status.COMMITTING and self._wo is None
+                and self._fh.isdirty()):
+            wo = _Writeout(self._fh, self._format(), lazy=True)
+            self._store(wo)
+            txn.addAfterCommitHook(self._late_commit_done, (wo, txn))
+
+    def _late_commit_done(self, status, wo, txn):
+        if self._fh.closed:
+            return
+        if status:
+            self._fh.dirty_writeout(WRITEOUT_MARKSTORED)
+            self._io._committed(wo)
+        else:
+            self._io._failed(wo)
+            self._discard_txn = txn     # its abort discards the pages
 
     def _store(self, wo):
         io = self._io
@@ -855,7 +897,10 @@ class ZBigFileH:
         self._join(txn)
 
     def beforeCompletion(self, txn):
+        from transaction._transaction import Status
         if self._fh.closed or not self._fh.isdirty():
+            return
+        if txn.status is not Status.ACTIVE:     # e.g. abort after a failed commit
             return
         self._join(txn)
         conn = self._conn()
@@ -866,10 +911,23 @@ class ZBigFileH:
 
     def afterCompletion(self, txn):
         from transaction._transaction import Status
-        wo, self._wo = self._wo, None
-        self._txn = None
+        if txn is not self._txn:
+            wo = None
+        elif txn.status is Status.COMMITTING:
+            # the two-phase commit failed: the pages stay dirty, and we stay
+            # joined, until the abort that must follow
+            wo, self._wo = self._wo, None
+            if wo is not None:
+                self._io._failed(wo)
+            return
+        else:
+            wo, self._wo = self._wo, None
+            self._txn = None
         if self._fh.closed:
             return
+        if txn is self._discard_txn and txn.status is not Status.COMMITTING:
+            self._discard_txn = None
+            self._fh.dirty_discard()
         if wo is not None:
             if txn.status is Status.COMMITTED:
                 self._fh.dirty_writeout(WRITEOUT_MARKSTORED)
@@ -890,6 +948,8 @@ class ZBigFileH:
         return 'wendelin_cy.ZBigFileH:%016x' % id(self)
 
     def abort(self, txn):
+        if txn is not self._txn:
+            return              # joined before moving to another manager
         wo, self._wo = self._wo, None
         if wo is not None:
             self._io._failed(wo)
@@ -898,7 +958,7 @@ class ZBigFileH:
         self._txn = None
 
     def tpc_begin(self, txn):
-        if self._fh.closed or not self._fh.isdirty():
+        if txn is not self._txn or self._fh.closed or not self._fh.isdirty():
             return
         wo = _Writeout(self._fh, self._format(), lazy=True)
         self._wo = wo
@@ -915,13 +975,15 @@ class ZBigFileH:
                         # every participant has finished
 
     def tpc_abort(self, txn):
+        if txn is not self._txn:
+            return
         wo, self._wo = self._wo, None
         if wo is not None:
             self._io._failed(wo)
         # the pages stay dirty; the abort that must follow discards them
 
     def savepoint(self):
-        return _Savepoint(self)
+        return _Savepoint(self)     # (a no-op one if the handle moved away)
 
 
 class _Savepoint:
@@ -932,7 +994,8 @@ class _Savepoint:
         fh = zfh._fh
         self.blocks = {}
         self.file = None
-        if fh.closed:
+        self.txn = zfh._txn
+        if fh.closed or self.txn is None:
             return
         blks = fh.dirty_blocks()
         if not blks:
@@ -941,6 +1004,7 @@ class _Savepoint:
         bs = fh.blksize
         for blk in blks:
             vma = fh.mmap(blk, 1)
+            vma.prefault()          # write() on absent pages would get EFAULT
             mv = memoryview(vma)
             try:
                 self.blocks[blk] = f.tell()
@@ -952,12 +1016,13 @@ class _Savepoint:
 
     def rollback(self):
         fh = self.zfh._fh
-        if fh.closed:
+        if fh.closed or self.txn is not self.zfh._txn:
             return
         fh.dirty_discard()
         f = self.file
         for blk, pos in self.blocks.items():
             vma = fh.mmap(blk, 1)
+            vma.prefault(write=True)    # readinto() must not fault (EFAULT)
             mv = memoryview(vma)
             try:
                 f.seek(pos)

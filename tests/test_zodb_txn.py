@@ -1,0 +1,566 @@
+"""ZBigFile/ZBigArray and transactions: commit, abort, savepoints, failed
+two-phase commit, invalidation between connections, formats."""
+
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+import transaction
+from persistent import GHOST
+from ZODB.POSException import ConflictError
+
+from wendelin_cy.bigarray.array_zodb import ZBigArray
+from wendelin_cy.bigfile import file_zodb
+from wendelin_cy.bigfile.file_zodb import ZBigFile, ZBlk0, ZBlk1
+
+from _zodb_util import Conn, mapping_db, file_db
+
+FORMATS = ['ZBlk0', 'ZBlk1', 'auto']
+BS = 128 * 1024          # 4 chunks of 32 KiB per block
+
+
+@pytest.fixture(params=FORMATS)
+def fmt(request, monkeypatch):
+    monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, request.param)
+    return request.param
+
+
+@pytest.fixture
+def db():
+    d = mapping_db()
+    yield d
+    d.close()
+
+
+def mkarray(c, n=8 * BS // 8, blksize=BS, **kw):
+    c.root['A'] = A = ZBigArray((n,), np.int64, blksize=blksize, **kw)
+    c.commit()
+    return A
+
+
+def count_loads(A):
+    """Wrap loadblk of A's file: -> list of the blocks loaded from now on."""
+    io = A._fileh.bigfile
+    loads = []
+    orig = type(io).loadblk
+
+    def loadblk(blk, buf):
+        loads.append(blk)
+        return orig(io, blk, buf)
+    io.loadblk = loadblk
+    return loads
+
+
+def test_commit_persists_and_cleans(db, fmt):
+    c1 = Conn(db)
+    A = mkarray(c1)
+    a = A[:]
+    a[:] = np.arange(len(a))
+    a[5] = -1
+    assert A._fileh.dirty_blocks() == list(range(8))
+    c1.commit()
+    assert A._fileh.dirty_blocks() == []
+    c2 = Conn(db)
+    b = c2.root['A'][:]
+    want = np.arange(len(a))
+    want[5] = -1
+    assert (b == want).all()
+    assert (a == want).all()
+    del a, b
+    c1.close(); c2.close()
+
+
+def test_abort_discards(db, fmt):
+    c1 = Conn(db)
+    A = mkarray(c1)
+    a = A[:]
+    a[:] = 7
+    c1.commit()
+    a[10:20] = 3
+    A.append(np.arange(5))
+    c1.abort()
+    assert A._fileh.dirty_blocks() == []
+    assert A.shape == (len(a),)
+    assert (a == 7).all()
+    assert (A[:] == 7).all()
+    del a
+    c1.close()
+
+
+def test_savepoint_rollback(db, fmt):
+    c1 = Conn(db)
+    A = mkarray(c1)
+    a = A[:]
+    a[0] = 1
+    a[BS // 8 * 3] = 3
+    sp = c1.tm.savepoint()
+    a[0] = 100
+    a[BS // 8 * 5] = 5          # block that was clean at the savepoint
+    A.append(np.array([9, 9]))
+    sp2 = c1.tm.savepoint()
+    a[1] = 11
+    sp2.rollback()
+    assert a[1] == 0 and a[0] == 100 and A.shape[0] == len(a) + 2
+    sp.rollback()
+    assert a[0] == 1 and a[BS // 8 * 3] == 3 and a[BS // 8 * 5] == 0
+    assert A.shape == (len(a),)
+    assert A._fileh.dirty_blocks() == [0, 3]
+    a[2] = 2
+    c1.commit()
+    c2 = Conn(db)
+    b = c2.root['A'][:]
+    want = np.zeros(len(a), np.int64)
+    want[0], want[2], want[BS // 8 * 3] = 1, 2, 3
+    assert (b == want).all()
+    del a, b
+    c1.close(); c2.close()
+
+
+class FailingDM:
+    """A data manager that fails in tpc_vote, after ZBigFileH stored blocks."""
+
+    def __init__(self, where='tpc_vote'):
+        self.where = where
+
+    def sortKey(self):
+        return '~~~ last'
+
+    def abort(self, txn): pass
+    def tpc_begin(self, txn): pass
+    def commit(self, txn): pass
+    def tpc_finish(self, txn): pass
+    def tpc_abort(self, txn): pass
+
+    def tpc_vote(self, txn):
+        raise RuntimeError('vote failed')
+
+
+def test_failed_2pc_changes_nothing(db, fmt):
+    c1 = Conn(db)
+    A = mkarray(c1)
+    a = A[:]
+    a[:] = 1
+    c1.commit()
+    a[:BS // 8] = 2             # change block 0
+    a[-1] = 3                   # and the last one
+    A.append(np.arange(10))     # and the shape
+    c1.tm.get().join(FailingDM())
+    with pytest.raises(RuntimeError, match='vote failed'):
+        c1.commit()
+    # database unchanged
+    c2 = Conn(db)
+    B = c2.root['A']
+    assert B.shape == (len(a),)
+    assert (B[:] == 1).all()
+    # memory: every change still pending as a whole, then discarded by abort
+    assert A._fileh.dirty_blocks() == sorted(set([0, 7, 8]))
+    with pytest.raises(transaction.interfaces.TransactionFailedError):
+        c1.commit()
+    c1.abort()
+    assert A._fileh.dirty_blocks() == []
+    assert A.shape == (len(a),)
+    assert (a == 1).all() and (A[:] == 1).all()
+    # and the handle still commits afterwards
+    a[0] = 42
+    c1.commit()
+    c2.abort()
+    assert B[:][0] == 42
+    del a
+    c1.close(); c2.close()
+
+
+def test_conflict_on_same_block(db, fmt):
+    c1 = Conn(db)
+    A = mkarray(c1)
+    c2 = Conn(db)
+    B = c2.root['A']
+    a, b = A[:], B[:]
+    assert a[0] == 0 and b[0] == 0      # both loaded block 0
+    a[0] = 1
+    c1.commit()
+    b[1] = 2
+    with pytest.raises(ConflictError):
+        c2.commit()
+    c2.abort()
+    assert b[0] == 1 and b[1] == 0
+    del a, b
+    c1.close(); c2.close()
+
+
+def test_invalidation_only_changed_blocks(db, fmt):
+    c1 = Conn(db)
+    A = mkarray(c1)
+    a = A[:]
+    a[:] = np.arange(len(a))
+    c1.commit()
+    c2 = Conn(db)
+    B = c2.root['A']
+    b = B[:]
+    assert (b == np.arange(len(a))).all()       # every block loaded
+    loads = count_loads(B)
+    a[BS // 8 * 2 + 1] = -5                     # block 2
+    c1.commit()
+    assert b[BS // 8 * 2 + 1] != -5             # not before the boundary
+    assert loads == []
+    c2.tm.begin()
+    assert loads == []                          # nothing re-read eagerly
+    assert b[BS // 8 * 2 + 1] == -5
+    assert (b[:BS // 8 * 2] == np.arange(BS // 8 * 2)).all()
+    assert (b[BS // 8 * 3:] == np.arange(BS // 8 * 3, len(a))).all()
+    assert loads == [2]
+    del a, b
+    c1.close(); c2.close()
+
+
+def test_invalidation_implicit_boundary(db, fmt):
+    # no begin(): the boundary is the previous commit/abort
+    c1 = Conn(db)
+    A = mkarray(c1)
+    c2 = Conn(db)
+    b = c2.root['A'][:]
+    assert b[3] == 0
+    A[3] = 33
+    c1.commit()
+    assert b[3] == 0
+    c2.abort()
+    assert b[3] == 33
+    A[4] = 44
+    c1.commit()
+    c2.commit()         # empty commit is a boundary too
+    assert b[4] == 44
+    del b
+    c1.close(); c2.close()
+
+
+def test_invalidation_structure(db, fmt):
+    """New blocks (holes filled), deleted blocks and format changes."""
+    c1 = Conn(db)
+    A = mkarray(c1)
+    c2 = Conn(db)
+    B = c2.root['A']
+    b = B[:]
+    assert not b.any()                 # all holes, all loaded
+    loads = count_loads(B)
+    n = BS // 8
+    A[n * 1:n * 2] = np.arange(n)      # fills hole 1
+    A[n * 4 + 3] = 1                   # fills hole 4 sparsely
+    c1.commit()
+    c2.abort()
+    assert (b[n:2 * n] == np.arange(n)).all() and b[n * 4 + 3] == 1
+    assert sorted(loads) == [1, 4]
+    del loads[:]
+    A[n * 1:n * 2] = 0                 # block 1 back to a hole
+    A[n * 4:n * 5] = 5                 # block 4 fully rewritten
+    c1.commit()
+    assert 1 not in A.zfile.blktab
+    c2.abort()
+    assert not b[n:2 * n].any() and (b[n * 4:n * 5] == 5).all()
+    assert sorted(loads) == [1, 4]
+    del b
+    c1.close(); c2.close()
+
+
+def test_shape_change_seen(db, fmt):
+    c1 = Conn(db)
+    A = mkarray(c1, n=10)
+    A[:] = np.arange(10)
+    c1.commit()
+    c2 = Conn(db)
+    B = c2.root['A']
+    b = B[:]
+    assert B.shape == (10,)
+    A.append(np.arange(10, 20))
+    c1.commit()
+    assert B.shape == (10,)
+    c2.abort()
+    assert B.shape == (20,)
+    assert (B[:] == np.arange(20)).all()
+    assert (b == np.arange(10)).all()
+    del b
+    c1.close(); c2.close()
+
+
+def test_loaded_data_not_kept_in_cache(db, fmt):
+    c1 = Conn(db)
+    A = mkarray(c1)
+    a = A[:]
+    a[:] = np.arange(len(a))
+    a[3] = 0
+    c1.commit()
+    c2 = Conn(db)
+    B = c2.root['A']
+    b = B[:]
+    assert b.sum() == np.arange(len(a)).sum() - 3
+    zblks = list(B.zfile.blktab.values())
+    assert len(zblks) == 8
+    for z in zblks:
+        assert z._p_state == GHOST, z
+        if isinstance(z, ZBlk1):
+            for zd in z.chunktab.values():
+                assert zd._p_state == GHOST
+    # also after a commit of our own
+    b[:] += 1
+    c2.commit()
+    for z in B.zfile.blktab.values():
+        assert z._p_state == GHOST
+    del b
+    c1.close(); c2.close()
+
+
+def test_commit_holds_no_second_copy(tmp_path, fmt):
+    db = file_db(str(tmp_path / 'big.fs'))
+    c1 = Conn(db)
+    nblk = 24
+    A = mkarray(c1, n=nblk * 2 * 1024 * 1024 // 8, blksize=2 * 1024 * 1024)
+    a = A[:]
+    a[:] = np.arange(len(a))        # 48 MiB dirty
+    tracemalloc.start()
+    try:
+        c1.commit()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert A._fileh.dirty_blocks() == []
+    # a few blocks in flight at most, not the 48 MiB of dirty data
+    assert peak < 12 * 1024 * 1024, peak
+    c2 = Conn(db)
+    assert (c2.root['A'][:] == np.arange(len(a))).all()
+    del a
+    c1.close(); c2.close()
+    db.close()
+
+
+@pytest.mark.parametrize('fmt_', FORMATS)
+def test_db_growth_small_change(tmp_path, monkeypatch, fmt_):
+    monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, fmt_)
+    path = str(tmp_path / 'g.fs')
+    db = file_db(path)
+    c1 = Conn(db)
+    bs = 2 * 1024 * 1024
+    A = mkarray(c1, n=4 * bs // 8, blksize=bs)
+    a = A[:]
+    a[:] = np.random.RandomState(0).randint(1, 2**62, size=len(a))
+    c1.commit()
+    kinds = {type(z).__name__ for z in A.zfile.blktab.values()}
+    assert kinds == {'ZBlk1' if fmt_ == 'ZBlk1' else 'ZBlk0'}
+    size0 = os.path.getsize(path)
+    a[bs // 8 + 7] ^= 0xff                    # change a few bytes of block 1
+    c1.commit()
+    growth = os.path.getsize(path) - size0
+    if fmt_ == 'ZBlk0':
+        assert growth >= bs
+    else:
+        assert growth < bs // 16, growth     # one 32 KiB chunk + small records
+    # and the data reads back in a fresh connection
+    want = a.copy()
+    c2 = Conn(db)
+    assert (c2.root['A'][:] == want).all()
+    # a second small change of the same block stays small for auto too
+    size1 = os.path.getsize(path)
+    a[bs // 8 + 9000] ^= 1
+    c1.commit()
+    if fmt_ != 'ZBlk0':
+        assert os.path.getsize(path) - size1 < bs // 16
+    del a
+    c1.close(); c2.close()
+    db.close()
+
+
+def test_formats_read_each_other(db, monkeypatch):
+    c1 = Conn(db)
+    A = mkarray(c1)
+    a = A[:]
+    rng = np.random.RandomState(1)
+    model = np.zeros(len(a), np.int64)
+    c2 = Conn(db)
+    B = c2.root['A']
+    b = B[:]
+    for step in range(24):
+        monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, FORMATS[step % 3])
+        lo = rng.randint(0, len(a))
+        hi = min(len(a), lo + rng.choice([1, 100, 5000, 20000, 40000]))
+        v = rng.randint(-3, 3, size=hi - lo) * rng.randint(0, 2)
+        a[lo:hi] = v
+        model[lo:hi] = v
+        c1.commit()
+        c2.abort()
+        assert (b == model).all(), step
+        assert (a == model).all(), step
+    kinds = {type(z) for z in A.zfile.blktab.values()}
+    assert kinds <= {ZBlk0, ZBlk1}
+    del a, b
+    c1.close(); c2.close()
+
+
+def test_auto_overlay_on_zblk0(db, monkeypatch):
+    monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, 'auto')
+    c1 = Conn(db)
+    A = mkarray(c1, blksize=2 * 1024 * 1024, n=2 * 1024 * 1024 // 8)
+    a = A[:]
+    a[:] = 1
+    c1.commit()
+    z = A.zfile.blktab[0]
+    assert type(z) is ZBlk0
+    a[10] = 2                           # one chunk changes: ZBlk1 over the ZBlk0
+    c1.commit()
+    z1 = A.zfile.blktab[0]
+    assert type(z1) is ZBlk1 and z1.base is z and len(z1.chunktab) == 1
+    a[10] = 1                           # back to the base: overlay entry dropped
+    c1.commit()
+    assert len(A.zfile.blktab[0].chunktab) == 0
+    a[:] = 3                            # everything changes: ZBlk0 again
+    c1.commit()
+    assert type(A.zfile.blktab[0]) is ZBlk0
+    c2 = Conn(db)
+    assert (c2.root['A'][:] == 3).all()
+    del a
+    c1.close(); c2.close()
+
+
+def test_bad_format(db, monkeypatch):
+    with pytest.raises(ValueError, match='ZBlk'):
+        ZBigFile(zblk_fmt='ZBlk7')
+    c1 = Conn(db)
+    A = mkarray(c1)
+    with pytest.raises(ValueError, match='ZBlk'):
+        A.zfile.fileh_open(zblk_fmt='nope')
+    monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, 'ZBlk2')
+    A[0] = 1
+    with pytest.raises(ValueError, match=file_zodb.ZBLK_FMT_ENV):
+        c1.commit()
+    c1.abort()
+    monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, 'ZBlk1')
+    A[0] = 1
+    c1.commit()
+    assert type(A.zfile.blktab[0]) is ZBlk1
+    c1.close()
+
+
+def test_format_argument_wins(db, monkeypatch):
+    monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, 'ZBlk1')
+    c1 = Conn(db)
+    c1.root['A'] = A = ZBigArray((BS // 8 * 2,), np.int64, blksize=BS, zblk_fmt='ZBlk0')
+    A[:] = 1
+    c1.commit()
+    assert [type(z) for z in A.zfile.blktab.values()] == [ZBlk0, ZBlk0]
+    c1.close()
+
+
+def test_array_not_ghostified_while_mapped(db):
+    c1 = Conn(db)
+    A = mkarray(c1)
+    a = A[:]
+    a[:] = 4
+    c1.commit()
+    c1.conn.cacheMinimize()
+    assert A._p_state != GHOST
+    assert (a == 4).all()
+    fh = A._fileh
+    c2 = Conn(db)
+    c2.root['A'].append(np.arange(3))
+    c2.commit()
+    c1.abort()                              # invalidates A's state
+    assert A._fileh is fh                   # same handle after invalidation
+    assert A.shape == (len(a) + 3,)
+    assert (A[-3:] == np.arange(3)).all()
+    del a
+    c1.close(); c2.close()
+
+
+def test_structured_and_fortran_persist(tmp_path):
+    path = str(tmp_path / 's.fs')
+    db = file_db(path)
+    c1 = Conn(db)
+    dt = np.dtype([('x', '<i4'), ('y', '>f8', (2,)), ('s', 'S3')], align=True)
+    c1.root['S'] = S = ZBigArray((5, 3), dt, blksize=BS)
+    c1.root['F'] = F = ZBigArray((4, 6), np.float32, order='F', blksize=BS)
+    s = S[:]
+    s['x'] = np.arange(15).reshape(5, 3)
+    s['y'][..., 1] = 2.5
+    s['s'] = b'ab'
+    F[:] = np.arange(24, dtype=np.float32).reshape(4, 6)
+    c1.commit()
+    st = S.__getstate__()
+    assert isinstance(st['dtype'], dict)
+    assert isinstance(F.__getstate__()['dtype'], str)
+    del s
+    c1.close()
+    db.close()
+    db = file_db(path)
+    c2 = Conn(db)
+    S2, F2 = c2.root['S'], c2.root['F']
+    assert S2.dtype == dt and S2.shape == (5, 3)
+    s2 = S2[:]
+    assert (s2['x'] == np.arange(15).reshape(5, 3)).all()
+    assert (s2['y'][..., 1] == 2.5).all() and (s2['s'] == b'ab').all()
+    assert F2.order == 'F' and F2.strides == (4, 16)
+    assert (np.asarray(F2) == np.arange(24, dtype=np.float32).reshape(4, 6)).all()
+    del s2
+    c2.close()
+    db.close()
+
+
+def test_errors():
+    with pytest.raises(TypeError, match='object'):
+        ZBigArray((3,), object)
+    with pytest.raises(TypeError, match='object'):
+        ZBigArray((3,), [('a', 'i4'), ('b', 'O')])
+    with pytest.raises(ValueError, match='negative'):
+        ZBigArray((-1,), np.int64)
+    with pytest.raises(ValueError):
+        ZBigArray((2**62, 2**10), np.int64)
+    with pytest.raises(ValueError):
+        ZBigArray((3,), np.int64, blksize=1000)
+    A = ZBigArray((2, 3), np.int64, blksize=BS)
+    with pytest.raises(ValueError):
+        A.append(np.zeros((2, 2), np.int64))
+    with pytest.raises(TypeError):
+        A.append(np.zeros((1, 3), np.float64))
+
+
+def test_array_before_first_commit(db):
+    """Data written before the ZBigArray is in the database is committed with it."""
+    c1 = Conn(db)
+    c1.root['A'] = A = ZBigArray((100,), np.int64, blksize=BS)
+    A[:] = np.arange(100)
+    A.append(np.arange(5))
+    c1.commit()
+    assert A._p_jar is c1.conn and A._fileh.dirty_blocks() == []
+    c2 = Conn(db)
+    assert (c2.root['A'][:] == np.r_[np.arange(100), np.arange(5)]).all()
+    A[0] = -1                       # and it follows transactions from now on
+    c1.commit()
+    c2.abort()
+    assert c2.root['A'][0] == -1
+    c1.close(); c2.close()
+
+
+def test_explicit_transaction_manager(db):
+    tm = transaction.TransactionManager(explicit=True)
+    with tm:
+        conn = db.open(tm)
+        conn.root()['A'] = A = ZBigArray((10,), np.int64, blksize=BS)
+    c2 = Conn(db)
+    with tm:
+        a = A[:]
+        a[:] = 5
+    c2.abort()
+    b = c2.root['A'][:]
+    assert (b == 5).all()
+    tm.begin()
+    a[1] = 6
+    tm.abort()
+    assert a[1] == 5
+    c2.root['A'][3] = 8
+    c2.commit()
+    with tm:                        # begin: invalidations applied
+        assert a[3] == 8
+        a[2] = 7
+    c2.abort()
+    assert b[2] == 7
+    del a, b
+    from wendelin_cy.bigfile.file_zodb import _close_handles_of
+    _close_handles_of(conn)
+    conn.close()
+    c2.close()
