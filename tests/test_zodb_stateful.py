@@ -1,0 +1,205 @@
+"""A ZBigArray driven by random operations against a numpy model.
+
+Operations: append, resize, assignment through the array and through views
+made earlier, commit, abort, savepoint and rollback, close and reopen of the
+connection.  A second connection checks at its transaction boundaries that it
+sees exactly the committed state, and between them the snapshot it saw."""
+
+import os
+
+import numpy as np
+import transaction
+from hypothesis import settings, strategies as st, HealthCheck
+from hypothesis.stateful import (RuleBasedStateMachine, rule, invariant,
+                                 precondition, initialize)
+
+from wendelin_cy.bigarray.array_zodb import ZBigArray
+from wendelin_cy.bigfile import file_zodb
+
+from _zodb_util import Conn, mapping_db
+
+BS = 16 * 1024                  # 4 chunks of 4 KiB
+ITEMS = BS // 8
+MAXLEN = 6 * ITEMS
+
+
+def _padded(x, n):
+    out = np.zeros(n, x.dtype)
+    k = min(n, len(x))
+    out[:k] = x[:k]
+    return out
+
+
+class ZBigArrayMachine(RuleBasedStateMachine):
+    FMT = 'auto'
+
+    def __init__(self):
+        super().__init__()
+        self._oldfmt = os.environ.get(file_zodb.ZBLK_FMT_ENV)
+        os.environ[file_zodb.ZBLK_FMT_ENV] = self.FMT
+        self.db = mapping_db()
+        self.c1 = Conn(self.db)
+        self.c1.root['A'] = ZBigArray((0,), np.int64, blksize=BS)
+        self.c1.commit()
+        self.A = self.c1.root['A']
+        self.model = np.zeros(0, np.int64)
+        self.committed = self.model.copy()
+        self.views = []             # ndarray views of A (current handle)
+        self.savepoints = []        # (savepoint, model copy)
+        self.c2 = Conn(self.db)
+        self.B = self.c2.root['A']
+        self.seen = self.committed.copy()   # what c2's snapshot shows
+        self.bviews = []            # views of B
+
+    def teardown(self):
+        del self.views[:], self.bviews[:]
+        try:
+            self.c1.close()
+            self.c2.close()
+        finally:
+            self.db.close()
+            if self._oldfmt is None:
+                os.environ.pop(file_zodb.ZBLK_FMT_ENV, None)
+            else:
+                os.environ[file_zodb.ZBLK_FMT_ENV] = self._oldfmt
+
+    # -- changes
+
+    @rule(n=st.integers(0, 3 * ITEMS), seed=st.integers(0, 2**31))
+    def append(self, n, seed):
+        if len(self.model) + n > MAXLEN:
+            n = MAXLEN - len(self.model)
+        v = np.random.RandomState(seed).randint(-1000, 1000, size=n).astype(np.int64)
+        self.A.append(v)
+        self.model = np.concatenate([self.model, v])
+
+    @rule(n=st.integers(0, MAXLEN))
+    def resize(self, n):
+        self.A.resize((n,))
+        self.model = _padded(self.model, n)
+
+    @rule(data=st.data())
+    def setitem(self, data):
+        n = len(self.model)
+        if n == 0:
+            return
+        lo = data.draw(st.integers(0, n - 1))
+        hi = data.draw(st.integers(lo, min(n, lo + 2 * ITEMS)))
+        v = data.draw(st.sampled_from([0, 1, -5, 'arange']))
+        val = np.arange(lo, hi, dtype=np.int64) if v == 'arange' else np.int64(v)
+        self.A[lo:hi] = val
+        self.model[lo:hi] = val
+
+    @rule()
+    def make_view(self):
+        if len(self.views) < 4:
+            self.views.append(self.A[:])
+
+    @precondition(lambda self: self.views)
+    @rule(data=st.data())
+    def write_view(self, data):
+        a = data.draw(st.sampled_from(self.views))
+        n = min(len(a), len(self.model))
+        if n == 0:
+            return
+        i = data.draw(st.integers(0, n - 1))
+        j = data.draw(st.integers(i, min(n, i + ITEMS + 7)))
+        k = data.draw(st.integers(-3, 3))
+        a[i:j] = k
+        self.model[i:j] = k
+
+    # -- transaction
+
+    @rule()
+    def commit(self):
+        self.c1.commit()
+        self.committed = self.model.copy()
+        self.savepoints = []
+
+    @rule()
+    def abort(self):
+        self.c1.abort()
+        self.model = self.committed.copy()
+        self.savepoints = []
+
+    @rule()
+    def savepoint(self):
+        self.savepoints.append((self.c1.tm.savepoint(), self.model.copy()))
+
+    @precondition(lambda self: self.savepoints)
+    @rule(data=st.data())
+    def rollback(self, data):
+        i = data.draw(st.integers(0, len(self.savepoints) - 1))
+        sp, m = self.savepoints[i]
+        sp.rollback()
+        self.model = m.copy()
+        del self.savepoints[i + 1:]     # later ones are invalid now
+
+    @rule(commit=st.booleans())
+    def close_reopen(self, commit):
+        if commit:
+            self.commit()
+        else:
+            self.abort()
+        del self.views[:]
+        self.A = None
+        self.c1.close()
+        self.c1 = Conn(self.db)
+        self.A = self.c1.root['A']
+
+    # -- the other connection
+
+    @rule()
+    def other_boundary(self):
+        self.c2.abort()
+        self.seen = self.committed.copy()
+        self.check_other()
+
+    @rule()
+    def other_view(self):
+        if len(self.bviews) < 3:
+            self.bviews.append(self.B[:])
+
+    # -- checks
+
+    @invariant()
+    def same_as_model(self):
+        A = self.A
+        assert A.shape == self.model.shape
+        assert (A[:] == self.model).all()
+        for a in self.views:
+            n = min(len(a), len(self.model))
+            assert (a[:n] == self.model[:n]).all()
+        assert (np.asarray(A) == self.model).all()
+
+    @invariant()
+    def other_sees_its_snapshot(self):
+        self.check_other()
+
+    def check_other(self):
+        B = self.B
+        assert B.shape == self.seen.shape
+        assert (B[:] == self.seen).all()
+        for b in self.bviews:
+            # a view of an older, longer shape reads zeros past the end
+            assert (b == _padded(self.seen, len(b))).all()
+
+
+SETTINGS = settings(max_examples=40, stateful_step_count=30, deadline=None,
+                    suppress_health_check=list(HealthCheck))
+
+
+class ZBlk0Machine(ZBigArrayMachine):
+    FMT = 'ZBlk0'
+
+
+class ZBlk1Machine(ZBigArrayMachine):
+    FMT = 'ZBlk1'
+
+
+TestAuto = ZBigArrayMachine.TestCase
+TestAuto.settings = SETTINGS
+TestZBlk0 = ZBlk0Machine.TestCase
+TestZBlk0.settings = SETTINGS
+TestZBlk1 = ZBlk1Machine.TestCase
+TestZBlk1.settings = SETTINGS
