@@ -564,3 +564,32 @@ def test_explicit_transaction_manager(db):
     _close_handles_of(conn)
     conn.close()
     c2.close()
+
+
+def test_concurrent_writers_of_different_blocks_merge(tmp_path):
+    """Two connections fill different holes: ZBigFile.rev and the blktab
+    bucket conflicts resolve; the same block conflicts."""
+    db = file_db(str(tmp_path / 'c.fs'))      # FileStorage resolves conflicts
+    c1 = Conn(db)
+    A = mkarray(c1)
+    c2 = Conn(db)
+    B = c2.root['A']
+    A[1] = 11                   # block 0
+    B[BS // 8 * 5] = 55         # block 5
+    c1.commit()
+    c2.commit()
+    c3 = Conn(db)
+    C = c3.root['A'][:]
+    assert C[1] == 11 and C[BS // 8 * 5] == 55
+    c1.abort()
+    assert A[BS // 8 * 5] == 55
+    A[2] = 1
+    B[3] = 2
+    c1.commit()
+    with pytest.raises(ConflictError):
+        c2.commit()
+    c2.abort()
+    assert B[2] == 1 and B[3] == 0
+    del C
+    c1.close(); c2.close(); c3.close()
+    db.close()

@@ -75,7 +75,11 @@ class ZBigArray(BigArray, Persistent):
         d = self.__dict__          # does not unghostify
         fh = d.get('_v_fileh')
         if fh is None or fh.closed:
-            fh = self.zfile.fileh_open()
+            # address space for the array and for it to double (the pager's
+            # default reservation is 64 GiB)
+            nbytes = self.nbytes
+            reserve = 4 * nbytes if nbytes > (16 << 30) else None
+            fh = self.zfile.fileh_open(reserve=reserve)
             self.__dict__['_v_fileh'] = fh
         else:
             fh.join_current()

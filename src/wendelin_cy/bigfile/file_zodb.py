@@ -306,10 +306,6 @@ class ZBlk1(_ZBlkBase):
         if not self._p_changed:
             self._p_deactivate()
 
-    def _p_resolveConflict(self, old, saved, new):   # no automatic merge
-        from ZODB.POSException import ConflictError
-        raise ConflictError
-
 
 # ~~~ ZBigFile
 
@@ -431,15 +427,23 @@ class _ZBigFileIO(BigFile):
 
     def __init__(self, zfile):
         super().__init__(zfile.blksize)
-        self._zfile = zfile
+        # weak: _IO maps zfile -> self, a strong ref would keep the key alive
+        self._zfile_ref = weakref.ref(zfile)
         self._handles = []
         self._loaded = {}       # blk -> ZBlk ghost (None for a hole) last loaded
         self._pending = set()   # blocks invalidated, to drop at the boundary
         self._recheck = False   # blktab changed: compare _loaded against it
         self._wo = None         # _Writeout in progress
 
+    @property
+    def _zfile(self):
+        zfile = self._zfile_ref()
+        if zfile is None:
+            raise RuntimeError('the ZBigFile of this handle is gone')
+        return zfile
+
     def __repr__(self):
-        return '<_ZBigFileIO of %r>' % (self._zfile,)
+        return '<_ZBigFileIO of %r>' % (self._zfile_ref(),)
 
     # -- pager callbacks
 
