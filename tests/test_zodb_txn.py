@@ -593,3 +593,45 @@ def test_concurrent_writers_of_different_blocks_merge(tmp_path):
     del C
     c1.close(); c2.close(); c3.close()
     db.close()
+
+
+def test_explicit_writeout_then_commit_or_abort(db, fmt):
+    c1 = Conn(db)
+    A = mkarray(c1)
+    a = A[:]
+    a[0] = 5
+    fh = A._fileh
+    fh.dirty_writeout()             # into ZBlk objects now, committed later
+    assert fh.dirty_blocks() == []
+    c2 = Conn(db)
+    assert c2.root['A'][0] == 0
+    c1.commit()
+    c2.abort()
+    assert c2.root['A'][0] == 5
+    a[1] = 6
+    fh.dirty_writeout()
+    c1.abort()                      # the written-out change is aborted too
+    assert a[1] == 0 and a[0] == 5
+    del a
+    c1.close(); c2.close()
+
+
+def test_two_handles_of_one_file(db):
+    c1 = Conn(db)
+    A = mkarray(c1)
+    zf = A.zfile
+    h2 = zf.fileh_open()
+    v2 = np.ndarray((BS // 8,), np.int64, buffer=h2.mmap(0, 1))
+    assert v2[0] == 0
+    c2 = Conn(db)
+    c2.root['A'][0] = 9
+    c2.commit()
+    c1.abort()
+    assert v2[0] == 9 and A[0] == 9         # both handles invalidated
+    v2[1] = 1                               # a change through the 2nd handle
+    c1.commit()
+    c2.abort()
+    assert c2.root['A'][1] == 1
+    del v2
+    h2.close()
+    c1.close(); c2.close()

@@ -418,8 +418,7 @@ class _Writeout:
         if self.lazy:
             fh = self.fh
             return lambda: _read_page(fh, blk, off, size)
-        data = bytes(buf[off:off + size]).rstrip(b'\0')
-        return lambda: data
+        return bytes(buf[off:off + size]).rstrip(b'\0')
 
 
 class _ZBigFileIO(BigFile):
