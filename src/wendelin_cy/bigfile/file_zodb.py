@@ -122,7 +122,6 @@ import transaction as _transaction
 from BTrees.IOBTree import IOBTree
 from BTrees.LOBTree import LOBTree
 from persistent import Persistent
-from transaction.interfaces import TransactionFailedError  # noqa: F401 (doc)
 
 from wendelin_cy.bigfile import BigFile, WRITEOUT_MARKSTORED, WRITEOUT_STORE
 
@@ -503,18 +502,16 @@ class _ZBigFileIO(BigFile):
             if type(old) is ZBlk1 and old.base is None:
                 self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
             else:
-                self._new1(wo, blk, old, buf, cs, nch, zero_of=_zero_chunks(buf, cs, nch))
+                self._new1(wo, blk, old, buf, cs, nch, zero)
             return
 
         # auto
         half = nch / 2
         if old is None:
-            nz = nch - sum(_zero_chunks(buf, cs, nch))
-            if nz > half:
+            if nch - sum(zero) > half:          # mostly filled
                 self._new0(wo, blk, old, buf)
-            else:
-                self._new1(wo, blk, old, buf, cs, nch,
-                           zero_of=_zero_chunks(buf, cs, nch))
+            else:                               # sparse
+                self._new1(wo, blk, old, buf, cs, nch, zero)
         elif type(old) is ZBlk0:
             if len(changed) > half:
                 self._rewrite0(wo, blk, old, buf)
@@ -572,10 +569,10 @@ class _ZBigFileIO(BigFile):
         wo.touched.append(old)
         wo.written[blk] = old
 
-    def _new1(self, wo, blk, old, buf, cs, nch, zero_of):
+    def _new1(self, wo, blk, old, buf, cs, nch, zero):
         z1 = ZBlk1(cs)
         for i in range(nch):
-            if not zero_of[i]:
+            if not zero[i]:
                 zd = ZData()
                 zd._set_src(wo.src(blk, i * cs, cs, buf))
                 z1.chunktab[i * cs] = zd
@@ -647,11 +644,6 @@ class _ZBigFileIO(BigFile):
             for blk in pending:
                 if blk not in dirty:
                     fh.invalidate_page(blk)
-
-
-def _zero_chunks(buf, cs, nch):
-    n = len(buf)
-    return [_iszero(buf[i * cs:min((i + 1) * cs, n)]) for i in range(nch)]
 
 
 def _diff(buf, old, cs, nch):
