@@ -40,7 +40,14 @@ Which one is written is chosen per block at commit by the format, taken from
   chunks changed (appends, full rewrites), becomes a ZBlk0; otherwise only the
   changed chunks are written, into a ZBlk1 (over the old ZBlk0 as base when
   there is one).  An overlay that grows past half the block is compacted back
-  into a ZBlk0.  Reads stay close to ZBlk0 speed, small writes stay small.
+  into a ZBlk0.  Small writes stay small, and blocks written whole read at
+  ZBlk0 speed; a block grown by many small appends stays a ZBlk1, as each
+  append writes only its own chunks (its reads cost one load per chunk).
+
+Finding the changed chunks costs, at commit, one read of the stored version
+of each dirty block (``ZBlk1``/``auto``; ``ZBlk0`` reads it only to skip
+unchanged blocks).  We pay that rather than keep checksums of every block
+loaded, which would slow down all reads to help some writes.
 
 Readers do not care about the format: every format reads every record.
 
