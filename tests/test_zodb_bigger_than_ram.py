@@ -28,11 +28,28 @@ print(int(a.sum()) == int(want) + 6 * n)
 print(float(np.mean(a)) == (int(want) + 6 * n) / (6 * n))
 st = wendelin_cy.pager_stats()
 print(st['peak_resident'] <= 2 * budget and st['spills'] > 0 and st['evictions'] > 0, st)
-del a
+# blocks reclaimed by the pager are not watched forever
+from wendelin_cy.bigfile.file_zodb import _ZBigFileIO
+_ZBigFileIO.PRUNE_MIN = 0
+io = root['A']._fileh.bigfile
+nwatched = len(io._loaded)
+transaction.abort()
+print(nwatched == 24, 0 < len(io._loaded) <= 8, len(io._loaded))
+# and invalidation still reaches every block, watched or not
+db = root._p_jar.db()
+tm2 = transaction.TransactionManager()
+c2 = db.open(tm2)
+b = c2.root()['A'][:]
+b[:] = 7
+tm2.commit()
+transaction.abort()
+print(bool((a == 7).all()))
+del a, b
+c2.close()
 dbclose(root)
 root = dbopen('big.fs')
 a = root['A'][:]
-print(int(a.sum()) == int(want) + 6 * n, a.shape)
+print(bool((a == 7).all()), a.shape)
 del a
 dbclose(root)
 ''', cwd=tmp_path, timeout=600, WENDELIN_CY_RAM_BUDGET='8M')
@@ -41,4 +58,6 @@ dbclose(root)
     assert lines[1] == 'True'
     assert lines[2] == 'True'
     assert lines[3].startswith('True'), lines[3]
-    assert lines[4] == 'True (6291456,)'
+    assert lines[4].startswith('True True'), lines[4]
+    assert lines[5] == 'True'
+    assert lines[6] == 'True (6291456,)'

@@ -430,6 +430,8 @@ class _Writeout:
 class _ZBigFileIO(BigFile):
     """The BigFile the pager sees for one in-memory ZBigFile object."""
 
+    PRUNE_MIN = 256     # watch at least this many blocks before pruning
+
     def __init__(self, zfile):
         super().__init__(zfile.blksize)
         # weak: _IO maps zfile -> self, a strong ref would keep the key alive
@@ -629,7 +631,31 @@ class _ZBigFileIO(BigFile):
 
     # -- transaction boundary
 
+    def _prune(self):
+        """Stop watching blocks no handle holds any more (reclaimed by the
+        pager): they are loaded afresh next time.  Keeps _loaded about as big
+        as what is in RAM, not as big as all that was ever read."""
+        if len(self._loaded) < self.PRUNE_MIN:
+            return
+        held = set()
+        for h in self._handles:
+            fh = h._fh
+            if fh.closed:
+                continue
+            r = _resident(fh)
+            if r is None:
+                return
+            held.update(r)
+            held.update(fh.dirty_blocks())
+        if len(self._loaded) < 2 * len(held) + self.PRUNE_MIN:
+            return
+        for blk in [b for b in self._loaded if b not in held]:
+            z = self._loaded.pop(blk)
+            if z is not None and _OWNER.get(z, (None, None))[1] == blk:
+                del _OWNER[z]
+
     def _apply_invalidations(self):
+        self._prune()
         pending, self._pending = self._pending, set()
         if self._recheck:
             self._recheck = False
@@ -651,6 +677,12 @@ class _ZBigFileIO(BigFile):
             for blk in pending:
                 if blk not in dirty:
                     fh.invalidate_page(blk)
+
+
+def _resident(fh):
+    """Blocks in RAM in the core handle fh (None if it cannot tell)."""
+    f = getattr(fh, 'resident_blocks', None)
+    return None if f is None else f()
 
 
 def _diff(buf, old, cs, nch):
