@@ -23,15 +23,40 @@ ITEMS = BS // 8
 MAXLEN = 6 * ITEMS
 
 
-def _padded(x, n):
-    out = np.zeros(n, x.dtype)
-    k = min(n, len(x))
-    out[:k] = x[:k]
+def _major(shape_or_x, order):
+    return 0 if order == 'C' else len(getattr(shape_or_x, 'shape', shape_or_x)) - 1
+
+
+def _sl(ndim, M, lo, hi):
+    idx = [slice(None)] * ndim
+    idx[M] = slice(lo, hi)
+    return tuple(idx)
+
+
+def _padded(x, n, M=0):
+    """x cut or zero-extended to length n along axis M."""
+    shape = list(x.shape)
+    shape[M] = n
+    out = np.zeros(shape, x.dtype)
+    k = min(n, x.shape[M])
+    out[_sl(x.ndim, M, 0, k)] = x[_sl(x.ndim, M, 0, k)]
     return out
 
 
 class ZBigArrayMachine(RuleBasedStateMachine):
     FMT = 'auto'
+    MINOR = ()          # shape of the other axes
+    ORDER = 'C'
+
+    def _shape(self, n):
+        return (n,) + self.MINOR if self.ORDER == 'C' else self.MINOR + (n,)
+
+    @property
+    def M(self):
+        return 0 if self.ORDER == 'C' else len(self.MINOR)
+
+    def _len(self, x):
+        return x.shape[self.M]
 
     def __init__(self):
         super().__init__()
@@ -39,10 +64,11 @@ class ZBigArrayMachine(RuleBasedStateMachine):
         os.environ[file_zodb.ZBLK_FMT_ENV] = self.FMT
         self.db = mapping_db()
         self.c1 = Conn(self.db)
-        self.c1.root['A'] = ZBigArray((0,), np.int64, blksize=BS)
+        self.c1.root['A'] = ZBigArray(self._shape(0), np.int64, order=self.ORDER,
+                                      blksize=BS)
         self.c1.commit()
         self.A = self.c1.root['A']
-        self.model = np.zeros(0, np.int64)
+        self.model = np.zeros(self._shape(0), np.int64, order=self.ORDER)
         self.committed = self.model.copy()
         self.views = []             # ndarray views of A (current handle)
         self.savepoints = []        # (savepoint, model copy)
@@ -65,48 +91,59 @@ class ZBigArrayMachine(RuleBasedStateMachine):
 
     # -- changes
 
+    @property
+    def maxlen(self):
+        return MAXLEN // max(1, int(np.prod(self.MINOR)))
+
     @rule(n=st.integers(0, 3 * ITEMS), seed=st.integers(0, 2**31))
     def append(self, n, seed):
-        if len(self.model) + n > MAXLEN:
-            n = MAXLEN - len(self.model)
-        v = np.random.RandomState(seed).randint(-1000, 1000, size=n).astype(np.int64)
+        n = min(n, self.maxlen - self._len(self.model))
+        v = np.random.RandomState(seed).randint(-1000, 1000, size=self._shape(n))
+        v = v.astype(np.int64)
         self.A.append(v)
-        self.model = np.concatenate([self.model, v])
+        self.model = np.concatenate([self.model, v], axis=self.M)
 
     @rule(n=st.integers(0, MAXLEN))
     def resize(self, n):
-        self.A.resize((n,))
-        self.model = _padded(self.model, n)
+        n = min(n, self.maxlen)
+        self.A.resize(self._shape(n))
+        self.model = _padded(self.model, n, self.M)
 
     @rule(data=st.data())
     def setitem(self, data):
-        n = len(self.model)
+        n = self._len(self.model)
         if n == 0:
             return
         lo = data.draw(st.integers(0, n - 1))
         hi = data.draw(st.integers(lo, min(n, lo + 2 * ITEMS)))
         v = data.draw(st.sampled_from([0, 1, -5, 'arange']))
-        val = np.arange(lo, hi, dtype=np.int64) if v == 'arange' else np.int64(v)
-        self.A[lo:hi] = val
-        self.model[lo:hi] = val
+        sl = _sl(self.model.ndim, self.M, lo, hi)
+        if v == 'arange':
+            val = np.arange(self.model[sl].size, dtype=np.int64).reshape(
+                self.model[sl].shape)
+        else:
+            val = np.int64(v)
+        self.A[sl] = val
+        self.model[sl] = val
 
     @rule()
     def make_view(self):
         if len(self.views) < 4:
-            self.views.append(self.A[:])
+            self.views.append(self.A[...])
 
     @precondition(lambda self: self.views)
     @rule(data=st.data())
     def write_view(self, data):
         a = data.draw(st.sampled_from(self.views))
-        n = min(len(a), len(self.model))
+        n = min(self._len(a), self._len(self.model))
         if n == 0:
             return
         i = data.draw(st.integers(0, n - 1))
         j = data.draw(st.integers(i, min(n, i + ITEMS + 7)))
         k = data.draw(st.integers(-3, 3))
-        a[i:j] = k
-        self.model[i:j] = k
+        sl = _sl(a.ndim, self.M, i, j)
+        a[sl] = k
+        self.model[sl] = k
 
     # -- transaction
 
@@ -158,7 +195,7 @@ class ZBigArrayMachine(RuleBasedStateMachine):
     @rule()
     def other_view(self):
         if len(self.bviews) < 3:
-            self.bviews.append(self.B[:])
+            self.bviews.append(self.B[...])
 
     # -- checks
 
@@ -166,10 +203,11 @@ class ZBigArrayMachine(RuleBasedStateMachine):
     def same_as_model(self):
         A = self.A
         assert A.shape == self.model.shape
-        assert (A[:] == self.model).all()
+        assert (A[...] == self.model).all()
         for a in self.views:
-            n = min(len(a), len(self.model))
-            assert (a[:n] == self.model[:n]).all()
+            n = min(self._len(a), self._len(self.model))
+            sl = _sl(a.ndim, self.M, 0, n)
+            assert (a[sl] == self.model[sl]).all()
         assert (np.asarray(A) == self.model).all()
 
     @invariant()
@@ -179,10 +217,10 @@ class ZBigArrayMachine(RuleBasedStateMachine):
     def check_other(self):
         B = self.B
         assert B.shape == self.seen.shape
-        assert (B[:] == self.seen).all()
+        assert (B[...] == self.seen).all()
         for b in self.bviews:
             # a view of an older, longer shape reads zeros past the end
-            assert (b == _padded(self.seen, len(b))).all()
+            assert (b == _padded(self.seen, self._len(b), self.M)).all()
 
 
 SETTINGS = settings(max_examples=40, stateful_step_count=30, deadline=None,
@@ -197,6 +235,20 @@ class ZBlk1Machine(ZBigArrayMachine):
     FMT = 'ZBlk1'
 
 
+class CMatrixMachine(ZBigArrayMachine):
+    MINOR = (3, 5)
+
+
+class FMatrixMachine(ZBigArrayMachine):
+    FMT = 'ZBlk1'
+    MINOR = (7,)
+    ORDER = 'F'
+
+
+TestCMatrix = CMatrixMachine.TestCase
+TestCMatrix.settings = SETTINGS
+TestFMatrix = FMatrixMachine.TestCase
+TestFMatrix.settings = SETTINGS
 TestAuto = ZBigArrayMachine.TestCase
 TestAuto.settings = SETTINGS
 TestZBlk0 = ZBlk0Machine.TestCase

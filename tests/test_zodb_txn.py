@@ -635,3 +635,27 @@ def test_two_handles_of_one_file(db):
     del v2
     h2.close()
     c1.close(); c2.close()
+
+
+def test_view_is_a_snapshot(db, fmt):
+    """Blocks first touched after another connection committed still show
+    the state as of our transaction's start."""
+    c1 = Conn(db)
+    A = mkarray(c1)
+    A[:] = 1
+    c1.commit()
+    c2 = Conn(db)
+    B = c2.root['A']
+    b = B[:]                        # mapped, nothing loaded yet
+    assert b[0] == 1                # block 0 loaded
+    n = BS // 8
+    A[n:3 * n] = 2                  # blocks 1, 2 rewritten
+    A[5 * n] = 0                    # block 5: one element
+    A.append(np.arange(3))
+    c1.commit()
+    assert (b[n:3 * n] == 1).all() and b[5 * n] == 1 and B.shape == (len(b),)
+    c2.abort()
+    assert (b[n:3 * n] == 2).all() and b[5 * n] == 0
+    assert B.shape == (len(b) + 3,)
+    del b
+    c1.close(); c2.close()
