@@ -94,12 +94,13 @@ ZBigFile's connection's transaction manager:
   discards every dirty page and writes the saved blocks back.
 
 Known gap: a handle joins a transaction at ``fileh_open``, at ``begin()``
-(``newTransaction``), on every access through ``ZBigArray`` and at the end of the
-transaction if it is dirty.  With implicit transactions (no ``begin()``), pages
-dirtied after a commit only through an ndarray view made earlier, without any
-access to the ZBigArray, are not covered by a ``transaction.savepoint()`` taken
-before the handle joined; the pager has no "page became dirty" callback to join
-earlier.  Commit and abort are not affected.
+(``newTransaction``), whenever the ZBigArray reaches its handle (indexing,
+append, resize, ...) and at the end of the transaction if it is dirty.  With
+implicit transactions (no ``begin()``), pages dirtied after a commit only
+through an ndarray view made earlier, with no use of the ZBigArray since, are
+not covered by a ``transaction.savepoint()`` taken before the handle joined:
+the pager has no "page became dirty" callback that would let us join earlier.
+Commit and abort are not affected.
 
 Invalidation
 ------------
