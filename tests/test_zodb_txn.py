@@ -698,3 +698,32 @@ def test_savepoint_through_old_view_only(db):
         c1.abort()
         del a
         c1.close()
+
+
+@pytest.mark.parametrize('raw', [True, False])
+def test_load_path(db, fmt, monkeypatch, raw):
+    """ZBlk payloads are read straight from the record (no object activated,
+    no unpickled copy); the fallback through the object gives the same."""
+    if not raw:
+        monkeypatch.setattr(file_zodb, '_raw_payload', lambda obj: None)
+    c1 = Conn(db)
+    A = mkarray(c1)
+    want = np.random.RandomState(5).randint(-9, 9, size=A.shape)
+    want[BS // 8 * 2:BS // 8 * 3] = 0          # a hole
+    want[BS // 8 * 4 + 3] = 0                  # sparse block
+    want[BS // 8 * 4:BS // 8 * 5 - 1] = 0
+    A[:] = want
+    c1.commit()
+    c2 = Conn(db)
+    B = c2.root['A']
+    B.shape
+    n0 = c2.conn._load_count
+    b = B[:]
+    assert (b == want).all()
+    nload = c2.conn._load_count - n0
+    if raw and fmt == 'ZBlk0':
+        assert nload <= 3, nload        # the blktab bucket(s), not the 7 ZBlk0
+    elif not raw:
+        assert nload >= 7
+    del b
+    c1.close(); c2.close()

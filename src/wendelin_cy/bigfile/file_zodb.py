@@ -59,9 +59,14 @@ also bumps ``ZBigFile.rev``.  A ZBlk0 that serves as base is never modified.
 
 Loading: one copy in RAM
 ------------------------
-``loadblk`` copies the payload of the ZBlk into the page and turns the objects
-it activated back into ghosts right away (``_p_deactivate``): the bytes live in
-the pager page only, not also in the ZODB object cache.  The ghosts of the ZBlk
+``loadblk`` copies the payload of the ZBlk into the page and nothing else keeps
+it: the bytes live in the pager page only, not also in the ZODB object cache.
+For ``ZBlk0`` and ``ZData`` the record is read from the connection's storage
+(at its snapshot) and the payload is copied straight from the pickle, without
+unpickling it into a bytes object and without activating the object (twice
+as fast as going through the object for 2 MiB blocks); a record of another
+shape takes the normal path, after which the object is made a ghost again
+(``_p_deactivate``).  The ghosts of the ZBlk
 objects that were loaded are kept referenced (``_ZBigFileIO._loaded``): a ghost
 that nobody references drops out of the cache, and the cache is what delivers
 invalidations.
@@ -122,6 +127,7 @@ ZODB objects do.  The pure-Python ``persistent`` pickle cache does not call
 """
 
 import os
+import pickletools
 import tempfile
 import weakref
 
@@ -245,14 +251,6 @@ class _BytesRecord(_ZBlkBase):
                             % (type(self).__name__, type(state).__name__))
         self.__dict__['_data'] = state
 
-    def _loaddata(self):
-        """-> bytes; the object is turned back into a ghost (if unchanged)."""
-        if self._p_changed:
-            return self.__getstate__()
-        data = self._data
-        self._p_deactivate()
-        return data
-
     def _set_src(self, src):
         """Mark changed; the new bytes are `src` or, if it is callable, come
         from src() when the object is pickled."""
@@ -267,11 +265,70 @@ class _BytesRecord(_ZBlkBase):
             d['_data'] = src
 
 
+def _loaddata(obj):
+    """Payload of a _BytesRecord -> bytes-like; obj is left a ghost (if it
+    is not changed).  A function, not a method: looking up any attribute not
+    starting with _p_ on a ghost would load its state."""
+    if obj._p_changed:
+        return obj.__getstate__()
+    if obj._p_changed is None:          # ghost: try the direct path
+        data = _raw_payload(obj)
+        if data is not None:
+            return data
+    data = obj._data
+    obj._p_deactivate()
+    return data
+
+
+def _raw_payload(obj):
+    """The bytes state of ghost `obj` read straight from its record at the
+    connection's snapshot, as a memoryview into the record, without
+    unpickling it into a second copy and without activating the object.
+    None if the record is not the plain ``bytes`` pickle expected."""
+    jar = obj._p_jar
+    if jar is None or not getattr(jar, 'opened', None):
+        return None
+    storage = getattr(jar, '_storage', None)
+    if storage is None:
+        return None
+    p, _ = storage.load(obj._p_oid)
+    # a record is two pickles: class metadata, then state
+    try:
+        for op, _, pos in pickletools.genops(p):
+            if op.name == 'STOP':
+                break
+        else:
+            return None
+    except Exception:
+        return None
+    i = pos + 1
+    if p[i:i + 2] not in (b'\x80\x03', b'\x80\x04', b'\x80\x05'):
+        return None
+    i += 2
+    if p[i:i + 1] == b'\x95':                # FRAME (protocol 4+)
+        i += 9
+    code = p[i:i + 1]
+    if code == b'C':                         # SHORT_BINBYTES
+        n, i = p[i + 1], i + 2
+    elif code == b'B':                       # BINBYTES
+        n, i = int.from_bytes(p[i + 1:i + 5], 'little'), i + 5
+    elif code == b'\x8e':                    # BINBYTES8
+        n, i = int.from_bytes(p[i + 1:i + 9], 'little'), i + 9
+    else:
+        return None
+    tail = p[i + n:]
+    if not (tail == b'.' or (len(tail) == 3 and tail[:1] == b'q' and tail[2:] == b'.')
+            or (len(tail) == 6 and tail[:1] == b'r' and tail[5:] == b'.')
+            or tail == b'\x94.'):
+        return None
+    return memoryview(p)[i:i + n]
+
+
 class ZBlk0(_BytesRecord):
     """Whole block in one object (fast reads, whole-block writes)."""
 
     def loadblkdata(self, buf):
-        _fill(buf, 0, self._loaddata(), len(buf))
+        _fill(buf, 0, _loaddata(self), len(buf))
 
 
 class ZData(_BytesRecord):
@@ -303,13 +360,13 @@ class ZBlk1(_ZBlkBase):
         cs = self.chunksize
         base = self.base
         if base is not None:
-            base.loadblkdata(buf)
+            ZBlk0.loadblkdata(base, buf)        # (via the class: base stays a ghost)
         else:
             _zero(buf, 0, n)
         for off, zd in self.chunktab.items():
             if off >= n:
                 break
-            _fill(buf, off, zd._loaddata(), min(off + cs, n))
+            _fill(buf, off, _loaddata(zd), min(off + cs, n))
         if not self._p_changed:
             self._p_deactivate()
 
@@ -461,7 +518,8 @@ class _ZBigFileIO(BigFile):
         if zblk is None:
             _zero(buf, 0, len(buf))
         else:
-            zblk.loadblkdata(buf)
+            # through the class: an attribute of a ghost would load its state
+            type(zblk).loadblkdata(zblk, buf)
 
     def _track(self, blk, zblk):
         old = self._loaded.get(blk)
@@ -700,10 +758,10 @@ def _diff(buf, old, cs, nch):
     base_data = None
     odata = None
     if type(old) is ZBlk0:
-        odata = old._loaddata()
+        odata = _loaddata(old)
     elif type(old) is ZBlk1:
         if old.base is not None:
-            base_data = old.base._loaddata()
+            base_data = _loaddata(old.base)
         overlay = dict(old.chunktab.items())
     for i in range(nch):
         lo, hi = i * cs, min((i + 1) * cs, n)
@@ -712,12 +770,12 @@ def _diff(buf, old, cs, nch):
         if old is None:
             prev = b''
         elif odata is not None:
-            prev = odata[lo:hi].rstrip(b'\0')
+            prev = bytes(odata[lo:hi]).rstrip(b'\0')
         else:
-            b = base_data[lo:hi].rstrip(b'\0') if base_data is not None else b''
+            b = bytes(base_data[lo:hi]).rstrip(b'\0') if base_data is not None else b''
             same_base[i] = (new == b)
             zd = overlay.get(lo)
-            prev = zd._loaddata() if zd is not None else b
+            prev = bytes(_loaddata(zd)).rstrip(b'\0') if zd is not None else b
         if new != prev:
             changed.append(i)
     return changed, zero, same_base
