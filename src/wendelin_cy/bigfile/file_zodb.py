@@ -63,8 +63,8 @@ Loading: one copy in RAM
 it: the bytes live in the pager page only, not also in the ZODB object cache.
 For ``ZBlk0`` and ``ZData`` the record is read from the connection's storage
 (at its snapshot) and the payload is copied straight from the pickle, without
-unpickling it into a bytes object and without activating the object (twice
-as fast as going through the object for 2 MiB blocks); a record of another
+unpickling it into a bytes object and without activating the object (about
+three times faster than through the object for 2 MiB blocks); a record of another
 shape takes the normal path, after which the object is made a ghost again
 (``_p_deactivate``).  The ghosts of the ZBlk
 objects that were loaded are kept referenced (``_ZBigFileIO._loaded``): a ghost
@@ -121,8 +121,15 @@ read) and dropped if it maps to another object.  Nothing is re-read eagerly:
 the next access loads the new data at the new snapshot.  Within a transaction
 nothing is invalidated, so views are a consistent snapshot.
 
+Concurrent writers of different blocks both bump ``ZBigFile.rev``;
+``ZBigFile._p_resolveConflict`` merges that (the storage must be able to import
+wendelin_cy for it, as for any conflict resolution - e.g. on the ZEO server),
+and the ``blktab`` buckets merge as BTrees do.  Writers of the same block
+conflict.
+
 Limits: a handle and its ZBigFile belong to one connection and one thread, as
-ZODB objects do.  The pure-Python ``persistent`` pickle cache does not call
+ZODB objects do (loadblk, run from a page fault, loads through that
+connection).  The pure-Python ``persistent`` pickle cache does not call
 ``_p_invalidate`` of ghosts; the C implementation (the default) is required.
 """
 
