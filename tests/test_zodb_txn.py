@@ -727,3 +727,17 @@ def test_load_path(db, fmt, monkeypatch, raw):
         assert nload >= 7
     del b
     c1.close(); c2.close()
+
+
+def test_use_after_dbclose_is_a_clear_error(tmp_path):
+    from ZODB.POSException import ConnectionStateError
+    from wendelin_cy.lib.zodb import dbopen, dbclose
+    root = dbopen(str(tmp_path / 'x.fs'))
+    root['A'] = A = ZBigArray((10,), np.int64, blksize=BS)
+    transaction.commit()
+    A[1] = 1
+    transaction.commit()
+    dbclose(root)
+    assert A._v_fileh.closed
+    with pytest.raises(ConnectionStateError):
+        A[:]

@@ -417,6 +417,12 @@ class ZBigFile(Persistent):
         discard its changes."""
         if zblk_fmt is not None:
             _check_fmt(zblk_fmt, 'fileh_open')
+        jar = self._p_jar
+        if jar is not None and getattr(jar, 'opened', True) is None:
+            from ZODB.POSException import ConnectionStateError
+            raise ConnectionStateError(
+                '%r: cannot open a handle, the database connection is closed'
+                % (self,))
         io = _IO.get(self)
         if io is None:
             io = _IO[self] = _ZBigFileIO(self)
@@ -893,8 +899,12 @@ class ZBigFileH:
 
     def _current_tm(self):
         conn = self._conn()
-        tm = getattr(conn, 'transaction_manager', None) if conn is not None else None
-        return tm if tm is not None else _default_tm()
+        if conn is None:
+            return _default_tm()
+        tm = getattr(conn, 'transaction_manager', None)
+        if tm is None:              # connection closed: keep what we had
+            return self._tm if self._tm is not None else _default_tm()
+        return tm
 
     def _register_synch(self):
         tm = self._current_tm()
