@@ -140,7 +140,26 @@ def pager_stats():
     return _vm.stats()
 
 
+def _keep_handler_first():
+    """faulthandler.enable() called after us would put its SIGSEGV handler in
+    front of ours and report every first touch of a block as a crash.  Re-assert
+    ours after it: faults that are not the pager's still reach faulthandler."""
+    import faulthandler
+    orig = faulthandler.enable
+    if getattr(orig, "_wendelin_cy", False):
+        return
+
+    def enable(*args, **kw):
+        r = orig(*args, **kw)
+        _vm._ensure_handler()
+        return r
+    enable._wendelin_cy = True
+    enable.__doc__ = orig.__doc__
+    faulthandler.enable = enable
+
+
 def _init():
+    _keep_handler_first()
     _vm.set_budget(default_ram_budget())
     _vm.set_scratch_dir(os.environ.get("WENDELIN_CY_SCRATCH_DIR") or tempfile.gettempdir())
 

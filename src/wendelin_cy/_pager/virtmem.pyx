@@ -134,6 +134,7 @@ cdef int g_npool = 0
 cdef int g_forked = 0
 cdef int g_overshoot_warned = 0
 cdef int g_recycle = 1
+cdef Page* g_last_loaded = NULL     # never the victim of the next reclaim
 
 # statistics (counts)
 cdef uint64_t st_faults = 0, st_soft = 0, st_loads = 0, st_evictions = 0
@@ -317,7 +318,10 @@ cdef Page* page_new(Region* r, int64_t blk) noexcept nogil:
     return p
 
 cdef void page_free(Page* p) noexcept nogil:
+    global g_last_loaded
     cdef Region* r = p.region
+    if p == g_last_loaded:
+        g_last_loaded = NULL
     if p.rprev != NULL:
         p.rprev.rnext = p.rnext
     else:
@@ -465,8 +469,11 @@ cdef void reclaim(size_t need, size_t bs) noexcept nogil:
     cdef Page* p
     cdef size_t eff
     for pass_ in range(2):
+        # pass 0: one sweep, clean pages only; pass 1: dirty ones are spilled too
+        # (treating dirty pages as unevictable would make the few clean ones
+        # thrash; an instruction that spans two blocks could then never finish)
         scanned = 0
-        limit = 2 * g_nclock + 2
+        limit = g_nclock + 1 if pass_ == 0 else 2 * g_nclock + 2
         while g_hand != NULL and scanned < limit:
             eff = need
             if need and g_npool > 0:
@@ -479,8 +486,8 @@ cdef void reclaim(size_t need, size_t bs) noexcept nogil:
             p = g_hand
             g_hand = p.next
             scanned += 1
-            if p.pin:
-                continue
+            if p.pin or p == g_last_loaded:
+                continue        # the block just loaded is what the faulting access needs
             if p.referenced:
                 p.referenced = 0
                 if set_prot(p, PROT_NONE) == 0:
@@ -690,7 +697,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     Called from the fault handler (entry=0) or from a Python entry point (entry=1,
     with or without the GIL).  Returns 0 or an error code (see E_*, or errno)."""
     global st_faults, st_soft, st_loads, g_dirty, g_spilled, st_unspills, st_load_errors
-    global g_resident, st_peak_resident
+    global g_resident, st_peak_resident, g_last_loaded
     cdef Page* p
     cdef char* slot
     cdef int rc, spilled, prot
@@ -809,6 +816,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     p.state = PG_LOADED
     p.referenced = 1
     clock_add(p)
+    g_last_loaded = p
     st_loads += 1
     pthread_cond_broadcast(&g_cond)
     unlock()

@@ -1,0 +1,18 @@
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(os.path.dirname(HERE), "src")
+if os.path.isdir(os.path.join(SRC, "wendelin_cy")) and SRC not in sys.path:
+    sys.path.insert(0, SRC)
+
+
+@pytest.fixture
+def budget():
+    """Set the RAM budget for one test; the old one comes back afterwards."""
+    import wendelin_cy
+    old = wendelin_cy.get_ram_budget()
+    yield wendelin_cy.set_ram_budget
+    wendelin_cy.set_ram_budget(old)
