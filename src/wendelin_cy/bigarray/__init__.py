@@ -358,7 +358,7 @@ def _spans(t, blksize):
             key=lambda j: abs(t.strides[j]))
     idx = [slice(None)] * t.ndim
     for i in range(t.shape[k]):
-        idx[k] = i
+        idx[k] = slice(i, i + 1)    # (an int would give a scalar for 1-d t)
         yield from _spans(t[tuple(idx)], blksize)
 
 
@@ -602,7 +602,7 @@ class BigArray:
             return
         k = max(axes, key=lambda j: abs(t.strides[j]))
         idx = [slice(None)] * t.ndim
-        idx[k] = 0
+        idx[k] = slice(0, 1)
         rlo, rhi = byte_bounds(t[tuple(idx)])
         row = rhi - rlo
         s = abs(t.strides[k])

@@ -1,0 +1,105 @@
+"""BigArray vs a numpy model: random operation sequences under a tiny budget.
+
+The machine (wendelin_cy.testing.bigarray_stateful) runs getitem/setitem
+(basic and advanced), writes through views taken earlier, append, resize,
+view(dtype), tofile, writeout and discard against a model of the file bytes.
+
+The smallest budget the pager accepts is 1 MiB: that is 4 blocks of 256 KiB,
+and the machine's arrays reach 9 blocks, so blocks are loaded, reclaimed and
+spilled all the time.  Each run happens in a child process: a pager bug shows
+as a hang (livelock) or a SIGBUS, and the child's timeout or exit status turns
+either into a test failure instead of a stuck or killed test session.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+import wendelin_cy
+from wendelin_cy.bigarray import BigArray
+from wendelin_cy.bigfile.file_file import BigFile_File
+from wendelin_cy.testing.bigarray_stateful import BigArrayMachine
+from wendelin_cy.testing.strategies import ram_budget
+
+BLKSIZE = 256 * 1024
+BUDGET = 1 << 20
+CHILD_TIMEOUT = 600
+
+SETTINGS = settings(max_examples=150, stateful_step_count=30, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.data_too_large,
+                                           HealthCheck.filter_too_much])
+
+IN_CHILD = os.environ.get('WENDELIN_CY_TEST_CHILD') == '1'
+
+
+def _in_child(name):
+    """Run test `name` of this file in a child pytest; fail on its failure,
+    its death by a signal, or its timeout."""
+    env = dict(os.environ, WENDELIN_CY_TEST_CHILD='1')
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'src')
+    env['PYTHONPATH'] = src + os.pathsep + env.get('PYTHONPATH', '')
+    cmd = [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
+           '%s::%s' % (os.path.abspath(__file__), name)]
+    try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                           timeout=CHILD_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b'')[-4000:]
+        pytest.fail('%s did not finish in %d s (pager livelock?)\n%s'
+                    % (name, CHILD_TIMEOUT, out.decode() if isinstance(out, bytes) else out))
+    if r.returncode != 0:
+        pytest.fail('%s failed in the child (exit status %d)\n%s\n%s'
+                    % (name, r.returncode, r.stdout[-8000:], r.stderr[-4000:]))
+
+
+class RAMMachine(BigArrayMachine):
+    blksize = BLKSIZE
+
+
+class FileMachine(BigArrayMachine):
+    blksize = BLKSIZE
+    tmpdir = None
+    n = 0
+
+    def make_array(self, shape, dtype, order):
+        FileMachine.n += 1
+        self.bigfile = BigFile_File(os.path.join(self.tmpdir, 'a%d' % FileMachine.n),
+                                    self.blksize)
+        fileh = self.bigfile.fileh_open()
+        return BigArray(shape, dtype, fileh, order), fileh
+
+    def close(self):
+        self.A = self.fileh = None
+        self.bigfile.close()
+
+
+def test_bigarray_vs_numpy_ram():
+    if not IN_CHILD:
+        return _in_child('test_bigarray_vs_numpy_ram')
+    before = wendelin_cy.pager_stats()
+    with ram_budget(BUDGET):
+        run_state_machine_as_test(RAMMachine, settings=SETTINGS)
+    after = wendelin_cy.pager_stats()
+    # the budget really was exceeded: the run exercised reclaim and spill
+    assert after['evictions'] > before['evictions']
+    assert after['spills'] > before['spills']
+
+
+def test_bigarray_vs_numpy_file(tmp_path):
+    if not IN_CHILD:
+        return _in_child('test_bigarray_vs_numpy_file')
+    FileMachine.tmpdir = str(tmp_path)
+    with ram_budget(BUDGET):
+        run_state_machine_as_test(FileMachine,
+                                  settings=settings(SETTINGS, max_examples=40))
+
+
+def test_bigarray_vs_numpy_roomy_budget():
+    # the same operations with a budget that holds everything: separates
+    # BigArray's own bugs from reclaim/spill bugs of the pager
+    with ram_budget(256 << 20):
+        run_state_machine_as_test(RAMMachine, settings=settings(SETTINGS, max_examples=200))
