@@ -741,3 +741,49 @@ def test_use_after_dbclose_is_a_clear_error(tmp_path):
     assert A._v_fileh.closed
     with pytest.raises(ConnectionStateError):
         A[:]
+
+
+def test_array_attached_in_a_later_transaction(db):
+    c1 = Conn(db)
+    A = ZBigArray((100,), np.int64, blksize=BS)
+    a = A[:]
+    a[:] = np.arange(100)
+    c1.root['x'] = 1
+    c1.commit()                     # A is not in the database: nothing stored
+    assert A._p_jar is None
+    assert (a == np.arange(100)).all()
+    c1.root['A'] = A
+    c1.commit()
+    assert A._fileh.dirty_blocks() == []
+    c2 = Conn(db)
+    assert (c2.root['A'][:] == np.arange(100)).all()
+    del a
+    c1.close(); c2.close()
+
+
+def test_array_attached_later_default_manager(tmp_path):
+    from wendelin_cy.lib.zodb import dbopen, dbclose
+    root = dbopen(str(tmp_path / 'l.fs'))
+    try:
+        A = ZBigArray((100,), np.int64, blksize=BS)
+        a = A[:]
+        a[:] = 7
+        root['x'] = 1
+        transaction.commit()            # A not stored: its pages stay dirty
+        assert A._fileh.dirty_blocks() == [0]
+        a[1] = 8
+        root['A'] = A
+        transaction.commit()
+        assert A._fileh.dirty_blocks() == []
+        a[2] = 9
+        transaction.abort()
+        assert a[2] == 7
+        del a
+    finally:
+        transaction.abort()
+        dbclose(root)
+    root = dbopen(str(tmp_path / 'l.fs'))
+    b = root['A'][:]
+    assert b[0] == 7 and b[1] == 8 and b[2] == 7 and (b[3:] == 7).all()
+    del b
+    dbclose(root)

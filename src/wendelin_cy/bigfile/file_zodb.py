@@ -952,23 +952,30 @@ class ZBigFileH:
         self._join(txn)
 
     def _zfile_being_stored(self):
-        """The Connection pickles our ZBigFile: follow its transaction manager
-        from now on; if it is committing, our dirty pages belong to it."""
+        """The Connection pickles our ZBigFile.  Follow its transaction manager
+        from now on; if it is committing and we have not written out yet (the
+        ZBigFile had no connection at tpc_begin), our pages go in now."""
         from transaction._transaction import Status
-        if self._fh.closed or self._current_tm() is self._tm:
+        if self._fh.closed:
             return
-        self._register_synch()
+        moved = self._current_tm() is not self._tm
+        if moved:
+            self._register_synch()
         try:
             txn = self._tm.get()
         except Exception:       # explicit manager without a transaction
             return
         if txn.status is Status.ACTIVE:         # a savepoint
-            self._join(txn)
+            if moved:
+                self._join(txn)
         elif (txn.status is Status.COMMITTING and self._wo is None
                 and self._fh.isdirty()):
             wo = _Writeout(self._fh, self._format(), lazy=True)
             self._store(wo)
-            txn.addAfterCommitHook(self._late_commit_done, (wo, txn))
+            if txn is self._txn:
+                self._wo = wo           # afterCompletion finishes it
+            else:
+                txn.addAfterCommitHook(self._late_commit_done, (wo, txn))
 
     def _late_commit_done(self, status, wo, txn):
         if self._fh.closed:
@@ -1069,6 +1076,10 @@ class ZBigFileH:
 
     def tpc_begin(self, txn):
         if txn is not self._txn or self._fh.closed or not self._fh.isdirty():
+            return
+        if self.zfile._p_jar is None:
+            # not in a database (yet): written out if and when the Connection
+            # pickles the ZBigFile in this commit (ZBigFile.__getstate__)
             return
         wo = _Writeout(self._fh, self._format(), lazy=True)
         self._wo = wo
