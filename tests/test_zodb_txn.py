@@ -787,3 +787,49 @@ def test_array_attached_later_default_manager(tmp_path):
     assert b[0] == 7 and b[1] == 8 and b[2] == 7 and (b[3:] == 7).all()
     del b
     dbclose(root)
+
+
+def test_failed_first_commit_of_a_new_array(db, fmt):
+    c1 = Conn(db)
+    c1.root['A'] = A = ZBigArray((BS // 8 * 2,), np.int64, blksize=BS)
+    a = A[:]
+    a[:] = 3
+    A.zfile.fileh_open                  # (the handle joined c1's manager later)
+    c1.tm.get().join(FailingDM())
+    with pytest.raises(RuntimeError, match='vote failed'):
+        c1.commit()
+    c1.abort()
+    assert A._p_jar is None
+    assert not a.any()                  # discarded; reads a consistent file
+    a[:] = 4                            # and it can still be stored
+    c1.root['A'] = A
+    c1.commit()
+    c2 = Conn(db)
+    assert (c2.root['A'][:] == 4).all()
+    del a
+    c1.close(); c2.close()
+
+
+def test_failed_first_commit_default_manager(tmp_path):
+    from wendelin_cy.lib.zodb import dbopen, dbclose
+    root = dbopen(str(tmp_path / 'f.fs'))
+    try:
+        root['A'] = A = ZBigArray((BS // 8 * 2,), np.int64, blksize=BS)
+        a = A[:]
+        a[:] = 3
+        transaction.get().join(FailingDM())
+        with pytest.raises(RuntimeError, match='vote failed'):
+            transaction.commit()
+        assert A._fileh.dirty_blocks() == [0, 1]    # until the abort
+        transaction.abort()
+        assert A._fileh.dirty_blocks() == [] and not a.any()
+        a[:] = 5
+        root['A'] = A
+        transaction.commit()
+        del a
+    finally:
+        transaction.abort()
+        dbclose(root)
+    root = dbopen(str(tmp_path / 'f.fs'))
+    assert (root['A'][:] == 5).all()
+    dbclose(root)

@@ -94,6 +94,10 @@ ZBigFile's connection's transaction manager:
   database is unchanged), the Connection invalidates the objects it was given,
   and the pages stay dirty until the abort, which discards them: never half
   of the change in memory and half in the database;
+* a ZBigFile that is not in a database yet is written out when the Connection
+  pickles it (``ZBigFile.__getstate__``), in the commit that first stores it;
+  until then its pages stay dirty.  If that commit fails, the changes made
+  to the new objects (which ZODB then disowns) are undone by us;
 * ``abort`` discards dirty pages;
 * ``savepoint`` copies the dirty blocks to a temporary file; rolling back
   discards every dirty page and writes the saved blocks back.
@@ -265,7 +269,9 @@ class _BytesRecord(_ZBlkBase):
             self._p_changed = True          # may load the old state first
         d = self.__dict__
         if callable(src):
-            d.pop('_data', None)
+            old = d.pop('_data', None)
+            if self._p_jar is None and old is not None and '_v_old' not in d:
+                d['_v_old'] = old       # ZODB cannot restore it if the commit fails
             d['_v_src'] = src
         else:
             d.pop('_v_src', None)
@@ -488,7 +494,7 @@ class _Writeout:
         self.lazy = lazy        # read pages at pickling time (in a commit)
         self.written = {}       # blk -> object now in blktab (None: hole)
         self.touched = []       # objects to turn into ghosts afterwards
-        self.undo = []          # (blk, old) for a ZBigFile without connection
+        self.undo = []          # (blk, old) of blktab changes
         self.bumped = False
 
     def src(self, blk, off, size, buf):
@@ -634,8 +640,7 @@ class _ZBigFileIO(BigFile):
             if isinstance(new, ZBlk1):
                 wo.touched.extend(new.chunktab.values())
         wo.written[blk] = new
-        if zfile._p_jar is None:
-            wo.undo.append((blk, old))
+        wo.undo.append((blk, old))
         if not wo.bumped:
             zfile.rev = zfile.__dict__.get('rev', 0) + 1
             wo.bumped = True
@@ -682,17 +687,23 @@ class _ZBigFileIO(BigFile):
     def _committed(self, wo):
         """The transaction that stored wo is durable: forget the page refs."""
         for obj in wo.touched:
-            obj.__dict__.pop('_v_src', None)
+            d = obj.__dict__
+            d.pop('_v_src', None)
+            d.pop('_v_old', None)
             if obj._p_jar is not None and not obj._p_changed:
                 obj._p_deactivate()
         for blk, z in wo.written.items():
             self._track(blk, z)
 
     def _failed(self, wo):
-        """The commit of wo failed; undo what ZODB will not (no connection)."""
+        """The commit of wo failed.  ZODB invalidates the objects it had, and
+        disowns those it was adding; undo our changes to the latter."""
         for obj in wo.touched:
-            obj.__dict__.pop('_v_src', None)
-        if wo.undo:
+            d = obj.__dict__
+            d.pop('_v_src', None)
+            if '_v_old' in d:
+                d['_data'] = d.pop('_v_old')
+        if self._zfile._p_jar is None:      # the ZBigFile itself was new
             tab = self._zfile.blktab
             for blk, old in reversed(wo.undo):
                 if old is None:
@@ -816,7 +827,6 @@ class ZBigFileH:
         self._fh = io.fileh_open(reserve) if reserve is not None else io.fileh_open()
         self._txn = None        # transaction we joined
         self._wo = None         # _Writeout of the commit in progress
-        self._discard_txn = None    # failed commit whose abort discards our pages
         self._registering = False
         self._tm = None
         io._handles.append(self)
@@ -984,8 +994,10 @@ class ZBigFileH:
             self._fh.dirty_writeout(WRITEOUT_MARKSTORED)
             self._io._committed(wo)
         else:
+            # we are not joined to txn, so its abort would not reach us:
+            # discard now, the memory goes back to the database's state
             self._io._failed(wo)
-            self._discard_txn = txn     # its abort discards the pages
+            self._fh.dirty_discard()
 
     def _store(self, wo):
         io = self._io
@@ -1028,23 +1040,21 @@ class ZBigFileH:
 
     def afterCompletion(self, txn):
         from transaction._transaction import Status
-        if txn is not self._txn:
-            wo = None
-        elif txn.status is Status.COMMITTING:
+        if txn.status is Status.COMMITTING:
             # the two-phase commit failed: the pages stay dirty, and we stay
             # joined, until the abort that must follow
-            wo, self._wo = self._wo, None
-            if wo is not None:
-                self._io._failed(wo)
+            if txn is self._txn:
+                wo, self._wo = self._wo, None
+                if wo is not None:
+                    self._io._failed(wo)
             return
+        if txn is not self._txn:
+            wo = None
         else:
             wo, self._wo = self._wo, None
             self._txn = None
         if self._fh.closed:
             return
-        if txn is self._discard_txn and txn.status is not Status.COMMITTING:
-            self._discard_txn = None
-            self._fh.dirty_discard()
         if wo is not None:
             if txn.status is Status.COMMITTED:
                 self._fh.dirty_writeout(WRITEOUT_MARKSTORED)
