@@ -43,6 +43,20 @@ def _padded(x, n, M=0):
     return out
 
 
+class _FailingVote:
+    def sortKey(self):
+        return '~~~ last'
+
+    def abort(self, txn): pass
+    def tpc_begin(self, txn): pass
+    def commit(self, txn): pass
+    def tpc_finish(self, txn): pass
+    def tpc_abort(self, txn): pass
+
+    def tpc_vote(self, txn):
+        raise RuntimeError('vote failed')
+
+
 class ZBigArrayMachine(RuleBasedStateMachine):
     FMT = 'auto'
     MINOR = ()          # shape of the other axes
@@ -155,6 +169,20 @@ class ZBigArrayMachine(RuleBasedStateMachine):
 
     @rule()
     def abort(self):
+        self.c1.abort()
+        self.model = self.committed.copy()
+        self.savepoints = []
+
+    @rule()
+    def failed_commit(self):
+        """A participant fails its vote: nothing is stored, abort reverts."""
+        self.c1.tm.get().join(_FailingVote())
+        try:
+            self.c1.commit()
+        except RuntimeError as e:
+            assert 'vote failed' in str(e)
+        else:
+            raise AssertionError('commit did not fail')
         self.c1.abort()
         self.model = self.committed.copy()
         self.savepoints = []
