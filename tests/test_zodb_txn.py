@@ -833,3 +833,21 @@ def test_failed_first_commit_default_manager(tmp_path):
     root = dbopen(str(tmp_path / 'f.fs'))
     assert (root['A'][:] == 5).all()
     dbclose(root)
+
+
+def test_one_commit_is_one_database_transaction(tmp_path, fmt):
+    path = str(tmp_path / 'one.fs')
+    db = file_db(path)
+    c1 = Conn(db)
+    A = mkarray(c1, n=10)
+    A[:] = 1
+    A.append(np.arange(BS // 8 * 2))    # shape + new blocks
+    c1.commit()
+    for t in db.storage.iterator():
+        oids = {r.oid for r in t}       # of the last transaction
+    assert A._p_oid in oids and A.zfile._p_oid in oids
+    for z in A.zfile.blktab.values():
+        assert z._p_oid in oids
+    assert len(A.zfile.blktab) == 3
+    c1.close()
+    db.close()
