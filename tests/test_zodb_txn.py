@@ -851,3 +851,34 @@ def test_one_commit_is_one_database_transaction(tmp_path, fmt):
     assert len(A.zfile.blktab) == 3
     c1.close()
     db.close()
+
+
+def test_ndarray_semantics_persist(db):
+    c1 = Conn(db)
+    c1.root['A'] = A = ZBigArray((6, 4), np.int32, blksize=BS)
+    c1.commit()
+    assert (A.shape, A.ndim, A.size, A.itemsize, A.nbytes, A.strides, len(A)) == \
+        ((6, 4), 2, 24, 4, 96, (16, 4), 6)
+    v1, v2 = A[1:3], A[2]
+    assert np.shares_memory(v1, v2)             # views, no copy
+    v1[1, 2] = 7
+    assert v2[2] == 7
+    c = A[[0, 2]]                               # advanced: a copy
+    c[1, 2] = -1
+    assert A[2, 2] == 7
+    U = A.view(np.uint8)                        # same data, same handle
+    assert U.shape == (6, 16)
+    U[0, 0] = 255
+    A.append(np.ones((2, 4), np.int32))
+    c1.commit()
+    c2 = Conn(db)
+    B = c2.root['A']
+    assert B.shape == (8, 4)
+    b = np.asarray(B)
+    assert b[0, 0] == 255 and b[2, 2] == 7 and (b[6:] == 1).all()
+    B.resize((3, 4))
+    c2.commit()
+    c1.abort()
+    assert A.shape == (3, 4) and (A[:] == b[:3]).all()
+    del v1, v2, U, b
+    c1.close(); c2.close()
