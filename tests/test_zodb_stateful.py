@@ -6,6 +6,7 @@ connection.  A second connection checks at its transaction boundaries that it
 sees exactly the committed state, and between them the snapshot it saw."""
 
 import os
+import tempfile
 
 import numpy as np
 import transaction
@@ -16,7 +17,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, rule, invariant,
 from wendelin_cy.bigarray.array_zodb import ZBigArray
 from wendelin_cy.bigfile import file_zodb
 
-from _zodb_util import Conn, mapping_db
+from _zodb_util import Conn, mapping_db, file_db
 
 BS = 16 * 1024                  # 4 chunks of 4 KiB
 ITEMS = BS // 8
@@ -72,11 +73,17 @@ class ZBigArrayMachine(RuleBasedStateMachine):
     def _len(self, x):
         return x.shape[self.M]
 
+    def open_db(self):
+        return mapping_db()
+
+    def close_db(self):
+        self.db.close()
+
     def __init__(self):
         super().__init__()
         self._oldfmt = os.environ.get(file_zodb.ZBLK_FMT_ENV)
         os.environ[file_zodb.ZBLK_FMT_ENV] = self.FMT
-        self.db = mapping_db()
+        self.db = self.open_db()
         self.c1 = Conn(self.db)
         self.c1.root['A'] = ZBigArray(self._shape(0), np.int64, order=self.ORDER,
                                       blksize=BS)
@@ -97,7 +104,7 @@ class ZBigArrayMachine(RuleBasedStateMachine):
             self.c1.close()
             self.c2.close()
         finally:
-            self.db.close()
+            self.close_db()
             if self._oldfmt is None:
                 os.environ.pop(file_zodb.ZBLK_FMT_ENV, None)
             else:
@@ -277,6 +284,59 @@ TestCMatrix = CMatrixMachine.TestCase
 TestCMatrix.settings = SETTINGS
 TestFMatrix = FMatrixMachine.TestCase
 TestFMatrix.settings = SETTINGS
+class _TmpDir:
+    def open_db(self):
+        self._tmp = tempfile.TemporaryDirectory(prefix='wcy-stateful-')
+        return self.open_db_in(self._tmp.name)
+
+    def close_db(self):
+        try:
+            self.db.close()
+        finally:
+            self._tmp.cleanup()
+
+
+class FileStorageMachine(_TmpDir, ZBigArrayMachine):
+    def open_db_in(self, d):
+        return file_db(os.path.join(d, 'data.fs'))
+
+
+class SqliteMachine(_TmpDir, ZBigArrayMachine):
+    FMT = 'ZBlk0'
+
+    def open_db_in(self, d):
+        from wendelin_cy.lib.zodb import dbstoropen
+        import ZODB
+        st, kw = dbstoropen('sqlite://?data_dir=' + d)
+        return ZODB.DB(st, **kw)
+
+
+class ZEOMachine(_TmpDir, ZBigArrayMachine):
+    FMT = 'ZBlk1'
+
+    def open_db_in(self, d):
+        import ZEO
+        import ZODB
+        from wendelin_cy.lib.zodb import dbstoropen
+        addr, self._stop = ZEO.server(path=os.path.join(d, 'zeo.fs'))
+        st, kw = dbstoropen('zeo://%s:%d' % addr)
+        return ZODB.DB(st, **kw)
+
+    def close_db(self):
+        try:
+            self.db.close()
+            self._stop()
+        finally:
+            self._tmp.cleanup()
+
+
+FEW = settings(SETTINGS, max_examples=12)
+TestFileStorage = FileStorageMachine.TestCase
+TestFileStorage.settings = FEW
+TestSqlite = SqliteMachine.TestCase
+TestSqlite.settings = FEW
+TestZEO = ZEOMachine.TestCase
+TestZEO.settings = FEW
 TestAuto = ZBigArrayMachine.TestCase
 TestAuto.settings = SETTINGS
 TestZBlk0 = ZBlk0Machine.TestCase
