@@ -882,3 +882,32 @@ def test_ndarray_semantics_persist(db):
     assert A.shape == (3, 4) and (A[:] == b[:3]).all()
     del v1, v2, U, b
     c1.close(); c2.close()
+
+
+def test_connection_reopened_after_handle(db, fmt):
+    """The handle's synchronizer may come before the Connection's (connection
+    closed and reopened from the pool): invalidations still apply at the
+    boundary, including holes filled elsewhere."""
+    c1 = Conn(db)
+    A = mkarray(c1)
+    c2 = Conn(db)
+    B = c2.root['A']
+    b = B[:]
+    assert not b.any()
+    c2.abort()
+    c2.conn.close()
+    conn = db.open(c2.tm)
+    assert conn is c2.conn                  # same connection, same cache
+    fh = B._v_fileh
+    assert not fh._after(conn)              # registered before it now
+    n = BS // 8
+    for k in range(3):
+        A[n * (2 + k) + 1] = 10 + k         # fills a hole each time
+        A[0] = k + 1
+        c1.commit()
+        assert b[n * (2 + k) + 1] == 0
+        c2.abort()
+        assert b[n * (2 + k) + 1] == 10 + k and b[0] == k + 1
+        assert fh._after(conn)              # and moved after it
+    del b
+    c1.close(); c2.close()

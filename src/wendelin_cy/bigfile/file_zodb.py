@@ -115,15 +115,25 @@ Invalidation
 ------------
 When another connection commits, ZODB calls ``_p_invalidate`` of the objects it
 changed that are in this connection's cache, at this connection's next
-transaction boundary.  ``ZBlk*._p_invalidate`` records the block it serves;
-``ZBigFile._p_invalidate`` records that ``blktab`` may map blocks to other
-objects.  Then, at the boundary (our ``afterCompletion`` / ``newTransaction``,
-after having made the Connection process its invalidations), the recorded
-blocks are dropped from the pager with ``invalidate_page`` and, if the table
-changed, each block loaded so far is looked up again in ``blktab`` (no data is
-read) and dropped if it maps to another object.  Nothing is re-read eagerly:
-the next access loads the new data at the new snapshot.  Within a transaction
-nothing is invalidated, so views are a consistent snapshot.
+transaction boundary.  ``ZBlk*._p_invalidate`` drops the block it serves from
+the pager right away (``invalidate_page`` reads nothing, so it is safe in the
+middle of the Connection's invalidation pass).  ``ZBigFile._p_invalidate``
+only records that ``blktab`` may now map blocks to other objects: checking
+that needs reads, which must wait until every invalidation of the pass is
+applied.  That check runs in our ``afterCompletion`` / ``newTransaction``:
+each block loaded so far is looked up again in ``blktab`` (no block data is
+read) and dropped if it maps to another object (or is no longer a hole).
+
+Our synchronizer must run after the Connection's, which takes the new
+snapshot.  Synchronizers are called in registration order, and the handle
+usually registers after its Connection; when it finds itself first (e.g. the
+connection was closed and reopened from the pool), it has the Connection take
+its snapshot at once (``Connection.newTransaction``) and moves itself behind
+it for the boundaries to come.
+
+Nothing is re-read eagerly: the next access loads the new data at the new
+snapshot.  Within a transaction nothing is invalidated, so views are a
+consistent snapshot.
 
 Concurrent writers of different blocks both bump ``ZBigFile.rev``;
 ``ZBigFile._p_resolveConflict`` merges that (the storage must be able to import
@@ -236,7 +246,7 @@ class _ZBlkBase(Persistent):
         if owner is not None:
             io = owner[0]()
             if io is not None:
-                io._pending.add(owner[1])
+                io._invalidated(owner[1])
         super()._p_invalidate()
 
 
@@ -737,6 +747,22 @@ class _ZBigFileIO(BigFile):
             if z is not None and _OWNER.get(z, (None, None))[1] == blk:
                 del _OWNER[z]
 
+    def _invalidated(self, blk):
+        """blktab[blk] changed (ZBlk._p_invalidate, during the Connection's
+        invalidation pass): drop the block's clean pages now - that reads
+        nothing - and remember it if a handle has it dirty."""
+        z = self._loaded.pop(blk, None)
+        if z is not None and _OWNER.get(z, (None, None))[1] == blk:
+            del _OWNER[z]
+        for h in self._handles:
+            fh = h._fh
+            if fh is None or fh.closed:
+                continue
+            try:
+                fh.invalidate_page(blk)
+            except RuntimeError:        # dirty: decided at the boundary
+                self._pending.add(blk)
+
     def _apply_invalidations(self):
         self._prune()
         pending, self._pending = self._pending, set()
@@ -1010,12 +1036,43 @@ class ZBigFileH:
             io._wo = None
 
     def _boundary(self, txn, sync):
-        """New snapshot: let the Connection process its invalidations, then
+        """New snapshot: once the Connection has processed its invalidations,
         drop the pages they concern."""
         conn = self._conn()
         if conn is not None and getattr(conn, 'opened', None):
-            conn.newTransaction(txn, sync)
+            if not self._after(conn):
+                # called before the Connection: make it take its new snapshot
+                # now (its own call will find little or nothing new), and be
+                # called after it from the next boundary on
+                conn.newTransaction(txn, sync)
+                self._move_after(conn)
         self._io._apply_invalidations()
+
+    def _synch_order(self):
+        synchs = getattr(self._tm, '_synchs', None)     # transaction's WeakSet
+        if synchs is None or not hasattr(synchs, 'as_weakref_list'):
+            return None
+        return [id(r()) for r in synchs.as_weakref_list()]
+
+    def _after(self, conn):
+        """Is this synchronizer called after conn's?  (A WeakSet keeps the
+        order of registration.)"""
+        order = self._synch_order()
+        try:
+            return order.index(id(self)) > order.index(id(conn))
+        except (AttributeError, ValueError):
+            return False
+
+    def _move_after(self, conn):
+        order = self._synch_order()
+        if order is None or id(conn) not in order:
+            return
+        self._registering = True
+        try:
+            self._tm.unregisterSynch(self)
+            self._tm.registerSynch(self)
+        finally:
+            self._registering = False
 
     # -- ISynchronizer
 
