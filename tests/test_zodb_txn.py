@@ -14,7 +14,7 @@ from wendelin_cy.bigarray.array_zodb import ZBigArray
 from wendelin_cy.bigfile import file_zodb
 from wendelin_cy.bigfile.file_zodb import ZBigFile, ZBlk0, ZBlk1
 
-from _zodb_util import Conn, mapping_db, file_db
+from _zodb_util import Conn, mapping_db, file_db, run_py
 
 FORMATS = ['ZBlk0', 'ZBlk1', 'auto']
 BS = 128 * 1024          # 4 chunks of 32 KiB per block
@@ -911,3 +911,21 @@ def test_connection_reopened_after_handle(db, fmt):
         assert fh._after(conn)              # and moved after it
     del b
     c1.close(); c2.close()
+
+
+def test_pure_python_cache_warns(tmp_path):
+    out = run_py('''
+import warnings, numpy as np, transaction
+from wendelin_cy.bigarray.array_zodb import ZBigArray
+from wendelin_cy.lib.zodb import dbopen, dbclose
+root = dbopen('memory://')
+root['A'] = A = ZBigArray((10,), np.int64, blksize=65536)
+transaction.commit()
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter('always')
+    a = A[:]
+print(any('pure-Python persistent pickle cache' in str(x.message) for x in w))
+del a
+dbclose(root)
+''', cwd=tmp_path, PURE_PYTHON='1')
+    assert out.strip() == 'True'

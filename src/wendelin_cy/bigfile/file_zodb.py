@@ -439,6 +439,8 @@ class ZBigFile(Persistent):
             raise ConnectionStateError(
                 '%r: cannot open a handle, the database connection is closed'
                 % (self,))
+        if jar is not None:
+            _check_cache(jar)
         io = _IO.get(self)
         if io is None:
             io = _IO[self] = _ZBigFileIO(self)
@@ -476,6 +478,26 @@ class ZBigFile(Persistent):
         return '<%s oid=%s blksize=%s>' % (
             type(self).__name__, oid.hex() if oid else None,
             self.__dict__.get('blksize', '?'))
+
+
+_warned_pure_cache = False
+
+
+def _check_cache(conn):
+    """Warn once if the pickle cache is persistent's pure-Python one, which
+    does not call _p_invalidate of ghosts: changes made by other connections
+    to blocks held in memory would then go unnoticed."""
+    global _warned_pure_cache
+    cache = getattr(conn, '_cache', None)
+    if (not _warned_pure_cache and cache is not None
+            and type(cache).__module__ == 'persistent.picklecache'):
+        import warnings
+        _warned_pure_cache = True
+        warnings.warn('wendelin_cy: the pure-Python persistent pickle cache is in '
+                      'use (PURE_PYTHON?); it does not deliver invalidations of '
+                      'ghost objects, so blocks changed by other connections may '
+                      'be seen stale.  Use the C implementation of persistent.',
+                      RuntimeWarning, stacklevel=3)
 
 
 # ZBigFile -> its _ZBigFileIO; ZBlk -> (weakref(io), blk).  Kept outside the
