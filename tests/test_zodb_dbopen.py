@@ -131,3 +131,17 @@ def test_zeo_server_sync(zeo_uri):
         assert isinstance(st, ClientStorage) and st.server_sync is True
     finally:
         dbclose(root)
+
+
+def test_zeo_no_server_times_out():
+    import socket
+    import time
+    from ZEO.Exceptions import ClientDisconnected
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()                               # nothing listens there
+    t = time.time()
+    with pytest.raises(ClientDisconnected):
+        dbopen('zeo://127.0.0.1:%d?wait_timeout=0.5' % port)
+    assert time.time() - t < 20

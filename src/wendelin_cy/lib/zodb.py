@@ -6,8 +6,9 @@ URIs understood:
 * ``memory://`` (optionally ``memory://name``) -> MappingStorage, in this
   process only;
 * ``zeo://host:port`` (or ``zeo:///path/to/socket``), optional ``?storage=name``
-  -> ZEO ClientStorage opened with ``server_sync=True``, so that every new
-  transaction sees everything committed before it began;
+  and ``?wait_timeout=seconds`` (default 30) -> ZEO ClientStorage opened with
+  ``server_sync=True``, so that every new transaction sees everything
+  committed before it began;
 * every scheme some installed package registers with ``zodburi``
   (``postgres://``, ``mysql://``, ``sqlite://`` from RelStorage, ...);
 * ``neo://`` through NEO's client, if installed.
@@ -52,10 +53,8 @@ def _zeo(rest):
     u = urllib.parse.urlsplit('zeo://' + rest)
     q = dict(urllib.parse.parse_qsl(u.query))
     storage = q.pop('storage', '1')
-    kw = {}
-    for k in ('wait_timeout',):
-        if k in q:
-            kw[k] = float(q.pop(k))
+    # do not wait forever for a server that is not there
+    kw = {'wait_timeout': float(q.pop('wait_timeout', 30))}
     if q:
         raise ValueError('dbopen: unknown zeo:// parameters: %s' % ', '.join(sorted(q)))
     if u.hostname:
