@@ -929,3 +929,24 @@ del a
 dbclose(root)
 ''', cwd=tmp_path, PURE_PYTHON='1')
     assert out.strip() == 'True'
+
+
+def test_zero_chunks_and_holes_store_nothing(db, monkeypatch):
+    monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, 'ZBlk1')
+    c1 = Conn(db)
+    A = mkarray(c1, blksize=2 * 1024 * 1024, n=4 * 2 * 1024 * 1024 // 8)
+    cs = file_zodb.CHUNKSIZE
+    A[3 * cs // 8 + 5] = 1                      # block 0, chunk 3 only
+    A[2 * 1024 * 1024 // 8 * 2 + 1] = 1         # block 2, chunk 0 only
+    c1.commit()
+    assert list(A.zfile.blktab.keys()) == [0, 2]        # blocks 1, 3: holes
+    z0 = A.zfile.blktab[0]
+    assert type(z0) is ZBlk1 and list(z0.chunktab.keys()) == [3 * cs]
+    A[3 * cs // 8 + 5] = 0                      # chunk back to zero: removed
+    A[cs // 8] = 2
+    c1.commit()
+    assert list(A.zfile.blktab[0].chunktab.keys()) == [cs]
+    A[:] = 0                                    # everything zero: all holes
+    c1.commit()
+    assert len(A.zfile.blktab) == 0
+    c1.close()
