@@ -64,12 +64,11 @@ it: the bytes live in the pager page only, not also in the ZODB object cache.
 For ``ZBlk0`` and ``ZData`` the record is read from the connection's storage
 (at its snapshot) and the payload is copied straight from the pickle, without
 unpickling it into a bytes object and without activating the object (about
-three times faster than through the object for 2 MiB blocks); a record of another
-shape takes the normal path, after which the object is made a ghost again
-(``_p_deactivate``).  The ghosts of the ZBlk
-objects that were loaded are kept referenced (``_ZBigFileIO._loaded``): a ghost
-that nobody references drops out of the cache, and the cache is what delivers
-invalidations.
+three times faster than through the object for 2 MiB blocks); a record of
+another shape takes the normal path, after which the object is made a ghost
+again (``_p_deactivate``).  The ghosts of the ZBlk objects of the blocks in RAM
+are kept referenced (``_ZBigFileIO._loaded``): a ghost that nobody references
+drops out of the cache, and the cache is what delivers invalidations.
 
 Committing
 ----------
@@ -92,8 +91,9 @@ ZBigFile's connection's transaction manager:
   COMMITTED) the pages are marked stored (``WRITEOUT_MARKSTORED``) and the
   written objects become ghosts.  If the commit fails, the storage aborts (the
   database is unchanged), the Connection invalidates the objects it was given,
-  and the pages stay dirty until the abort, which discards them: never half
-  of the change in memory and half in the database;
+  and the pages are discarded - by the abort that must follow, or already by
+  the failed commit's cleanup if we had not voted yet: never half of the
+  change in memory and half in the database;
 * a ZBigFile that is not in a database yet is written out when the Connection
   pickles it (``ZBigFile.__getstate__``), in the commit that first stores it;
   until then its pages stay dirty.  If that commit fails, the changes made
@@ -121,8 +121,9 @@ middle of the Connection's invalidation pass).  ``ZBigFile._p_invalidate``
 only records that ``blktab`` may now map blocks to other objects: checking
 that needs reads, which must wait until every invalidation of the pass is
 applied.  That check runs in our ``afterCompletion`` / ``newTransaction``:
-each block loaded so far is looked up again in ``blktab`` (no block data is
-read) and dropped if it maps to another object (or is no longer a hole).
+each block we watch (those in RAM) is looked up again in ``blktab`` (no block
+data is read) and dropped if it maps to another object (or is no longer a
+hole).
 
 Our synchronizer must run after the Connection's, which takes the new
 snapshot.  Synchronizers are called in registration order, and the handle
