@@ -426,9 +426,11 @@ def test_bad_format(db, monkeypatch):
     with pytest.raises(ValueError, match='ZBlk'):
         A.zfile.fileh_open(zblk_fmt='nope')
     monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, 'ZBlk2')
+    with pytest.raises(ValueError, match=file_zodb.ZBLK_FMT_ENV):
+        A.zfile.fileh_open()                # early, at open
     A[0] = 1
     with pytest.raises(ValueError, match=file_zodb.ZBLK_FMT_ENV):
-        c1.commit()
+        c1.commit()                         # and at commit
     c1.abort()
     monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, 'ZBlk1')
     A[0] = 1

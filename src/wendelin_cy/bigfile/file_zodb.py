@@ -434,6 +434,8 @@ class ZBigFile(Persistent):
         discard its changes."""
         if zblk_fmt is not None:
             _check_fmt(zblk_fmt, 'fileh_open')
+        elif self.zblk_fmt is None:
+            _env_fmt()          # a bad $WENDELIN_CY_ZBLK_FMT fails here, early
         jar = self._p_jar
         if jar is not None and getattr(jar, 'opened', True) is None:
             from ZODB.POSException import ConnectionStateError
