@@ -85,9 +85,11 @@ from numpy.lib.array_utils import byte_bounds
 
 __all__ = ['BigArray', 'MAX_NBYTES']
 
-#: Largest array (in bytes) a BigArray may describe: 2**60 bytes (1 EiB).  It
-#: leaves room for every stride and file offset to fit in int64.
-MAX_NBYTES = 1 << 60
+#: Largest array (in bytes) a BigArray may describe: 2**47 bytes (128 TiB).
+#: Every block of a handle has one fixed address, so a file cannot be used
+#: beyond the address space (47 bits of user space on x86-64 Linux); the
+#: bound also keeps every stride and offset far inside int64.
+MAX_NBYTES = 1 << 47
 
 _FALLBACK_CHUNK = 64 << 20      # chunk size when no RAM budget is known
 
@@ -332,6 +334,11 @@ class _IndexPlan:
         self.has_ellipsis = nell > 0
 
 
+def _is_field_index(idx):
+    return isinstance(idx, str) or (
+        isinstance(idx, list) and idx and all(isinstance(x, str) for x in idx))
+
+
 # ~~~ prefault helpers over ndarray views of a mapping
 
 def _dense(t, blksize):
@@ -506,6 +513,8 @@ class BigArray:
     # ~~~ indexing
 
     def __getitem__(self, idx):
+        if _is_field_index(idx):        # A['x'], A[['x', 'y']]: field views
+            return self[...][idx]
         plan = _IndexPlan(idx, self._shape)
         box, m = self._map_box(plan.lohi)
         if plan.advanced and m is not None:
@@ -513,6 +522,14 @@ class BigArray:
         return box[plan.final]
 
     def __setitem__(self, idx, value):
+        if _is_field_index(idx):
+            box, m = self._map_box([(0, n) for n in self._shape])
+            target = box[idx]
+            if m is None:
+                target[...] = value
+            else:
+                self._assign(target, value, m)
+            return
         plan = _IndexPlan(idx, self._shape)
         box, m = self._map_box(plan.lohi)
         if plan.advanced:
@@ -531,12 +548,13 @@ class BigArray:
         """Prefault the blocks that `box[final]` (advanced) touches."""
         lo, hi = byte_bounds(box)
         limit = self._chunk_nbytes()
-        if hi - lo <= limit:
-            m.prefault_range(lo, hi, write)
+        if not write and hi - lo <= limit and _dense(box, m.blksize):
+            m.prefault_range(lo, hi, False)
             return
-        # Sparse selection over a big box: find the touched blocks from the
-        # coordinates of the selected elements, computed by applying `final`
-        # to zero-stride coordinate grids.
+        # Find the blocks the selection touches from the coordinates of the
+        # selected elements, computed by applying `final` to zero-stride
+        # coordinate grids: a write must not dirty blocks it does not change,
+        # and a sparse read of a big box must not load all of it.
         off = 0
         for j, (n, s) in enumerate(zip(box.shape, box.strides)):
             grid = np.arange(n, dtype=np.int64).reshape(
@@ -822,7 +840,7 @@ class BigArray:
 
     def _tofile_copy(self, f, t, limit):
         if t.ndim == 0 or t.nbytes <= limit:
-            _write_all(f, np.ascontiguousarray(t).reshape(-1).view(np.uint8))
+            _write_all(f, _c_bytes(t))
             return
         row = t[0].nbytes
         if row > limit:
@@ -831,8 +849,17 @@ class BigArray:
             return
         r = max(1, limit // row)
         for i in range(0, t.shape[0], r):
-            part = np.ascontiguousarray(t[i:i + r])
-            _write_all(f, part.reshape(-1).view(np.uint8))
+            _write_all(f, _c_bytes(t[i:i + r]))
+
+
+def _c_bytes(t):
+    """C-order bytes of mapped view `t` as a uint8 array in RAM.  The copy
+    out of the mapping follows t's memory order (a C-order walk of an F-order
+    view would visit every block once per row and thrash the budget); the
+    reordering is then done in RAM."""
+    tmp = np.empty_like(t, order='K')
+    tmp[...] = t
+    return np.ascontiguousarray(tmp).reshape(-1).view(np.uint8)
 
 
 def _write_all(f, u8):

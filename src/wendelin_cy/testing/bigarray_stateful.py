@@ -28,8 +28,12 @@ __all__ = ['BigArrayMachine', 'to_bytes']
 
 
 def to_bytes(x):
-    """Raw bytes of an ndarray or numpy scalar, in C order."""
-    return np.ascontiguousarray(np.asarray(x)).tobytes()
+    """Raw bytes of an ndarray or numpy scalar, in C order.
+
+    The copy out of `x` follows x's memory order (a C-order walk over an
+    F-ordered mapped array would reload every block once per row)."""
+    x = np.asarray(x)
+    return np.array(x, order='K', copy=True).tobytes(order='C')
 
 
 def _same(got, expect, what):
