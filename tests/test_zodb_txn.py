@@ -425,6 +425,7 @@ def test_bad_format(db, monkeypatch):
     A = mkarray(c1)
     with pytest.raises(ValueError, match='ZBlk'):
         A.zfile.fileh_open(zblk_fmt='nope')
+    assert A[0] == 0                        # (A's handle opens here)
     monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, 'ZBlk2')
     with pytest.raises(ValueError, match=file_zodb.ZBLK_FMT_ENV):
         A.zfile.fileh_open()                # early, at open
