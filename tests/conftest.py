@@ -5,7 +5,11 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
-if os.path.isdir(os.path.join(SRC, "wendelin_cy")) and SRC not in sys.path:
+# a development tree built with `python setup.py build_ext --inplace` is tested
+# in place; otherwise the installed package (pip install -e .) is used
+_PAGER = os.path.join(SRC, "wendelin_cy", "_pager")
+if os.path.isdir(_PAGER) and any(n.startswith("virtmem") and n.endswith(".so")
+                                 for n in os.listdir(_PAGER)) and SRC not in sys.path:
     sys.path.insert(0, SRC)
 
 
