@@ -15,6 +15,7 @@ from wendelin_cy.bigfile.file_file import BigFile_File
 from wendelin_cy.bigfile.file_ram import BigFile_RAM
 from wendelin_cy.testing import strategies as wst
 from wendelin_cy.testing.bigarray_stateful import to_bytes
+from wendelin_cy.testing.isolate import isolated
 from wendelin_cy.testing.strategies import ram_budget
 
 BS = 64 * 1024
@@ -519,6 +520,9 @@ def test_large_scalar_setitem_does_not_dirty_untouched(tiny_budget):
 
 
 # ~~~ loadblk errors surface as Python exceptions
+#
+# A loadblk error inside a page fault ends the process with SIGBUS; these
+# tests run in a child so that a missing prefault fails only them.
 
 @pytest.fixture
 def failing():
@@ -529,6 +533,7 @@ def failing():
     fh.dirty_discard()
 
 
+@isolated()
 def test_loadblk_error_in_large_setitem(failing, tiny_budget):
     A, fh, f = failing
     f.fail.add(12)
@@ -541,6 +546,7 @@ def test_loadblk_error_in_large_setitem(failing, tiny_budget):
     assert (A[13 * BS // 8:] == 0).all()
 
 
+@isolated()
 def test_loadblk_error_in_small_setitem(failing):
     A, fh, f = failing
     f.fail.add(3)
@@ -555,6 +561,7 @@ def test_loadblk_error_in_small_setitem(failing):
     assert 3 not in fh.dirty_blocks()
 
 
+@isolated()
 def test_loadblk_error_in_sparse_advanced(failing, tiny_budget):
     A, fh, f = failing
     f.fail.add(19)
@@ -566,6 +573,7 @@ def test_loadblk_error_in_sparse_advanced(failing, tiny_budget):
     assert 19 not in fh.dirty_blocks()
 
 
+@isolated()
 def test_loadblk_error_in_append(failing):
     A, fh, f = failing
     A.resize((20 * BS // 8 - 10,))     # (loads block 19 to zero its tail)
@@ -576,6 +584,20 @@ def test_loadblk_error_in_append(failing):
     assert A.shape == (20 * BS // 8 - 10,)
 
 
+@isolated()
+def test_failed_append_leaves_no_trace(failing, tiny_budget):
+    A, fh, f = failing
+    A.resize((2 * BS // 8,))
+    f.fail.add(9)
+    with pytest.raises(Boom):
+        A.append(np.ones(10 * BS // 8, np.int64))   # chunks of 4 blocks
+    assert A.shape == (2 * BS // 8,)
+    f.fail.clear()
+    A.resize((12 * BS // 8,))
+    assert (A[2 * BS // 8:] == 0).all()             # appended data is gone
+
+
+@isolated()
 def test_loadblk_error_in_tofile(failing, tmp_path, tiny_budget):
     A, fh, f = failing
     f.fail.add(7)
@@ -584,6 +606,7 @@ def test_loadblk_error_in_tofile(failing, tmp_path, tiny_budget):
             A.tofile(out)
 
 
+@isolated()
 def test_loadblk_error_in_resize(failing):
     A, fh, f = failing
     f.fail.add(15)

@@ -11,10 +11,7 @@ as a hang (livelock) or a SIGBUS, and the child's timeout or exit status turns
 either into a test failure instead of a stuck or killed test session.
 """
 import os
-import subprocess
-import sys
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
@@ -22,38 +19,16 @@ import wendelin_cy
 from wendelin_cy.bigarray import BigArray
 from wendelin_cy.bigfile.file_file import BigFile_File
 from wendelin_cy.testing.bigarray_stateful import BigArrayMachine
+from wendelin_cy.testing.isolate import isolated
 from wendelin_cy.testing.strategies import ram_budget
 
 BLKSIZE = 256 * 1024
 BUDGET = 1 << 20
-CHILD_TIMEOUT = 600
 
 SETTINGS = settings(max_examples=150, stateful_step_count=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
-
-IN_CHILD = os.environ.get('WENDELIN_CY_TEST_CHILD') == '1'
-
-
-def _in_child(name):
-    """Run test `name` of this file in a child pytest; fail on its failure,
-    its death by a signal, or its timeout."""
-    env = dict(os.environ, WENDELIN_CY_TEST_CHILD='1')
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'src')
-    env['PYTHONPATH'] = src + os.pathsep + env.get('PYTHONPATH', '')
-    cmd = [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
-           '%s::%s' % (os.path.abspath(__file__), name)]
-    try:
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                           timeout=CHILD_TIMEOUT)
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b'')[-4000:]
-        pytest.fail('%s did not finish in %d s (pager livelock?)\n%s'
-                    % (name, CHILD_TIMEOUT, out.decode() if isinstance(out, bytes) else out))
-    if r.returncode != 0:
-        pytest.fail('%s failed in the child (exit status %d)\n%s\n%s'
-                    % (name, r.returncode, r.stdout[-8000:], r.stderr[-4000:]))
 
 
 class RAMMachine(BigArrayMachine):
@@ -77,9 +52,8 @@ class FileMachine(BigArrayMachine):
         self.bigfile.close()
 
 
+@isolated(timeout=900)
 def test_bigarray_vs_numpy_ram():
-    if not IN_CHILD:
-        return _in_child('test_bigarray_vs_numpy_ram')
     before = wendelin_cy.pager_stats()
     with ram_budget(BUDGET):
         run_state_machine_as_test(RAMMachine, settings=SETTINGS)
@@ -89,9 +63,8 @@ def test_bigarray_vs_numpy_ram():
     assert after['spills'] > before['spills']
 
 
+@isolated(timeout=900)
 def test_bigarray_vs_numpy_file(tmp_path):
-    if not IN_CHILD:
-        return _in_child('test_bigarray_vs_numpy_file')
     FileMachine.tmpdir = str(tmp_path)
     with ram_budget(BUDGET):
         run_state_machine_as_test(FileMachine,
