@@ -28,6 +28,7 @@ cdef extern from "<sys/mman.h>" nogil:
         MAP_FIXED
         MAP_FIXED_NOREPLACE
         MAP_NORESERVE
+        MAP_POPULATE
         MREMAP_MAYMOVE
         MREMAP_FIXED
         MREMAP_DONTUNMAP
@@ -53,11 +54,23 @@ cdef extern from "<unistd.h>" nogil:
 
 cdef extern from "<fcntl.h>" nogil:
     int open(const char* path, int flags, ...)
+    int posix_fadvise(int fd, off_t offset, off_t len, int advice)
+    enum: POSIX_FADV_WILLNEED
     enum:
         O_RDWR
         O_TMPFILE
         O_EXCL
         O_CLOEXEC
+
+cdef extern from "<time.h>" nogil:
+    cdef struct timespec:
+        long tv_sec
+        long tv_nsec
+
+cdef extern from "<sys/stat.h>" nogil:
+    cdef struct stat_t "stat":
+        off_t st_size
+    int fstat(int fd, stat_t* st)
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
@@ -73,6 +86,13 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_broadcast(pthread_cond_t*)
     pthread_t pthread_self()
     int pthread_kill(pthread_t, int)
+    ctypedef struct pthread_attr_t:
+        pass
+    int pthread_create(pthread_t* th, const pthread_attr_t* attr,
+                       void* (*start)(void*) noexcept nogil, void* arg)
+    int pthread_detach(pthread_t)
+    int pthread_sigmask(int how, const sigset_t* set, sigset_t* old)
+    int pthread_cond_timedwait(pthread_cond_t*, pthread_mutex_t*, const timespec*)
     int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
                        void (*child)() noexcept nogil)
 
@@ -89,6 +109,10 @@ cdef extern from "<signal.h>" nogil:
         void (*sa_handler)(int) noexcept nogil
     int sigaction_ "sigaction"(int signum, const sigaction_t* act, sigaction_t* oldact)
     int sigemptyset(sigset_t*)
+    int sigfillset(sigset_t*)
+    int sigdelset(sigset_t*, int)
+    enum: SIG_BLOCK
+    enum: SIG_SETMASK
     int raise_ "raise"(int sig)
     enum:
         SIGSEGV

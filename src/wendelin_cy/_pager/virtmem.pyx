@@ -73,6 +73,11 @@ cdef enum:
     E_FORKED = -4        # Python loadblk in a forked child
     E_BUFKEPT = -5       # loadblk kept a reference to its buffer
 
+cdef enum:
+    ADV_NORMAL = 0
+    ADV_SEQUENTIAL = 1
+    ADV_RANDOM = 2
+
 cdef size_t HUGE = 2 * 1024 * 1024
 cdef int POOLMAX = 2
 cdef size_t OSPAGE = 4096
@@ -92,6 +97,7 @@ cdef struct Page:
     int referenced
     int pin
     int writing          # being written out; a write fault clears it
+    int filemap          # mapped straight from the BigFile's fd (zero-copy)
     int64_t spill        # byte offset in the scratch file, or -1
     pthread_t loader     # thread filling it while LOADING
     Page* prev           # CLOCK ring (LOADED pages only)
@@ -114,7 +120,9 @@ cdef struct Region:
     int64_t ndirty       # dirty pages, resident or spilled
     int busy             # faults in progress
     int closed
-    int advice
+    int advice           # ADV_*
+    int64_t last_load    # block of the last load by a fault (sequential detection)
+    int64_t ra_next      # first block not yet requested by readahead
 
 cdef pthread_mutex_t g_lock
 cdef pthread_cond_t g_cond
@@ -141,6 +149,8 @@ cdef uint64_t st_faults = 0, st_soft = 0, st_loads = 0, st_evictions = 0
 cdef uint64_t st_writeouts = 0, st_spills = 0, st_unspills = 0, st_overshoots = 0
 cdef uint64_t st_load_errors = 0, st_demotions = 0
 cdef size_t st_peak_resident = 0
+cdef uint64_t st_fresh_slots = 0, st_pool_fail = 0, st_zerocopy = 0
+cdef int g_zerocopy = 1
 
 # scratch file for spilled dirty pages
 cdef int g_scratch_fd = -1
@@ -254,16 +264,17 @@ cdef void pool_drain() noexcept nogil:
 cdef int page_unmap(Page* p) noexcept nogil:
     """Take a LOADED page's memory away from its address; recycle it into the
     staging pool when there is room (saves zeroing a fresh block on next load)."""
-    global g_npool, g_pool_bytes
+    global g_npool, g_pool_bytes, st_pool_fail
     cdef Region* r = p.region
     cdef char* addr = blk_addr(r, p.blk)
     cdef size_t bs = r.blksize
     cdef char* slot
-    if g_recycle and g_npool < POOLMAX:
+    if g_recycle and g_npool < POOLMAX and not p.filemap:
         slot = map_aligned(bs, align_for(bs), PROT_NONE)
         if slot != NULL:
             if mremap(addr, bs, bs, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
                       slot) == MAP_FAILED:
+                st_pool_fail += 1
                 munmap(slot, bs)
             else:
                 g_pool[g_npool] = slot
@@ -555,7 +566,7 @@ cdef void region_remove(Region* r) noexcept nogil:
 
 cdef char* acquire_slot(size_t bs) noexcept nogil:
     """A writable staging buffer for one block, counted as resident (g_lock held)."""
-    global g_resident, st_peak_resident
+    global g_resident, st_peak_resident, st_fresh_slots
     cdef char* slot
     reclaim(bs, bs)
     slot = pool_take(bs)
@@ -567,6 +578,7 @@ cdef char* acquire_slot(size_t bs) noexcept nogil:
         slot = map_aligned(bs, align_for(bs), PROT_RW)
         if slot == NULL:
             return NULL
+        st_fresh_slots += 1
         if bs % HUGE == 0:
             madvise(slot, bs, MADV_HUGEPAGE)
     g_resident += bs
@@ -699,6 +711,8 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     global st_faults, st_soft, st_loads, g_dirty, g_spilled, st_unspills, st_load_errors
     global g_resident, st_peak_resident, g_last_loaded
     cdef Page* p
+    cdef int64_t ra_start = 0, ra_n = 0
+    cdef int zerocopy = 0
     cdef char* slot
     cdef int rc, spilled, prot
     cdef size_t bs = r.blksize
@@ -756,19 +770,34 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
             return ENOMEM
     p.state = PG_LOADING
     p.loader = pthread_self()
-    slot = acquire_slot(bs)
-    if slot == NULL:
-        rc = errno if errno else ENOMEM
-        if spilled:
-            p.state = PG_SPILLED
-        else:
-            page_free(p)
-        pthread_cond_broadcast(&g_cond)
-        unlock()
-        return rc
+    zerocopy = (not spilled and r.direct_fd >= 0 and g_zerocopy
+                and direct_covers(r, blk))
+    if zerocopy:
+        # local file, block entirely inside it: map the page cache pages of the
+        # block privately, read-only (no copy at all; a write makes the kernel
+        # copy just the 4 KiB page touched).  One mmap(MAP_FIXED) replaces the
+        # PROT_NONE slot atomically, and what shows is the file's content.
+        reclaim(bs, 0)
+        g_resident += bs
+        if g_resident > st_peak_resident:
+            st_peak_resident = g_resident
+        slot = NULL
+    else:
+        slot = acquire_slot(bs)
+        if slot == NULL:
+            rc = errno if errno else ENOMEM
+            if spilled:
+                p.state = PG_SPILLED
+            else:
+                page_free(p)
+            pthread_cond_broadcast(&g_cond)
+            unlock()
+            return rc
     unlock()
 
-    if spilled:
+    if zerocopy:
+        rc = map_direct(r, blk)
+    elif spilled:
         rc = rw_full(g_scratch_fd, slot, bs, p.spill, 0)
     elif r.direct_fd >= 0:
         rc = rw_full(r.direct_fd, slot, bs, r.direct_off + <int64_t>(blk * bs), 0)
@@ -785,9 +814,17 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
                 p.writing = 0
         else:
             prot = PROT_RW if write > 0 else PROT_RO
-        rc = place(r, p, slot, prot)
+        if zerocopy:
+            p.filemap = 1
+            p.prot = PROT_RO
+            rc = set_prot(p, prot)
+        else:
+            rc = place(r, p, slot, prot)
     if rc != 0:
-        if rc == E_BUFKEPT:
+        if zerocopy:
+            reset_slot(blk_addr(r, blk), bs)
+            g_resident -= bs
+        elif rc == E_BUFKEPT:
             g_resident -= bs          # somebody holds it: leak, never unmap
         else:
             release_slot(slot, bs)
@@ -818,9 +855,77 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     clock_add(p)
     g_last_loaded = p
     st_loads += 1
+    if not entry and not spilled:
+        ra_on_load(r, blk, &ra_start, &ra_n)
     pthread_cond_broadcast(&g_cond)
     unlock()
+    if ra_n:
+        ra_advise(r, ra_start, ra_n)
     return 0
+
+
+cdef int direct_covers(Region* r, int64_t blk) noexcept nogil:
+    """Is block blk entirely inside the region's file (so it can be mapped)?
+    Past the end a mapping would SIGBUS: such blocks are read (zero-filled)."""
+    cdef stat_t st
+    if fstat(r.direct_fd, &st) != 0:
+        return 0
+    return r.direct_off + (blk + 1) * <int64_t>r.blksize <= st.st_size
+
+cdef int map_direct(Region* r, int64_t blk) noexcept nogil:
+    global st_zerocopy
+    cdef char* addr = blk_addr(r, blk)
+    if mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
+            r.direct_fd, r.direct_off + blk * <int64_t>r.blksize) == MAP_FAILED:
+        return errno
+    st_zerocopy += 1
+    return 0
+
+
+# ------------------------------------------------------------ readahead
+#
+# Sequential access is detected per region (a fault loads block k right after it
+# loaded k-1, or madvise('sequential')).  For a local file the next window of
+# blocks is then handed to the kernel's own readahead (posix_fadvise WILLNEED:
+# asynchronous, no thread of ours), so that the zero-copy loads that follow find
+# the page cache warm.  Random access never triggers it.
+
+cdef int g_ra_enabled = 1
+cdef uint64_t st_ra_blocks = 0
+
+cdef int64_t ra_window(Region* r) noexcept nogil:
+    cdef int64_t w = <int64_t>(g_budget // (4 * r.blksize))
+    if w > 16:
+        w = 16
+    return w
+
+cdef void ra_on_load(Region* r, int64_t blk, int64_t* start, int64_t* n) noexcept nogil:
+    """A fault loaded blk: extend or start the readahead window (g_lock held).
+    Returns in start/n the blocks to advise (after g_lock is released)."""
+    global st_ra_blocks
+    cdef int64_t w, end
+    n[0] = 0
+    if r.advice == ADV_RANDOM or not g_ra_enabled or r.direct_fd < 0:
+        r.last_load = blk
+        return
+    w = ra_window(r)
+    if w > 0 and (r.advice == ADV_SEQUENTIAL or blk == r.last_load + 1):
+        if r.ra_next <= blk or r.ra_next > blk + 1 + 2 * w:
+            r.ra_next = blk + 1
+        end = blk + 1 + w
+        if end > r.nblk:
+            end = r.nblk
+        if r.ra_next < end:
+            start[0] = r.ra_next
+            n[0] = end - r.ra_next
+            r.ra_next = end
+            st_ra_blocks += n[0]
+    r.last_load = blk
+
+cdef void ra_advise(Region* r, int64_t start, int64_t n) noexcept nogil:
+    if n > 0:
+        posix_fadvise(r.direct_fd, r.direct_off + start * <int64_t>r.blksize,
+                      n * <int64_t>r.blksize, POSIX_FADV_WILLNEED)
 
 # ------------------------------------------------------------ the fault handler
 
@@ -891,6 +996,8 @@ cdef void on_sigsegv(int sig, siginfo_t* si, void* uc) noexcept nogil:
     rc = pager_access(r, blk, wcy_fault_is_write(uc), 0, NULL)
     lock()
     r.busy -= 1
+    if r.closed:
+        pthread_cond_broadcast(&g_cond)
     unlock()
     if rc != 0:
         fatal_fault(r, blk, addr, rc)
@@ -1029,6 +1136,7 @@ cdef class BigFileH:
         r.fileh = <PyObject*>self
         r.direct_fd = bigfile._direct_fd
         r.direct_off = bigfile._direct_off
+        r.last_load = -2
         lock()
         rc = region_insert(r)
         unlock()
@@ -1375,7 +1483,7 @@ cdef class BigFileH:
                 else:
                     page_drop(p)
                 p = nx
-            if not busy:
+            if not busy and r.busy == 0:
                 break
             wait_change()
         region_remove(r)
@@ -1405,7 +1513,8 @@ cdef object _index(x, name):
         raise TypeError("%s must be an integer, not %s" % (name, type(x).__name__)) from None
 
 
-_ADVICE = {"normal": 0, "sequential": 1, "random": 2, "willneed": 3, "dontneed": 4}
+_ADVICE = {"normal": ADV_NORMAL, "sequential": ADV_SEQUENTIAL, "random": ADV_RANDOM,
+           "willneed": 3, "dontneed": 4}
 
 
 cdef class VMA:
@@ -1478,7 +1587,12 @@ cdef class VMA:
         elif advice == "dontneed":
             self.fileh.drop_clean(start, stop)
         else:
-            (<BigFileH>self.fileh).r.advice = _ADVICE[advice]
+            r = (<BigFileH>self.fileh)._region()
+            lock()
+            r.advice = _ADVICE[advice]
+            unlock()
+            if advice == "sequential" and r.direct_fd >= 0:
+                ra_advise(r, start, min(stop - start, ra_window(r)))
 
     def __dealloc__(self):
         if self.fileh is not None:
@@ -1501,8 +1615,19 @@ def set_budget(nbytes):
     reclaim(0, 0)
     unlock()
 
+def set_readahead(flag):
+    """Enable (default) or disable readahead of sequential scans."""
+    global g_ra_enabled
+    g_ra_enabled = 1 if flag else 0
+
 def get_budget():
     return g_budget
+
+def set_zerocopy(flag):
+    """Map local-file blocks straight from the page cache (default on) instead
+    of copying them with pread."""
+    global g_zerocopy
+    g_zerocopy = 1 if flag else 0
 
 def set_recycle(flag):
     """Recycle evicted block memory as staging buffers (default on)."""
@@ -1520,6 +1645,8 @@ def stats():
              evictions=st_evictions, writeouts=st_writeouts, spills=st_spills,
              unspills=st_unspills, demotions=st_demotions, overshoots=st_overshoots,
              load_errors=st_load_errors, peak_resident=st_peak_resident,
+             fresh_slots=st_fresh_slots, pool_fail=st_pool_fail,
+             readahead_blocks=st_ra_blocks, zerocopy_loads=st_zerocopy,
              regions=g_nregions)
     unlock()
     return d
