@@ -376,7 +376,7 @@ def test_0d_array():
     with pytest.raises(TypeError):
         len(A)
     with pytest.raises(TypeError):
-        iter(A).__next__()
+        iter(A)
     with pytest.raises(IndexError):
         A[0]
 
@@ -829,6 +829,31 @@ def test_tofile(order, tmp_path, tiny_budget):
     b = io.BytesIO()
     A.tofile(b)
     assert b.getvalue() == m.tobytes(order='C')
+
+
+def test_tofile_falls_back_to_a_copy_on_EFAULT():
+    # if the kernel refuses mapped memory anyway (a block reclaimed between
+    # prefault and write), tofile writes a copy instead of failing
+    import errno
+
+    class Picky(io.BytesIO):
+        def write(self, b):
+            if isinstance(b, memoryview):
+                raise OSError(errno.EFAULT, 'Bad address')
+            return io.BytesIO.write(self, b)
+
+    A, fh, f, m = filled((1000,), np.int32)
+    out = Picky()
+    A.tofile(out)
+    assert out.getvalue() == m.tobytes()
+
+    class Other(io.BytesIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+
+    with pytest.raises(OSError) as e:
+        A.tofile(Other())
+    assert e.value.errno == errno.ENOSPC
 
 
 def test_tofile_bad_order():

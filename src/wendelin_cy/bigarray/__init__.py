@@ -459,8 +459,7 @@ class BigArray:
     def __iter__(self):
         if not self._shape:
             raise TypeError('iteration over a 0-d array')
-        for i in range(self._shape[0]):
-            yield self[i]
+        return (self[i] for i in range(self._shape[0]))
 
     def __repr__(self):
         return '<%s shape=%r dtype=%s order=%r>' % (
