@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 import wendelin_cy
-from wendelin_cy.demo._monitor import Monitor, fmt_bytes, peak_rss, plot, MiB
+from wendelin_cy.demo._monitor import Monitor, fmt_bytes, peak_rss, peak_rss_text, plot, MiB, current_rss
 
 # the signal
 M = 2.0                         # amplitude
@@ -101,6 +101,7 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo.png', keep=False,
     say('  RAM budget %s (array = %.1fx budget), database %s, commit every %s'
         % (fmt_bytes(budget), nbytes / budget, where, fmt_bytes(part)))
 
+    rss0 = current_rss()
     mon = Monitor().start()
     ok = True
     root = None
@@ -199,9 +200,9 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo.png', keep=False,
             shutil.rmtree(tmpdir, ignore_errors=True)
 
     peak = peak_rss()
-    say('peak RSS %s (ru_maxrss) vs RAM budget %s: budget + %s; pager peak resident %s, '
-        'loads %d, evictions %d'
-        % (fmt_bytes(peak), fmt_bytes(budget), fmt_bytes(peak - budget),
+    say('peak RSS %s vs RAM budget %s: budget + %s (RSS before any data, after '
+        'imports: %s); pager peak resident %s, loads %d, evictions %d'
+        % (peak_rss_text(), fmt_bytes(budget), fmt_bytes(peak - budget), fmt_bytes(rss0),
            fmt_bytes(st['peak_resident']), st['loads'], st['evictions']))
     if plot_path:
         note = plot(mon, plot_path, budget,

@@ -1,0 +1,680 @@
+"""Machine learning on arrays bigger than RAM: batches, partial_fit, results
+written back in parts, and arrays shared with worker processes by reference.
+
+Design note
+===========
+
+Batches are views
+-----------------
+``iter_batches`` takes ONE ndarray view of the whole array (``A[:]`` for a
+ZBigArray/BigArray, the array itself for an ndarray) and yields slices of it
+along axis 0.  A slice of a view is a view: no batch is ever copied by us, and
+what a batch costs in RAM is decided by the pager, which loads its blocks when
+the estimator touches them and evicts them under the RAM budget afterwards.
+
+Batch size: unless ``batch_rows`` is given, a batch is about an eighth of the
+RAM budget, rounded down to a whole number of "aligned units" - the fewest rows
+whose bytes are a whole number of pager blocks - so that (for C-order arrays)
+every batch starts and ends on a block boundary and no block is loaded for two
+batches.  When that unit is bigger than the eighth of the budget (very odd row
+sizes), a batch is the eighth of the budget in rows, not aligned.  An eighth
+leaves room for what estimators allocate per batch (``partial_fit`` of most
+estimators makes a few temporaries the size of its input batch).
+
+Shuffling permutes the ORDER of the batches, not rows: a permutation of rows
+would make every batch touch every block.  ``fit_incremental`` draws a new
+permutation for every epoch from one generator seeded with ``seed``, so a run
+is reproducible.
+
+Writing results
+---------------
+``transform_into`` / ``predict_into`` compute batch by batch and assign into a
+view of ``out``.  The first batch is computed before anything is written, so a
+result of the wrong shape fails with ``ValueError`` and ``out`` untouched.  If
+``out`` lives in a ZODB connection, the transaction manager of that connection
+commits every ``commit_every`` batches and whenever the pager's dirty bytes
+pass half the RAM budget, and once at the end: one transaction never holds more
+changed data than the budget (the pager could spill it, but a commit is cheaper).
+Note that these commits commit everything else changed in that transaction too.
+
+Sharing by reference
+--------------------
+``share(A_or_view)`` returns an ``ArrayRef``: database URI, oid of the
+ZBigFile holding the bytes, the snapshot (the ``before`` bound of the
+connection's current transaction) and the geometry of the view (byte offset in
+the file, shape, strides, dtype).  It pickles to a few hundred bytes.  In
+another process ``ref.open()`` (or ``np.asarray(ref)``) opens the database
+read-only, opens a historical connection at that snapshot (``DB.open(before=)``),
+maps the file and returns a read-only ndarray view: the worker sees exactly
+the data the sender saw, even if the sender commits in between, and loads only
+the blocks it touches.  Connections are cached per process, keyed by (URI,
+snapshot), so a joblib worker that receives many references opens the database
+once.  In the sending process itself (threads, or ``open()`` before a fork),
+the already open ``DB`` object is reused.
+
+``lib.zodb.dbopen`` does not record the URI it opened.  ``share`` therefore
+derives it from the storage (FileStorage: its file path; ZEO: host:port and
+storage name) or takes it as ``uri=``; a MappingStorage (``memory://``) cannot
+be reached from another process and is refused unless the consumer is the same
+process.  A FileStorage is opened read-only by workers (it cannot be opened
+twice for writing).  Storages that do not support ``loadBefore`` are opened at
+their latest state, with a warning.  A worker that cannot open the database
+raises ``DatabaseUnreachable`` saying which URI and why.
+
+Uncommitted changes are not seen by workers: ``share`` warns when the array
+has dirty pages, and refuses an array that was never committed.
+"""
+
+import atexit
+import math
+import os
+import threading
+import warnings
+import weakref
+
+import numpy as np
+
+from wendelin_cy.errors import WendelinError
+
+__all__ = ['iter_batches', 'batch_rows_for', 'fit_incremental', 'transform_into',
+           'predict_into', 'share', 'ArrayRef', 'DatabaseUnreachable',
+           'SnapshotWarning']
+
+DEFAULT_BLKSIZE = 2 << 20
+
+
+class DatabaseUnreachable(WendelinError, ConnectionError):
+    """A process could not open the database an ArrayRef points to."""
+
+
+class SnapshotWarning(UserWarning):
+    """The worker sees another state than the one shared (no history, or
+    uncommitted changes in the sender)."""
+
+
+# ~~~ batches
+
+def _as_view(X, name='X'):
+    """-> (ndarray view of the whole of X, blksize or None)."""
+    if isinstance(X, np.ndarray):
+        return X, _blksize_of_view(X)
+    if isinstance(X, ArrayRef):
+        v = X.open()
+        return v, X.blksize
+    getitem = getattr(X, '__getitem__', None)
+    if getitem is None or not hasattr(X, 'shape'):
+        raise TypeError('%s must be a BigArray/ZBigArray, an ndarray or an ArrayRef, '
+                        'not %s' % (name, type(X).__name__))
+    v = X[...]
+    if not isinstance(v, np.ndarray):
+        raise TypeError('%s[...] did not give an ndarray (%s)'
+                        % (name, type(v).__name__))
+    fh = getattr(X, '_fileh', None)
+    return v, getattr(fh, 'blksize', None)
+
+
+def _vma_of(v):
+    b = v
+    while isinstance(b, np.ndarray):
+        b = b.base
+    if b is not None and hasattr(b, 'fileh') and hasattr(b, 'addr_start'):
+        return b
+    return None
+
+
+def _blksize_of_view(v):
+    vma = _vma_of(v)
+    return vma.pagesize() if vma is not None else None
+
+
+def batch_rows_for(shape, dtype, blksize=None, budget=None, fraction=8):
+    """Default rows per batch: about budget/fraction bytes, rounded down to
+    whole blocks' worth of rows when possible (at least one row)."""
+    if budget is None:
+        from wendelin_cy import get_ram_budget
+        budget = get_ram_budget()
+    blksize = blksize or DEFAULT_BLKSIZE
+    rowbytes = int(np.dtype(dtype).itemsize * math.prod(shape[1:]))
+    if rowbytes <= 0:
+        return max(1, int(shape[0]) if shape else 1)
+    target = max(budget // fraction, 1)
+    unit_rows = blksize // math.gcd(blksize, rowbytes)   # rows per lcm(row, blk)
+    unit_bytes = unit_rows * rowbytes
+    if unit_bytes <= target:
+        return (target // unit_bytes) * unit_rows
+    if unit_bytes <= 4 * target and unit_bytes <= (256 << 20):
+        return unit_rows           # one aligned unit, a bit over the target
+    return max(1, target // rowbytes)
+
+
+def _check_rows(X, y):
+    if X.ndim == 0:
+        raise ValueError('X must have at least one dimension')
+    if y is not None and y.shape[:1] != X.shape[:1]:
+        raise ValueError('X and y have different numbers of rows: %d != %d'
+                         % (X.shape[0], y.shape[0] if y.ndim else -1))
+
+
+def _rng(seed):
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def _bounds(n, batch_rows):
+    return [(i, min(i + batch_rows, n)) for i in range(0, n, batch_rows)]
+
+
+def iter_batches(X, y=None, batch_rows=None, shuffle=False, seed=None):
+    """Yield batches of rows of X (and y) as ndarray views, no copies.
+
+    X, y: ZBigArray, BigArray, ndarray (or ArrayRef).  Batches are consecutive
+    row ranges ``X[:][i:j]`` of one view of the whole array; with a y, pairs
+    ``(Xb, yb)`` of the same rows.  ``batch_rows`` defaults to about an eighth
+    of the RAM budget in whole blocks (see ``batch_rows_for``).  With
+    ``shuffle=True`` the order of the batches (not of the rows) is a random
+    permutation drawn from ``seed`` (an int, None or a numpy Generator; pass
+    one Generator to get a new order on every call).
+    """
+    Xv, blksize = _as_view(X, 'X')
+    yv = None
+    if y is not None:
+        yv, _ = _as_view(y, 'y')
+    _check_rows(Xv, yv)
+    n = Xv.shape[0]
+    if batch_rows is None:
+        batch_rows = batch_rows_for(Xv.shape, Xv.dtype, blksize)
+    batch_rows = int(batch_rows)
+    if batch_rows <= 0:
+        raise ValueError('batch_rows must be positive, got %d' % batch_rows)
+    bounds = _bounds(n, batch_rows)
+    if shuffle:
+        order = _rng(seed).permutation(len(bounds))
+        bounds = [bounds[k] for k in order]
+    return _gen(Xv, yv, bounds)
+
+
+def _gen(Xv, yv, bounds):
+    for i, j in bounds:
+        if yv is None:
+            yield Xv[i:j]
+        else:
+            yield Xv[i:j], yv[i:j]
+
+
+def _tqdm(total, desc, enabled, unit='rows'):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True,
+                dynamic_ncols=True, leave=True)
+
+
+def fit_incremental(estimator, X, y=None, *, epochs=1, batch_rows=None,
+                    shuffle=False, seed=None, progress=True, **partial_fit_kwargs):
+    """Train `estimator` with ``partial_fit`` on batches of X (and y).
+
+    Any estimator with ``partial_fit`` works: SGDClassifier, SGDRegressor,
+    MiniBatchKMeans, IncrementalPCA, StandardScaler, MultinomialNB, ...
+    Extra keyword arguments (``classes=`` for classifiers) are passed to
+    every ``partial_fit`` call.  With ``shuffle=True`` each epoch visits the
+    batches in a new order drawn from ``seed``.  A tqdm bar counts rows
+    (``progress=False`` turns it off).  Returns the estimator.
+    """
+    pf = getattr(estimator, 'partial_fit', None)
+    if pf is None:
+        raise TypeError('%s has no partial_fit: it cannot be trained in batches '
+                        '(see docs/ml.md for which fit() is safe on a whole view)'
+                        % type(estimator).__name__)
+    epochs = int(epochs)
+    if epochs < 1:
+        raise ValueError('epochs must be >= 1, got %d' % epochs)
+    Xv, blksize = _as_view(X, 'X')
+    yv = _as_view(y, 'y')[0] if y is not None else None
+    _check_rows(Xv, yv)
+    if batch_rows is None:
+        batch_rows = batch_rows_for(Xv.shape, Xv.dtype, blksize)
+    rng = _rng(seed)
+    n = Xv.shape[0]
+    bar = _tqdm(n * epochs, 'fit %s' % type(estimator).__name__, progress)
+    try:
+        for _ in range(epochs):
+            for b in iter_batches(Xv, yv, batch_rows, shuffle, rng):
+                if yv is None:
+                    pf(b, **partial_fit_kwargs)
+                    rows = b.shape[0]
+                else:
+                    pf(b[0], b[1], **partial_fit_kwargs)
+                    rows = b[0].shape[0]
+                if bar is not None:
+                    bar.update(rows)
+    finally:
+        if bar is not None:
+            bar.close()
+    return estimator
+
+
+# ~~~ writing results into another array
+
+def _out_view(out):
+    if isinstance(out, np.ndarray):
+        if not out.flags.writeable:
+            raise ValueError('out is a read-only ndarray')
+        return out, None
+    if not hasattr(out, 'shape') or not hasattr(out, '__getitem__'):
+        raise TypeError('out must be a ZBigArray, BigArray or ndarray, not %s'
+                        % type(out).__name__)
+    jar = getattr(out, '_p_jar', None)
+    tm = getattr(jar, 'transaction_manager', None) if jar is not None else None
+    if tm is None and jar is None and hasattr(out, '_p_oid'):
+        tm = None               # a ZBigArray not yet in a database: no commits
+    return out[...], tm
+
+
+def _apply_into(method, what, X, out, batch_rows, commit_every, progress):
+    Xv, blksize = _as_view(X, 'X')
+    if Xv.ndim == 0:
+        raise ValueError('X must have at least one dimension')
+    n = Xv.shape[0]
+    if not hasattr(out, 'shape'):
+        raise TypeError('out must be a ZBigArray, BigArray or ndarray, not %s'
+                        % type(out).__name__)
+    if len(out.shape) == 0 or out.shape[0] != n:
+        raise ValueError('%s_into: out has shape %r but X has %d rows: out needs '
+                         '%d rows' % (what, tuple(out.shape), n, n))
+    ov, tm = _out_view(out)
+    if batch_rows is None:
+        # the output batch is written (dirty) while the input is read
+        batch_rows = batch_rows_for(Xv.shape, Xv.dtype, blksize, fraction=16)
+        if ov.ndim and ov.itemsize:
+            batch_rows = min(batch_rows, batch_rows_for(
+                ov.shape, ov.dtype, _blksize_of_view(ov), fraction=16))
+    from wendelin_cy import get_ram_budget, pager_stats
+    budget = get_ram_budget()
+    bar = _tqdm(n, '%s %s' % (what, type(getattr(method, '__self__', method)).__name__),
+                progress)
+    since = 0
+    try:
+        for k, (i, j) in enumerate(_bounds(n, int(batch_rows))):
+            r = np.asarray(method(Xv[i:j]))
+            want = (j - i,) + tuple(ov.shape[1:])
+            if r.shape != want:
+                if r.ndim >= 1 and r.shape[0] == j - i:
+                    raise ValueError(
+                        '%s_into: the estimator gives rows of shape %r but out has '
+                        'rows of shape %r (out.shape=%r); create out with shape %r'
+                        % (what, r.shape[1:], tuple(ov.shape[1:]), tuple(ov.shape),
+                           (n,) + r.shape[1:]))
+                raise ValueError('%s_into: the estimator returned shape %r for %d rows'
+                                 % (what, r.shape, j - i))
+            if k == 0 and not np.can_cast(r.dtype, ov.dtype, 'same_kind'):
+                raise TypeError('%s_into: cannot store %s results into out of dtype %s'
+                                % (what, r.dtype, ov.dtype))
+            ov[i:j] = r
+            del r
+            since += 1
+            if tm is not None and ((commit_every and since >= commit_every)
+                                   or pager_stats()['dirty'] >= budget // 2):
+                tm.commit()
+                since = 0
+            if bar is not None:
+                bar.update(j - i)
+        if tm is not None:
+            tm.commit()
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def transform_into(estimator, X, out, *, batch_rows=None, commit_every=None,
+                   progress=False):
+    """out[i:j] = estimator.transform(X[i:j]) batch by batch; returns out.
+
+    out: ZBigArray (committed in parts through its connection's transaction
+    manager: every `commit_every` batches, when dirty data reaches half the
+    RAM budget, and at the end), BigArray or ndarray, with as many rows as X
+    and the row shape the estimator produces.
+    """
+    if not hasattr(estimator, 'transform'):
+        raise TypeError('%s has no transform()' % type(estimator).__name__)
+    return _apply_into(estimator.transform, 'transform', X, out, batch_rows,
+                       commit_every, progress)
+
+
+def predict_into(estimator, X, out, *, batch_rows=None, commit_every=None,
+                 progress=False):
+    """out[i:j] = estimator.predict(X[i:j]) batch by batch; see transform_into."""
+    if not hasattr(estimator, 'predict'):
+        raise TypeError('%s has no predict()' % type(estimator).__name__)
+    return _apply_into(estimator.predict, 'predict', X, out, batch_rows,
+                       commit_every, progress)
+
+
+# ~~~ sharing arrays by reference
+
+_open_dbs = weakref.WeakValueDictionary()      # id(db) -> db, this process
+_cache = {}                                    # (uri, before) -> _Snapshot
+_cache_lock = threading.Lock()
+
+
+def _register_db(db):
+    _open_dbs[id(db)] = db
+    return id(db)
+
+
+def _uri_of(storage):
+    """A URI another process can open `storage` with, or None."""
+    from ZODB.FileStorage import FileStorage
+    if isinstance(storage, FileStorage):
+        return os.path.abspath(storage._file_name)
+    cls = type(storage)
+    if cls.__module__.startswith('ZEO.') and cls.__name__ == 'ClientStorage':
+        addr = getattr(storage, '_addr', None)
+        name = getattr(storage, '_storage', '1')
+        if isinstance(addr, list) and len(addr) == 1:
+            addr = addr[0]
+        if isinstance(addr, tuple) and len(addr) == 2:
+            return 'zeo://%s:%d?storage=%s' % (addr[0], addr[1], name)
+        if isinstance(addr, str):
+            return 'zeo://%s?storage=%s' % (addr, name)
+    return None
+
+
+def _find_zfile(obj):
+    """ZBigArray / its ndarray view -> (ZBigFile, core file handle, view or None)."""
+    if isinstance(obj, np.ndarray):
+        vma = _vma_of(obj)
+        if vma is None:
+            raise TypeError('share: this ndarray is not a view of a ZBigArray '
+                            '(its memory is not mapped by the pager); share the '
+                            'ZBigArray or a view made by slicing it')
+        io = vma.fileh.bigfile
+        zfile = getattr(io, '_zfile', None)
+        if zfile is None:
+            raise TypeError('share: this view is not over a ZBigFile (%r)' % (io,))
+        return zfile, vma.fileh, obj
+    zfile = getattr(obj, 'zfile', None)
+    if zfile is None or not hasattr(obj, '_fileh'):
+        raise TypeError('share: expected a ZBigArray or an ndarray view of one, '
+                        'got %s' % type(obj).__name__)
+    v = obj[...]
+    return zfile, _vma_of(v).fileh if v.size else obj._fileh, v
+
+
+def share(obj, uri=None):
+    """A small picklable reference to a ZBigArray or an ndarray view of one.
+
+    ``share(A)``, ``share(A[1000:2000])``, ``share(A[:, 3])``: in any process,
+    ``ref.open()`` returns a read-only ndarray with the same shape, dtype and
+    data as the committed state that this process sees now.  `uri` names the
+    database for the other processes; by default it is derived from the
+    storage (FileStorage, ZEO).
+    """
+    zfile, fh, v = _find_zfile(obj)
+    jar = zfile._p_jar
+    if jar is None or zfile._p_oid is None:
+        raise ValueError('share: the array is not stored in a database yet; '
+                         'add it to one and commit first')
+    if getattr(jar, 'opened', None) is None:
+        raise ValueError('share: the connection of the array is closed')
+    db = jar.db()
+    if uri is None:
+        uri = _uri_of(db.storage)
+    if uri is not None and not isinstance(uri, str):
+        uri = os.fspath(uri)
+    if uri is not None and '://' not in uri:
+        uri = os.path.abspath(uri)
+    try:
+        dirty = fh.isdirty()
+    except Exception:
+        dirty = False
+    if dirty:
+        warnings.warn('share: the array has uncommitted changes; other processes '
+                      'see the last committed state', SnapshotWarning, stacklevel=2)
+    before = getattr(getattr(jar, '_storage', None), '_start', None)
+    if before is None:
+        from ZODB.utils import p64, u64
+        before = p64(u64(db.lastTransaction()) + 1)
+    blksize = fh.blksize
+    if v.size:
+        addr = v.__array_interface__['data'][0]
+        offset = addr - fh.addr
+    else:
+        offset = 0
+    return ArrayRef(uri, zfile._p_oid, before, offset, v.shape, v.strides,
+                    v.dtype, blksize, os.getpid(), _register_db(db))
+
+
+class ArrayRef:
+    """Reference to (a view of) a ZBigArray at one snapshot; see ``share``.
+
+    Pickles to the URI, oid, snapshot and geometry; ``open()`` returns the
+    read-only ndarray view in any process that can reach the database, and
+    ``np.asarray(ref)`` does the same.
+    """
+
+    __slots__ = ('uri', 'oid', 'before', 'offset', 'shape', 'strides', 'dtype',
+                 'blksize', '_pid', '_dbid')
+
+    def __init__(self, uri, oid, before, offset, shape, strides, dtype,
+                 blksize, pid=None, dbid=None):
+        self.uri = uri
+        self.oid = bytes(oid)
+        self.before = bytes(before) if before is not None else None
+        self.offset = int(offset)
+        self.shape = tuple(int(x) for x in shape)
+        self.strides = tuple(int(x) for x in strides)
+        self.dtype = np.dtype(dtype)
+        self.blksize = int(blksize)
+        self._pid = pid
+        self._dbid = dbid
+
+    def __reduce__(self):
+        return (ArrayRef, (self.uri, self.oid, self.before, self.offset, self.shape,
+                           self.strides, self.dtype.str if self.dtype.fields is None
+                           else self.dtype.descr, self.blksize, self._pid, self._dbid))
+
+    def __repr__(self):
+        return '<ArrayRef %s oid=%s before=%s shape=%r dtype=%s offset=%d>' % (
+            self.uri, self.oid.hex(), self.before.hex() if self.before else None,
+            self.shape, self.dtype, self.offset)
+
+    @property
+    def nbytes(self):
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        return self.open()[idx]
+
+    def __array__(self, dtype=None, copy=None):
+        v = self.open()
+        if copy:
+            v = v.copy()
+        return v if dtype is None else v.astype(dtype, copy=False)
+
+    def _byte_range(self):
+        if not math.prod(self.shape):
+            return self.offset, self.offset
+        lo = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides)
+                               if s < 0)
+        hi = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides)
+                               if s > 0) + self.dtype.itemsize
+        return lo, hi
+
+    def open(self):
+        """-> read-only ndarray view over the shared data at the snapshot."""
+        if not math.prod(self.shape):
+            return np.empty(self.shape, self.dtype)
+        snap = _snapshot(self)
+        return snap.view(self)
+
+
+class _Snapshot:
+    """One historical connection (and the DB if we opened it) of a process."""
+
+    def __init__(self, db, owned, before):
+        import transaction
+        self.db = db
+        self.owned = owned
+        self.tm = transaction.TransactionManager()
+        self.lock = threading.Lock()
+        if before is not None:
+            self.conn = db.open(transaction_manager=self.tm, before=before)
+        else:
+            self.conn = db.open(transaction_manager=self.tm)
+        self.handles = {}       # oid -> ZBigFileH
+
+    def view(self, ref):
+        with self.lock:
+            fh = self.handles.get(ref.oid)
+            if fh is None or fh.closed:
+                from ZODB.POSException import POSKeyError
+                try:
+                    zfile = self.conn.get(ref.oid)
+                    zfile._p_activate()
+                except POSKeyError:
+                    raise ValueError('ArrayRef: object %s is not in database %s at '
+                                     'that snapshot' % (ref.oid.hex(), ref.uri)) from None
+                if not hasattr(zfile, 'fileh_open'):
+                    raise ValueError('ArrayRef: object %s of %s is a %s, not a ZBigFile'
+                                     % (ref.oid.hex(), ref.uri, type(zfile).__name__))
+                fh = self.handles[ref.oid] = zfile.fileh_open()
+            lo, hi = ref._byte_range()
+            bs = fh.blksize
+            pg0, pg1 = lo // bs, -(-hi // bs)
+            vma = fh.mmap(pg0, pg1 - pg0)
+        v = np.ndarray(ref.shape, ref.dtype, buffer=vma, offset=ref.offset - pg0 * bs,
+                       strides=ref.strides)
+        v.flags.writeable = False
+        return v
+
+    def close(self):
+        for fh in self.handles.values():
+            try:
+                fh.close()
+            except Exception:
+                pass
+        try:
+            self.tm.abort()
+            self.conn.close()
+        except Exception:
+            pass
+        if self.owned:
+            self.db.close()
+
+
+def _open_db(uri):
+    """uri -> ZODB.DB opened read-only where the storage allows it."""
+    import ZODB
+    from wendelin_cy.lib.zodb import dbstoropen, _split_scheme
+    scheme, rest = _split_scheme(uri)
+    if scheme is None or scheme == 'file':
+        from ZODB.FileStorage import FileStorage
+        path = rest if scheme is None else rest
+        if scheme == 'file':
+            import urllib.parse
+            u = urllib.parse.urlsplit(uri)
+            path = urllib.parse.unquote((u.netloc or '') + (u.path or ''))
+        if not os.path.isfile(path):
+            raise FileNotFoundError('no FileStorage database at %r' % path)
+        import logging
+        log = logging.getLogger('ZODB.FileStorage')
+        quiet = not log.handlers and not logging.getLogger().handlers
+        old = log.level
+        if quiet:       # "Ignoring index": the writer's index is behind; harmless
+            log.setLevel(logging.ERROR)
+        try:
+            storage, kw = FileStorage(path, read_only=True), {}
+        finally:
+            if quiet:
+                log.setLevel(old)
+    elif scheme == 'memory':
+        raise ValueError('a memory:// database lives in the process that created '
+                         'it only')
+    else:
+        storage, kw = dbstoropen(uri)
+    try:
+        return ZODB.DB(storage, **kw)
+    except BaseException:
+        storage.close()
+        raise
+
+
+def _snapshot(ref):
+    key = (ref.uri, ref.before, ref._dbid if ref._pid == os.getpid() else None)
+    with _cache_lock:
+        snap = _cache.get(key)
+        if snap is not None:
+            return snap
+        db = None
+        if ref._pid == os.getpid():
+            db = _open_dbs.get(ref._dbid)
+        owned = db is None
+        if owned:
+            if ref.uri is None:
+                raise DatabaseUnreachable(
+                    'ArrayRef: cannot open the database of this array from another '
+                    'process: its URI is unknown (a memory:// database, or a storage '
+                    'whose URI cannot be derived); pass uri= to share()')
+            try:
+                db = _open_db(ref.uri)
+            except Exception as e:
+                raise DatabaseUnreachable(
+                    'ArrayRef: cannot reach database %r (pid %d) to open the shared '
+                    'array (oid %s): %s: %s'
+                    % (ref.uri, os.getpid(), ref.oid.hex(), type(e).__name__, e)) from e
+        before = ref.before
+        if before is not None and not _supports_history(db.storage):
+            warnings.warn('ArrayRef: storage of %r cannot load past states; '
+                          'opening its latest state instead' % (ref.uri,),
+                          SnapshotWarning, stacklevel=3)
+            before = None
+        try:
+            snap = _Snapshot(db, owned, before)
+        except BaseException:
+            if owned:
+                db.close()
+            raise
+        _cache[key] = snap
+        return snap
+
+
+def _supports_history(storage):
+    lb = getattr(storage, 'loadBefore', None)
+    if lb is None:
+        return False
+    try:
+        from ZODB.utils import z64
+        lb(z64, b'\xff' * 8)
+    except NotImplementedError:
+        return False
+    except Exception:
+        pass
+    return True
+
+
+def close_shared():
+    """Close every connection and database opened by ArrayRef.open() in this
+    process (their views must be gone)."""
+    with _cache_lock:
+        snaps = list(_cache.values())
+        _cache.clear()
+    for s in snaps:
+        s.close()
+
+
+atexit.register(close_shared)
+
+
+def _after_fork():
+    # connections and storages of the parent must not be used by a child
+    _cache.clear()
+    _open_dbs.clear()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_after_fork)
