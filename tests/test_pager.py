@@ -1,5 +1,6 @@
 """The pager core: mappings, faults, reclaim under the budget, dirty data."""
 import errno
+import gc
 import os
 import signal
 import subprocess
@@ -309,6 +310,8 @@ def test_recency_keeps_hot_blocks(budget):
 
 
 def test_dirty_beyond_budget_spills_and_writes_out(bigfile, budget):
+    gc.collect()                         # handles of earlier tests
+    spilled0 = wendelin_cy.pager_stats()["spilled"]
     budget(1 << 20)
     fh = bigfile.fileh_open()
     nblk = 64                            # 4 MiB of changes, budget 1 MiB
@@ -320,26 +323,28 @@ def test_dirty_beyond_budget_spills_and_writes_out(bigfile, budget):
         s = wendelin_cy.pager_stats()
         assert s["resident"] + s["pool"] <= s["budget"]
     s = wendelin_cy.pager_stats()
-    assert s["spilled"] > 0
+    assert s["spilled"] > spilled0
     assert fh.dirty_blocks() == list(range(nblk))
     assert np.array_equal(a, model)      # spilled blocks read back dirty
     a[5] = 1
     model[5] = 1
     fh.dirty_writeout()
     assert not fh.isdirty()
-    assert wendelin_cy.pager_stats()["spilled"] == 0
+    assert wendelin_cy.pager_stats()["spilled"] == spilled0
     assert np.array_equal(stored(bigfile, nblk), model)
 
 
 def test_discard_of_spilled_data(budget):
+    gc.collect()
+    spilled0 = wendelin_cy.pager_stats()["spilled"]
     budget(1 << 20)
     f = BigFile_RAM(BS)
     fh = f.fileh_open()
     a = u8(fh.mmap(0, 64))
     a[:] = 7
-    assert wendelin_cy.pager_stats()["spilled"] > 0
+    assert wendelin_cy.pager_stats()["spilled"] > spilled0
     fh.dirty_discard()
-    assert wendelin_cy.pager_stats()["spilled"] == 0
+    assert wendelin_cy.pager_stats()["spilled"] == spilled0
     assert not a.any()
     assert f.nstore == 0
 
@@ -625,3 +630,27 @@ def test_no_livelock_when_budget_is_mostly_dirty():
         print("ok")
     """)
     assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_dirty_hook_called_on_clean_to_dirty(bigfile):
+    fh = bigfile.fileh_open()
+    calls = []
+    fh.set_dirty_hook(lambda: calls.append(fh.dirty_blocks()))
+    a = u8(fh.mmap(0, 4))
+    a[0]                              # a read does not dirty
+    assert calls == []
+    a[5] = 1                          # loaded block, first write
+    assert calls == [[0]]
+    a[BS + 5] = 1                     # already dirty handle: no new call
+    a[6] = 2
+    assert len(calls) == 1
+    fh.dirty_writeout()
+    a[3 * BS] = 4                     # block not loaded yet, written first
+    assert calls[1:] == [[3]]
+    fh.dirty_discard()
+    fh.set_dirty_hook(lambda: 1 / 0)  # errors are reported, the write goes on
+    a[7] = 7
+    assert a[7] == 7
+    fh.set_dirty_hook(None)
+    with pytest.raises(TypeError):
+        fh.set_dirty_hook(42)

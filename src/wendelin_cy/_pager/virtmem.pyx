@@ -123,6 +123,7 @@ cdef struct Region:
     int advice           # ADV_*
     int64_t last_load    # block of the last load by a fault (sequential detection)
     int64_t ra_next      # first block not yet requested by readahead
+    PyObject* dirty_hook # called (GIL taken) when the handle goes clean -> dirty
 
 cdef pthread_mutex_t g_lock
 cdef pthread_cond_t g_cond
@@ -713,6 +714,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     cdef Page* p
     cdef int64_t ra_start = 0, ra_n = 0
     cdef int zerocopy = 0
+    cdef int hook = 0
     cdef char* slot
     cdef int rc, spilled, prot
     cdef size_t bs = r.blksize
@@ -743,6 +745,8 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
                 p.dirty = 1
                 r.ndirty += 1
                 g_dirty += bs
+                if r.ndirty == 1 and r.dirty_hook != NULL:
+                    hook = 1
             p.writing = 0
             prot = PROT_RW
         elif p.dirty and not p.writing:
@@ -756,6 +760,8 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
         if not entry:
             st_soft += 1
         unlock()
+        if hook:
+            call_dirty_hook(r)
         return rc
 
     # -- load: this thread becomes the loader of the block
@@ -850,6 +856,8 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
         p.dirty = 1
         r.ndirty += 1
         g_dirty += bs
+        if r.ndirty == 1 and r.dirty_hook != NULL:
+            hook = 1
     p.state = PG_LOADED
     p.referenced = 1
     clock_add(p)
@@ -861,7 +869,35 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     unlock()
     if ra_n:
         ra_advise(r, ra_start, ra_n)
+    if hook:
+        call_dirty_hook(r)
     return 0
+
+
+cdef void call_dirty_hook(Region* r) noexcept nogil:
+    """Tell the binding (e.g. ZODB: join the transaction) that the handle just
+    became dirty.  Runs in the faulting thread, with the GIL; an exception is
+    reported and ignored (the write itself must go on)."""
+    with gil:
+        _run_hook(r)
+
+cdef void _run_hook(Region* r) noexcept:
+    cdef PyObject *et
+    cdef PyObject *ev
+    cdef PyObject *etb
+    cdef object hook
+    PyErr_Fetch(&et, &ev, &etb)
+    if r.dirty_hook != NULL and not r.closed:
+        hook = <object>r.dirty_hook
+        try:
+            hook()
+        except BaseException as e:
+            try:
+                _sys.stderr.write("wendelin_cy: exception in dirty hook %r (ignored):\n" % hook)
+                _traceback.print_exception(type(e), e, e.__traceback__, file=_sys.stderr)
+            except BaseException:
+                pass
+    PyErr_Restore(et, ev, etb)
 
 
 cdef int direct_covers(Region* r, int64_t blk) noexcept nogil:
@@ -1096,6 +1132,7 @@ cdef class BigFileH:
     cdef readonly object bigfile
     cdef readonly size_t blksize
     cdef int nvma
+    cdef object _dirty_hook
     cdef object __weakref__
 
     def __cinit__(self, BigFile bigfile, reserve=None):
@@ -1210,6 +1247,19 @@ cdef class BigFileH:
     @property
     def closed(self):
         return self.r == NULL
+
+    def set_dirty_hook(self, hook):
+        """hook() is called each time the handle goes from clean to dirty (first
+        write after open, writeout or discard), in the thread whose access
+        dirtied it (possibly one Python does not know, e.g. BLAS), with the GIL.
+        Bindings use it to join a transaction.  None removes it."""
+        cdef Region* r = self._region()
+        if hook is not None and not callable(hook):
+            raise TypeError("dirty hook must be callable or None")
+        lock()
+        self._dirty_hook = hook
+        r.dirty_hook = NULL if hook is None else <PyObject*>hook
+        unlock()
 
     @property
     def reserved(self):
