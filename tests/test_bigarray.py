@@ -19,7 +19,9 @@ from wendelin_cy.testing.isolate import isolated
 from wendelin_cy.testing.strategies import ram_budget
 
 BS = 64 * 1024
-HSETTINGS = settings(max_examples=150, deadline=None,
+# more examples for a long run: WENDELIN_CY_HYPOTHESIS_EXAMPLES=2000
+HSETTINGS = settings(max_examples=int(os.environ.get('WENDELIN_CY_HYPOTHESIS_EXAMPLES',
+                                                     150)), deadline=None,
                      suppress_health_check=[HealthCheck.too_slow,
                                             HealthCheck.data_too_large])
 
