@@ -118,3 +118,43 @@ dbclose(root)
         r('dbclose(root)')
     finally:
         r.close()
+
+
+def test_concurrent_appends_conflict_then_retry(tmp_path, zeo_uri):
+    run_py('''
+import numpy as np, transaction
+from wendelin_cy.bigarray.array_zodb import ZBigArray
+from wendelin_cy.lib.zodb import dbopen, dbclose
+root = dbopen(%r)
+root['A'] = ZBigArray((0,), np.int64, blksize=%d)
+transaction.commit()
+dbclose(root)
+''' % (zeo_uri, BS), cwd=tmp_path)
+    p1, p2 = Proc(tmp_path), Proc(tmp_path)
+    try:
+        for p in (p1, p2):
+            p('root = dbopen(%r)' % zeo_uri)
+            p('A = root["A"]')
+            p('from ZODB.POSException import ConflictError')
+        p1('A.append(np.arange(100))')
+        p2('A.append(np.arange(100, 150))')
+        p1('transaction.commit()')
+        # the second appender conflicts (both changed the shape) ...
+        p2("try:\n"
+           "    transaction.commit()\n"
+           "    ok = 'committed'\n"
+           "except ConflictError:\n"
+           "    ok = 'conflict'")
+        assert p2('ok') == 'conflict'
+        # ... aborts, sees the other's append, and retries
+        p2('transaction.abort()')
+        assert p2('list(A.shape)') == [100]
+        p2('A.append(np.arange(100, 150))')
+        p2('transaction.commit()')
+        p1('transaction.begin()')
+        assert p1('A[:].tolist()') == list(range(150))
+        for p in (p1, p2):
+            p('dbclose(root)')
+    finally:
+        p1.close()
+        p2.close()
