@@ -517,6 +517,10 @@ def test_errors():
         ZBigArray((2**62, 2**10), np.int64)
     with pytest.raises(ValueError):
         ZBigArray((3,), np.int64, blksize=1000)
+    with pytest.raises(ValueError):
+        ZBigArray((3,), np.int64, blksize=2 << 30)
+    with pytest.raises(TypeError):
+        ZBigArray((3,), np.int64, blksize=4096.0)
     A = ZBigArray((2, 3), np.int64, blksize=BS)
     with pytest.raises(ValueError):
         A.append(np.zeros((2, 2), np.int64))

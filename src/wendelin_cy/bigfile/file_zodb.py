@@ -410,9 +410,9 @@ class ZBigFile(Persistent):
             raise TypeError('ZBigFile: blksize must be an int, not %s'
                             % type(blksize).__name__)
         blksize = int(blksize)
-        if blksize <= 0 or blksize % _OSPAGE:
+        if blksize <= 0 or blksize % _OSPAGE or blksize > (1 << 30):
             raise ValueError('ZBigFile: blksize must be a positive multiple of %d, '
-                             'got %d' % (_OSPAGE, blksize))
+                             'at most 1 GiB, got %d' % (_OSPAGE, blksize))
         if zblk_fmt is not None:
             _check_fmt(zblk_fmt, 'ZBigFile')
         self.blksize = blksize
