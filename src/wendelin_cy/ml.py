@@ -66,6 +66,7 @@ has dirty pages, and refuses an array that was never committed.
 """
 
 import atexit
+import gc
 import math
 import os
 import threading
@@ -315,16 +316,25 @@ def _apply_into(method, what, X, out, batch_rows, commit_every, progress):
             since += 1
             if tm is not None and ((commit_every and since >= commit_every)
                                    or pager_stats()['dirty'] >= budget // 2):
-                tm.commit()
+                _commit(tm)
                 since = 0
             if bar is not None:
                 bar.update(j - i)
         if tm is not None:
-            tm.commit()
+            _commit(tm)
     finally:
         if bar is not None:
             bar.close()
     return out
+
+
+def _commit(tm):
+    tm.commit()
+    # ZODB's ObjectWriter (Connection.commit) sits in a reference cycle with
+    # its pickler and keeps the BytesIO of the last record it pickled: after a
+    # commit of N blocks, O(N * blksize) bytes wait for the cyclic GC, which
+    # large-data workloads (few Python objects) rarely trigger.
+    gc.collect()
 
 
 def transform_into(estimator, X, out, *, batch_rows=None, commit_every=None,

@@ -22,6 +22,7 @@ The demo exits with status 1 if the accuracy is more than 0.03 below the
 Bayes-optimal one or if a worker's sum differs.
 """
 
+import gc
 import os
 import pickle
 import shutil
@@ -134,6 +135,7 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo_ml.png', keep=False,
                     p += 1
                     bar.update(m * (rowbytes + 4))
                 transaction.commit()
+                gc.collect()    # see wendelin_cy.ml._commit: ZODB leaves cyclic garbage
         ph.note = _rate(nbytes, ph.seconds)
         say('ingest: %s in %.1f s = %s (generate + append + commit per %s)'
             % (fmt_bytes(nbytes), ph.seconds, _rate(nbytes, ph.seconds),
@@ -232,6 +234,8 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo_ml.png', keep=False,
             shutil.rmtree(tmpdir, ignore_errors=True)
 
     peak = peak_rss()
+    say('throughput: ' + ', '.join('%s %s' % (p.name, p.note) for p, _, _ in mon.phases
+                                   if p.note))
     say('peak RSS %s vs RAM budget %s: budget + %s (RSS before any data, after '
         'imports: %s); pager peak resident %s, loads %d, evictions %d'
         % (peak_rss_text(), fmt_bytes(budget), fmt_bytes(peak - budget), fmt_bytes(rss0),

@@ -20,6 +20,7 @@ sum and the mean equal the closed form of the sum of a sampled sine,
 floating point tolerance.
 """
 
+import gc
 import math
 import os
 import shutil
@@ -128,6 +129,7 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo.png', keep=False,
                     k += m
                     bar.update(m * 8)
                 transaction.commit()
+                gc.collect()    # see wendelin_cy.ml._commit: ZODB leaves cyclic garbage
         del buf, chunk
         ph_in.note = _rate(nbytes, ph_in.seconds)
         say('ingest: %s in %.1f s = %s (generate + append + commit per %s)'
@@ -200,6 +202,8 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo.png', keep=False,
             shutil.rmtree(tmpdir, ignore_errors=True)
 
     peak = peak_rss()
+    say('throughput: ingest %s, scan %s, np.mean %s'
+        % (ph_in.note, ph_sc.note, ph_m.note))
     say('peak RSS %s vs RAM budget %s: budget + %s (RSS before any data, after '
         'imports: %s); pager peak resident %s, loads %d, evictions %d'
         % (peak_rss_text(), fmt_bytes(budget), fmt_bytes(peak - budget), fmt_bytes(rss0),
