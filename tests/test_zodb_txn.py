@@ -959,3 +959,36 @@ def test_zero_chunks_and_holes_store_nothing(db, monkeypatch):
     c1.commit()
     assert len(A.zfile.blktab) == 0
     c1.close()
+
+
+def test_handles_released_with_the_connection(tmp_path):
+    """dbclose, or just closing the connection, closes the pager handles and
+    gives back their address space and pages.  (The objects themselves stay
+    as long as ZODB keeps the closed connection's cache.)"""
+    from wendelin_cy.lib.zodb import dbopen, dbclose
+
+    def use(path, how):
+        root = dbopen(path)
+        root['A'] = A = ZBigArray((1000,), np.int64, blksize=BS)
+        transaction.commit()
+        A[:] = 1
+        transaction.commit()
+        fh = A._fileh
+        assert fh._fh.reserved > 0
+        transaction.abort()
+        if how == 'dbclose':
+            dbclose(root)
+        else:
+            root._p_jar.close()
+        assert fh.closed and fh._fh.reserved == 0
+        return root
+
+    use(str(tmp_path / 'd.fs'), 'dbclose')
+    root = use(str(tmp_path / 'c.fs'), 'conn.close')
+    conn = root._p_jar.db().open()      # back from the pool: a new handle
+    assert conn is root._p_jar
+    try:
+        assert (conn.root()['A'][:] == 1).all()
+    finally:
+        transaction.abort()
+        dbclose(conn.root())

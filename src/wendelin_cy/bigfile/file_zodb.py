@@ -444,22 +444,35 @@ class ZBigFile(Persistent):
                 % (self,))
         if jar is not None:
             _check_cache(jar)
-        io = _IO.get(self)
+        io = self.__dict__.get('_v_io')         # (does not load a ghost)
         if io is None:
-            io = _IO[self] = _ZBigFileIO(self)
+            io = _ZBigFileIO(self)
+            self.__dict__['_v_io'] = io
+            _IOS.add(io)
         return ZBigFileH(self, io, zblk_fmt, reserve)
 
+    # The _v_io helper must survive ghostification: the pager holds it, and
+    # a second one would split the file in two.  __setstate__ keeps _v_
+    # attributes; these keep them when the state is dropped.
+
+    def _p_deactivate(self):
+        keep = {k: v for k, v in self.__dict__.items() if k.startswith('_v_')}
+        super()._p_deactivate()
+        self.__dict__.update(keep)
+
     def _p_invalidate(self):
-        io = _IO.get(self)
+        keep = {k: v for k, v in self.__dict__.items() if k.startswith('_v_')}
+        io = keep.get('_v_io')
         if io is not None:
             io._recheck = True
         super()._p_invalidate()
+        self.__dict__.update(keep)
 
     def __getstate__(self):
         # A ZBigFile that got its connection just now (first commit after it
         # was added) may have handles still following the default transaction
         # manager: move them over, and write their pages into this commit.
-        io = _IO.get(self)
+        io = self.__dict__.get('_v_io')
         if io is not None and self._p_jar is not None:
             for h in list(io._handles):
                 h._zfile_being_stored()
@@ -503,9 +516,9 @@ def _check_cache(conn):
                       RuntimeWarning, stacklevel=3)
 
 
-# ZBigFile -> its _ZBigFileIO; ZBlk -> (weakref(io), blk).  Kept outside the
-# objects: ghostification clears an object's __dict__ (and _v_ attributes).
-_IO = weakref.WeakKeyDictionary()
+# every _ZBigFileIO (for dbclose); ZBlk -> (weakref(io), blk), kept outside
+# the ZBlk objects: ghostification clears an object's __dict__.
+_IOS = weakref.WeakSet()
 _OWNER = weakref.WeakKeyDictionary()
 
 
@@ -546,23 +559,17 @@ class _ZBigFileIO(BigFile):
 
     def __init__(self, zfile):
         super().__init__(zfile.blksize)
-        # weak: _IO maps zfile -> self, a strong ref would keep the key alive
-        self._zfile_ref = weakref.ref(zfile)
-        self._handles = []
+        self._zfile = zfile     # (a cycle through zfile._v_io, for the gc)
+        # weak: the pager's handle holds this object with a reference the
+        # gc cannot see, so a strong one back would never be collected
+        self._handles = weakref.WeakSet()
         self._loaded = {}       # blk -> ZBlk ghost (None for a hole) last loaded
         self._pending = set()   # blocks invalidated, to drop at the boundary
         self._recheck = False   # blktab changed: compare _loaded against it
         self._wo = None         # _Writeout in progress
 
-    @property
-    def _zfile(self):
-        zfile = self._zfile_ref()
-        if zfile is None:
-            raise RuntimeError('the ZBigFile of this handle is gone')
-        return zfile
-
     def __repr__(self):
-        return '<_ZBigFileIO of %r>' % (self._zfile_ref(),)
+        return '<_ZBigFileIO of %r>' % (self._zfile,)
 
     # -- pager callbacks
 
@@ -756,7 +763,7 @@ class _ZBigFileIO(BigFile):
         if len(self._loaded) < self.PRUNE_MIN:
             return
         held = set()
-        for h in self._handles:
+        for h in list(self._handles):
             fh = h._fh
             if fh.closed:
                 continue
@@ -779,7 +786,7 @@ class _ZBigFileIO(BigFile):
         z = self._loaded.pop(blk, None)
         if z is not None and _OWNER.get(z, (None, None))[1] == blk:
             del _OWNER[z]
-        for h in self._handles:
+        for h in list(self._handles):
             fh = h._fh
             if fh is None or fh.closed:
                 continue
@@ -880,7 +887,8 @@ class ZBigFileH:
         self._wo = None         # _Writeout of the commit in progress
         self._registering = False
         self._tm = None
-        io._handles.append(self)
+        io._handles.add(self)
+        self._watch_conn_close()
         self.join_current()
 
     # -- BigFileH API
@@ -936,10 +944,7 @@ class ZBigFileH:
         if self._fh.closed:
             return
         self._fh.close()
-        try:
-            self._io._handles.remove(self)
-        except ValueError:
-            pass
+        self._io._handles.discard(self)
         self._unregister_synch()
 
     def __repr__(self):
@@ -957,6 +962,23 @@ class ZBigFileH:
 
     def _conn(self):
         return self.zfile._p_jar
+
+    def _watch_conn_close(self):
+        conn = self._conn()
+        if conn is not None and conn is not getattr(self, '_watched', None):
+            self._watched = conn
+            conn.onCloseCallback(self._conn_closed)
+
+    def _conn_closed(self):
+        """The connection closes: close the pager handle too, unless views
+        of it are alive (a handle is reopened on next use).  Besides, the
+        pager's reference to its BigFile is invisible to the gc: an open
+        handle would keep the whole connection alive."""
+        self._watched = None
+        try:
+            self.close()
+        except RuntimeError:        # views alive
+            pass
 
     def _current_tm(self):
         conn = self._conn()
@@ -1022,6 +1044,7 @@ class ZBigFileH:
         moved = self._current_tm() is not self._tm
         if moved:
             self._register_synch()
+        self._watch_conn_close()
         try:
             txn = self._tm.get()
         except Exception:       # explicit manager without a transaction
@@ -1249,8 +1272,8 @@ class _Savepoint:
 def _close_handles_of(conn):
     """Close the handles of ZBigFiles of `conn` (used by dbclose).  A handle
     with live views stays open but stops following transactions."""
-    for zfile, io in list(_IO.items()):
-        if zfile._p_jar is conn:
+    for io in list(_IOS):
+        if io._zfile._p_jar is conn:
             for h in list(io._handles):
                 try:
                     h.close()
