@@ -142,6 +142,10 @@ wendelin_cy for it, as for any conflict resolution - e.g. on the ZEO server),
 and the ``blktab`` buckets merge as BTrees do.  Writers of the same block
 conflict.
 
+Closing the connection closes its handles (unless views of them are alive):
+the pager's address space and pages are given back, and the next use of the
+array opens a new handle.
+
 Limits: a handle and its ZBigFile belong to one connection and one thread, as
 ZODB objects do (loadblk, run from a page fault, loads through that
 connection).  The pure-Python ``persistent`` pickle cache does not call
