@@ -654,3 +654,39 @@ def test_dirty_hook_called_on_clean_to_dirty(bigfile):
     fh.set_dirty_hook(None)
     with pytest.raises(TypeError):
         fh.set_dirty_hook(42)
+
+
+def test_sequential_faults_call_prefetch():
+    class Prefetching(BigFile_RAM):
+        def __init__(self, blksize):
+            BigFile_RAM.__init__(self, blksize)
+            self.asked = []
+
+        def prefetch(self, blk, n):
+            self.asked.append((blk, n))
+    f = Prefetching(BS)
+    fh = f.fileh_open()
+    a = u8(fh.mmap(0, 64))
+    for blk in range(0, 40):             # a sequential scan
+        a[blk * BS]
+    assert f.asked, "no readahead for a sequential scan"
+    covered = set()
+    for blk, n in f.asked:
+        assert n > 0
+        covered |= set(range(blk, blk + n))
+    assert set(range(2, 40)) <= covered  # always ahead of the scan
+    f.asked.clear()
+    for blk in (50, 44, 60, 47, 55):     # random: no readahead
+        a[blk * BS]
+    assert f.asked == []
+
+
+def test_prefetch_errors_are_not_fatal(capfd):
+    class Bad(BigFile_RAM):
+        def prefetch(self, blk, n):
+            raise RuntimeError("prefetch broke")
+    f = Bad(BS)
+    f.blocks[3] = bytes([1]) * BS
+    a = u8(f.fileh_open().mmap(0, 8))
+    assert [int(a[b * BS]) for b in range(8)] == [0, 0, 0, 1, 0, 0, 0, 0]
+    assert capfd.readouterr().err.count("RuntimeError: prefetch broke") == 1

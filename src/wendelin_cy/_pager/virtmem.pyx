@@ -124,6 +124,7 @@ cdef struct Region:
     int64_t last_load    # block of the last load by a fault (sequential detection)
     int64_t ra_next      # first block not yet requested by readahead
     PyObject* dirty_hook # called (GIL taken) when the handle goes clean -> dirty
+    int has_prefetch     # the BigFile has prefetch(blk, n): readahead for Python loaders
 
 cdef pthread_mutex_t g_lock
 cdef pthread_cond_t g_cond
@@ -941,7 +942,7 @@ cdef void ra_on_load(Region* r, int64_t blk, int64_t* start, int64_t* n) noexcep
     global st_ra_blocks
     cdef int64_t w, end
     n[0] = 0
-    if r.advice == ADV_RANDOM or not g_ra_enabled or r.direct_fd < 0:
+    if r.advice == ADV_RANDOM or not g_ra_enabled or (r.direct_fd < 0 and not r.has_prefetch):
         r.last_load = blk
         return
     w = ra_window(r)
@@ -959,9 +960,39 @@ cdef void ra_on_load(Region* r, int64_t blk, int64_t* start, int64_t* n) noexcep
     r.last_load = blk
 
 cdef void ra_advise(Region* r, int64_t start, int64_t n) noexcept nogil:
-    if n > 0:
+    """Start reading blocks [start, start+n) ahead (g_lock not held): the
+    kernel's readahead for a local file, else the BigFile's own prefetch()."""
+    if n <= 0:
+        return
+    if r.direct_fd >= 0:
         posix_fadvise(r.direct_fd, r.direct_off + start * <int64_t>r.blksize,
                       n * <int64_t>r.blksize, POSIX_FADV_WILLNEED)
+    elif r.has_prefetch:
+        call_prefetch(r, start, n)
+
+cdef void call_prefetch(Region* r, int64_t start, int64_t n) noexcept nogil:
+    with gil:
+        _run_prefetch(r, start, n)
+
+cdef void _run_prefetch(Region* r, int64_t start, int64_t n) noexcept:
+    cdef PyObject *et
+    cdef PyObject *ev
+    cdef PyObject *etb
+    PyErr_Fetch(&et, &ev, &etb)
+    if not r.closed:
+        try:
+            (<object>r.bigfile).prefetch(start, n)
+        except BaseException as e:          # readahead is advice: never fatal
+            if r.has_prefetch == 1:
+                r.has_prefetch = 2
+                try:
+                    _sys.stderr.write("wendelin_cy: %r.prefetch failed (ignored):\n"
+                                      % (<object>r.bigfile,))
+                    _traceback.print_exception(type(e), e, e.__traceback__,
+                                               file=_sys.stderr)
+                except BaseException:
+                    pass
+    PyErr_Restore(et, ev, etb)
 
 # ------------------------------------------------------------ the fault handler
 
@@ -1081,7 +1112,10 @@ cdef class BigFile:
 
     Subclass it and define ``loadblk(blk, buf)`` (fill the writable memoryview
     ``buf`` of ``blksize`` bytes completely; zeros for holes) and
-    ``storeblk(blk, buf)`` (persist the read-only memoryview ``buf``).  loadblk may
+    ``storeblk(blk, buf)`` (persist the read-only memoryview ``buf``).
+    Optionally ``prefetch(blk, n)``: the pager saw sequential access and will
+    soon load blocks [blk, blk+n); start fetching them in the background (it is
+    advice: errors are reported once and ignored).  loadblk may
     run inside a page fault, in any thread, with the GIL taken for it: it must not
     touch the block it is loading, and must not keep ``buf``.
     """
@@ -1174,6 +1208,7 @@ cdef class BigFileH:
         r.direct_fd = bigfile._direct_fd
         r.direct_off = bigfile._direct_off
         r.last_load = -2
+        r.has_prefetch = 1 if callable(getattr(bigfile, "prefetch", None)) else 0
         lock()
         rc = region_insert(r)
         unlock()
@@ -1641,7 +1676,7 @@ cdef class VMA:
             lock()
             r.advice = _ADVICE[advice]
             unlock()
-            if advice == "sequential" and r.direct_fd >= 0:
+            if advice == "sequential":
                 ra_advise(r, start, min(stop - start, ra_window(r)))
 
     def __dealloc__(self):
