@@ -40,7 +40,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SRC = os.path.join(ROOT, 'src')
+SRC = os.environ.get('WENDELIN_CY_SRC') or os.path.join(ROOT, 'src')
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -271,7 +271,6 @@ class Memmap(System):
 
     def flush(self):
         self.mm.flush()             # msync(MS_SYNC)
-        self.mm = None
 
     def open(self):
         import numpy as np
@@ -591,6 +590,29 @@ def run_child(cfg, cgroup=None, timeout=3600):
             'error': err[:200], 'stderr': p.stderr[-4000:]}
 
 
+def source_rev():
+    """Which wendelin_cy is measured: git commit of SRC (+ 'dirty'), or the
+    REVISION file of a snapshot, and the mtime of the built pager."""
+    d = os.path.dirname(SRC)
+    rev = None
+    try:
+        with open(os.path.join(d, 'REVISION')) as f:
+            rev = f.read().strip()
+    except OSError:
+        try:
+            rev = subprocess.run(['git', 'describe', '--always', '--dirty'], cwd=d,
+                                 capture_output=True, text=True).stdout.strip()
+        except OSError:
+            pass
+    so = [f for f in os.listdir(os.path.join(SRC, 'wendelin_cy', '_pager'))
+          if f.endswith('.so')]
+    if so:
+        st = os.stat(os.path.join(SRC, 'wendelin_cy', '_pager', so[0]))
+        rev = '%s (pager built %s)' % (
+            rev, time.strftime('%H:%M:%SZ', time.gmtime(st.st_mtime)))
+    return rev
+
+
 def machine():
     import numpy
     d = {'python': platform.python_version(), 'platform': platform.platform(),
@@ -694,12 +716,21 @@ def main():
     ap.add_argument('--quick', action='store_true',
                     help='smoke test: 64M array, 16M budget, 1 repeat')
     ap.add_argument('--dir', default='/tmp', help='where the temp dir goes (/tmp)')
+    ap.add_argument('--src', default=None,
+                    help='import wendelin_cy from this src/ dir (default: the '
+                    'checkout\'s src/, built in place); e.g. a snapshot '
+                    '`git archive HEAD | tar -x` built with build_ext --inplace, '
+                    'so that rebuilds in the checkout cannot change a long run')
     ap.add_argument('--json', help='write results here')
     ap.add_argument('--plot', help='write a bar chart (png) here')
     ap.add_argument('--child', help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(json.loads(a.child))
+    global SRC
+    if a.src:
+        SRC = os.environ['WENDELIN_CY_SRC'] = os.path.abspath(a.src)
+    rev = source_rev()
 
     if a.quick:
         size = parse_size('64M') if a.size == '2G' else parse_size(a.size)
@@ -722,8 +753,8 @@ def main():
     work = tempfile.mkdtemp(prefix='wcy-compare-', dir=a.dir)
     common = dict(size=size, budget=budget, repeat=repeat, dir=work,
                   nreads=nreads, nwrites=nwrites, small_blksize=SMALL_BLKSIZE)
-    print('# compare.py: size %s, budget %s, repeat %d, dir %s'
-          % (fmt_size(size), fmt_size(budget), repeat, work), flush=True)
+    print('# compare.py: size %s, budget %s, repeat %d, dir %s, wendelin_cy %s'
+          % (fmt_size(size), fmt_size(budget), repeat, work, rev), flush=True)
     results = []
     t_start = time.time()
     try:
@@ -783,6 +814,7 @@ def main():
     if a.json:
         with open(a.json, 'w') as f:
             json.dump({'machine': machine(), 'argv': sys.argv, 'size': size,
+                       'wendelin_cy': rev,
                        'budget': budget, 'cap': cap, 'repeat': repeat,
                        'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                        'results': results}, f, indent=1)
