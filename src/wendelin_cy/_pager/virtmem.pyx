@@ -1309,23 +1309,19 @@ cdef class BigFileH:
         cdef Region* r = self._region()
         return r.ndirty > 0
 
-    def dirty_blocks(self):
-        """Sorted block numbers with changes not yet written out."""
+    cdef list _blocks(self, int want_dirty):
+        """Sorted numbers of the dirty (want_dirty) or LOADED blocks.  Collected
+        into C memory under g_lock: no Python object is made while it is held."""
         cdef Region* r = self._region()
         cdef Page* p
-        cdef int64_t n = 0, i = 0
+        cdef int64_t i = 0
         cdef int64_t* a
         lock()
-        p = r.plist
-        while p != NULL:
-            if p.dirty:
-                n += 1
-            p = p.rnext
-        a = <int64_t*>malloc((n + 1) * sizeof(int64_t))
+        a = <int64_t*>malloc((r.npages + 1) * sizeof(int64_t))
         if a != NULL:
             p = r.plist
             while p != NULL:
-                if p.dirty:
+                if (p.dirty if want_dirty else p.state == PG_LOADED):
                     a[i] = p.blk
                     i += 1
                 p = p.rnext
@@ -1336,27 +1332,13 @@ cdef class BigFileH:
         free(a)
         return out
 
+    def dirty_blocks(self):
+        """Sorted block numbers with changes not yet written out."""
+        return self._blocks(1)
+
     def resident_blocks(self):
-        """Sorted block numbers currently in RAM (LOADED)."""
-        cdef Region* r = self._region()
-        cdef Page* p
-        out = []
-        lock()
-        p = r.plist
-        cdef int64_t* a = <int64_t*>malloc((r.npages + 1) * sizeof(int64_t))
-        cdef int64_t i = 0
-        if a != NULL:
-            while p != NULL:
-                if p.state == PG_LOADED:
-                    a[i] = p.blk
-                    i += 1
-                p = p.rnext
-        unlock()
-        if a == NULL:
-            raise MemoryError()
-        out = sorted([a[j] for j in range(i)])
-        free(a)
-        return out
+        """Sorted block numbers currently in RAM."""
+        return self._blocks(0)
 
     def dirty_writeout(self, int flags=WRITEOUT_STORE | WRITEOUT_MARKSTORED):
         """STORE: bigfile.storeblk() every dirty block (in block order);
