@@ -891,6 +891,7 @@ class ZBigFileH:
         self._wo = None         # _Writeout of the commit in progress
         self._registering = False
         self._tm = None
+        self._watched = None    # connection whose close we are told of
         io._handles.add(self)
         self._watch_conn_close()
         self.join_current()
@@ -969,7 +970,7 @@ class ZBigFileH:
 
     def _watch_conn_close(self):
         conn = self._conn()
-        if conn is not None and conn is not getattr(self, '_watched', None):
+        if conn is not None and conn is not self._watched:
             self._watched = conn
             conn.onCloseCallback(self._conn_closed)
 
