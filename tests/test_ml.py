@@ -361,3 +361,28 @@ def test_out_of_core_training_rss(tmp_path):
     assert max(before, hwm) <= budget + 150 * MiB, (before / MiB, hwm / MiB, maxrss)
     # and what training added to the process is far below the array size
     assert hwm - base <= budget + 48 * MiB, ((hwm - base) / MiB, nbytes / MiB)
+
+
+def test_share_over_zeo(tmp_path, budget):
+    ZEO = pytest.importorskip('ZEO')
+    budget('8M')
+    addr, stop = ZEO.server(path=str(tmp_path / 'zeo.fs'))
+    try:
+        root = dbopen('zeo://%s:%d' % addr)
+        try:
+            root['A'] = A = ZBigArray((300_000,), np.float64)
+            transaction.commit()
+            A[:] = np.arange(300_000.0)
+            transaction.commit()
+            ref = ml.share(A[1000:500_000:7])
+            assert ref.uri == 'zeo://%s:%d?storage=1' % addr
+            A[:] = -1
+            transaction.commit()
+            ref._pid = None                 # reopen by URI, at the snapshot
+            np.testing.assert_array_equal(ref.open(), np.arange(300_000.0)[1000::7])
+        finally:
+            transaction.abort()
+            ml.close_shared()
+            dbclose(root)
+    finally:
+        stop()

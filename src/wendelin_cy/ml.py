@@ -482,8 +482,8 @@ class ArrayRef:
 
     def __reduce__(self):
         return (ArrayRef, (self.uri, self.oid, self.before, self.offset, self.shape,
-                           self.strides, self.dtype.str if self.dtype.fields is None
-                           else self.dtype.descr, self.blksize, self._pid, self._dbid))
+                           self.strides, self.dtype, self.blksize, self._pid,
+                           self._dbid))
 
     def __repr__(self):
         return '<ArrayRef %s oid=%s before=%s shape=%r dtype=%s offset=%d>' % (
