@@ -690,3 +690,19 @@ def test_prefetch_errors_are_not_fatal(capfd):
     a = u8(f.fileh_open().mmap(0, 8))
     assert [int(a[b * BS]) for b in range(8)] == [0, 0, 0, 1, 0, 0, 0, 0]
     assert capfd.readouterr().err.count("RuntimeError: prefetch broke") == 1
+
+
+def test_cycle_through_bigfile_and_handle_is_collected():
+    import weakref
+
+    class Owning(BigFile_RAM):
+        pass
+    f = Owning(BS)
+    f.fh = f.fileh_open()                # bigfile -> handle -> bigfile
+    u8(f.fh.mmap(0, 1))[0] = 1
+    regions = wendelin_cy.pager_stats()["regions"]
+    ref = weakref.ref(f)
+    del f
+    gc.collect()
+    assert ref() is None
+    assert wendelin_cy.pager_stats()["regions"] == regions - 1

@@ -688,10 +688,6 @@ def test_savepoint_with_access_through_array_after_commit(db):
     c1.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'known gap: with implicit transactions the pager gives no "page became '
-    'dirty" callback, so a handle dirtied only through a view made in an '
-    'earlier transaction has not joined when transaction.savepoint() runs'))
 def test_savepoint_through_old_view_only(db):
     c1 = Conn(db)
     A = mkarray(c1)

@@ -35,6 +35,7 @@ from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 from .posix cimport *
+cimport cython
 
 import os as _os
 import sys as _sys
@@ -1157,11 +1158,27 @@ cdef class BigFile:
         return BigFileH(self, reserve)
 
 
-DEFAULT_RESERVE = 64 << 30
+def _default_reserve():
+    v = _os.environ.get("WENDELIN_CY_VMA_RESERVE")
+    if not v:
+        return 64 << 30
+    from wendelin_cy.ram import parse_size
+    return parse_size(v)
+
+DEFAULT_RESERVE = _default_reserve()
 
 
+# no_gc_clear: the region borrows self.bigfile, so it must stay set until
+# __dealloc__ has closed the region (a fault may be using it); cycles through
+# a BigFile subclass are still collected, by clearing the other objects.
+@cython.no_gc_clear
 cdef class BigFileH:
-    """An open handle of a BigFile: blocks are paged into one address reservation."""
+    """An open handle of a BigFile: blocks are paged into one address reservation.
+
+    The reservation is ``reserve`` bytes (default 64 GiB, or
+    ``$WENDELIN_CY_VMA_RESERVE``), address space only: it costs no memory.  A file
+    mapped beyond it grows the reservation in place when the addresses after it
+    are free, else mmap() raises MemoryError: open with a larger ``reserve``."""
     cdef Region* r
     cdef readonly object bigfile
     cdef readonly size_t blksize
@@ -1202,8 +1219,7 @@ cdef class BigFileH:
             munmap(base, size)
             free(r)
             raise MemoryError()
-        r.bigfile = <PyObject*>bigfile
-        Py_INCREF(bigfile)
+        r.bigfile = <PyObject*>bigfile      # borrowed: self.bigfile keeps it alive
         r.fileh = <PyObject*>self
         r.direct_fd = bigfile._direct_fd
         r.direct_off = bigfile._direct_off
@@ -1215,7 +1231,6 @@ cdef class BigFileH:
         if rc != 0:
             munmap(base, size)
             free(r.pages)
-            Py_DECREF(bigfile)
             free(r)
             raise MemoryError()
         self.r = r
@@ -1557,7 +1572,6 @@ cdef class BigFileH:
         unlock()
         munmap(r.base, r.size)
         free(r.pages)
-        Py_DECREF(<object>r.bigfile)
         free(r)
 
     def __dealloc__(self):

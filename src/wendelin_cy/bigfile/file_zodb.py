@@ -102,14 +102,15 @@ ZBigFile's connection's transaction manager:
 * ``savepoint`` copies the dirty blocks to a temporary file; rolling back
   discards every dirty page and writes the saved blocks back.
 
-Known gap: a handle joins a transaction at ``fileh_open``, at ``begin()``
+A handle joins a transaction at ``fileh_open``, at ``begin()``
 (``newTransaction``), whenever the ZBigArray reaches its handle (indexing,
-append, resize, ...) and at the end of the transaction if it is dirty.  With
-implicit transactions (no ``begin()``), pages dirtied after a commit only
-through an ndarray view made earlier, with no use of the ZBigArray since, are
-not covered by a ``transaction.savepoint()`` taken before the handle joined:
-the pager has no "page became dirty" callback that would let us join earlier.
-Commit and abort are not affected.
+append, resize, ...), at the end of the transaction if it is dirty, and -- the
+case none of these covers: implicit transactions, a view made in an earlier
+transaction -- at the first write through any view, by the pager's dirty hook
+(``BigFileH.set_dirty_hook``).  The hook joins only when the write comes from
+the thread that owns the connection; a write from another thread (a BLAS
+worker, say) is still caught at commit/abort time, but a savepoint taken before
+the owner thread touches the array does not cover it.
 
 Invalidation
 ------------
@@ -155,6 +156,7 @@ connection).  The pure-Python ``persistent`` pickle cache does not call
 import os
 import pickletools
 import tempfile
+import threading
 import weakref
 
 import numpy as np
@@ -895,6 +897,15 @@ class ZBigFileH:
         io._handles.add(self)
         self._watch_conn_close()
         self.join_current()
+        self._owner = threading.get_ident()
+        self._fh.set_dirty_hook(self._on_dirty)
+
+    def _on_dirty(self):
+        """The pager: the handle just went clean -> dirty (called in the thread
+        that wrote, possibly inside a page fault).  Join the transaction now, so
+        that a savepoint taken before the next use of the array covers it."""
+        if threading.get_ident() == self._owner:
+            self.join_current()
 
     # -- BigFileH API
 
