@@ -987,9 +987,8 @@ class ZBigFileH:
 
     def _conn_closed(self):
         """The connection closes: close the pager handle too, unless views
-        of it are alive (a handle is reopened on next use).  Besides, the
-        pager's reference to its BigFile is invisible to the gc: an open
-        handle would keep the whole connection alive."""
+        of it are alive (a handle is reopened on next use): its memory and
+        address space come back at once, not when the gc finds the cycle."""
         self._watched = None
         try:
             self.close()
