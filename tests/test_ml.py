@@ -386,3 +386,14 @@ def test_share_over_zeo(tmp_path, budget):
             dbclose(root)
     finally:
         stop()
+
+
+def test_threads_share_the_senders_db(db):
+    joblib = pytest.importorskip('joblib')
+    root, X, y, xm, ym = db
+    batches = list(ml.iter_batches(X, batch_rows=10_000))
+    refs = [ml.share(b) for b in batches]
+    got = joblib.Parallel(n_jobs=2, backend='threading')(
+        joblib.delayed(_batch_sum)(r) for r in refs)
+    assert got == [float(np.sum(b)) for b in batches]
+    assert not ml._owned_dbs                # no second DB opened by URI

@@ -47,9 +47,9 @@ another process ``ref.open()`` (or ``np.asarray(ref)``) opens the database
 read-only, opens a historical connection at that snapshot (``DB.open(before=)``),
 maps the file and returns a read-only ndarray view: the worker sees exactly
 the data the sender saw, even if the sender commits in between, and loads only
-the blocks it touches.  Connections are cached per process, keyed by (URI,
-snapshot), so a joblib worker that receives many references opens the database
-once.  In the sending process itself (threads, or ``open()`` before a fork),
+the blocks it touches.  Connections are cached per process and thread, keyed by
+(URI, snapshot), so a joblib worker that receives many references opens the
+database once.  In the sending process itself (threads, or ``open()`` before a fork),
 the already open ``DB`` object is reused.
 
 ``lib.zodb.dbopen`` does not record the URI it opened.  ``share`` therefore
@@ -364,7 +364,8 @@ def predict_into(estimator, X, out, *, batch_rows=None, commit_every=None,
 # ~~~ sharing arrays by reference
 
 _open_dbs = weakref.WeakValueDictionary()      # id(db) -> db, this process
-_cache = {}                                    # (uri, before) -> _Snapshot
+_owned_dbs = {}                                # uri -> DB opened by us
+_cache = {}                                    # (db, before, thread) -> _Snapshot
 _cache_lock = threading.Lock()
 
 
@@ -524,12 +525,11 @@ class ArrayRef:
 
 
 class _Snapshot:
-    """One historical connection (and the DB if we opened it) of a process."""
+    """One historical connection of a process and thread."""
 
-    def __init__(self, db, owned, before):
+    def __init__(self, db, before):
         import transaction
         self.db = db
-        self.owned = owned
         self.tm = transaction.TransactionManager()
         self.lock = threading.Lock()
         if before is not None:
@@ -573,8 +573,6 @@ class _Snapshot:
             self.conn.close()
         except Exception:
             pass
-        if self.owned:
-            self.db.close()
 
 
 def _open_db(uri):
@@ -614,42 +612,48 @@ def _open_db(uri):
         raise
 
 
+def _db_for(ref):
+    """The DB to open `ref` with: the sender's own in the sending process, else
+    one opened by URI (once per process).  Called with _cache_lock held."""
+    if ref._pid == os.getpid():
+        db = _open_dbs.get(ref._dbid)
+        if db is not None:
+            return db
+    if ref.uri is None:
+        raise DatabaseUnreachable(
+            'ArrayRef: cannot open the database of this array from another '
+            'process: its URI is unknown (a memory:// database, or a storage '
+            'whose URI cannot be derived); pass uri= to share()')
+    db = _owned_dbs.get(ref.uri)
+    if db is None:
+        try:
+            db = _open_db(ref.uri)
+        except Exception as e:
+            raise DatabaseUnreachable(
+                'ArrayRef: cannot reach database %r (pid %d) to open the shared '
+                'array (oid %s): %s: %s'
+                % (ref.uri, os.getpid(), ref.oid.hex(), type(e).__name__, e)) from e
+        _owned_dbs[ref.uri] = db
+    return db
+
+
 def _snapshot(ref):
-    key = (ref.uri, ref.before, ref._dbid if ref._pid == os.getpid() else None)
+    # one connection per thread: a ZODB connection (and the handles over it,
+    # whose loadblk runs in the faulting thread) belongs to one thread
+    db_key = ref._dbid if ref._pid == os.getpid() else ref.uri
+    key = (db_key, ref.before, threading.get_ident())
     with _cache_lock:
         snap = _cache.get(key)
         if snap is not None:
             return snap
-        db = None
-        if ref._pid == os.getpid():
-            db = _open_dbs.get(ref._dbid)
-        owned = db is None
-        if owned:
-            if ref.uri is None:
-                raise DatabaseUnreachable(
-                    'ArrayRef: cannot open the database of this array from another '
-                    'process: its URI is unknown (a memory:// database, or a storage '
-                    'whose URI cannot be derived); pass uri= to share()')
-            try:
-                db = _open_db(ref.uri)
-            except Exception as e:
-                raise DatabaseUnreachable(
-                    'ArrayRef: cannot reach database %r (pid %d) to open the shared '
-                    'array (oid %s): %s: %s'
-                    % (ref.uri, os.getpid(), ref.oid.hex(), type(e).__name__, e)) from e
+        db = _db_for(ref)
         before = ref.before
         if before is not None and not _supports_history(db.storage):
             warnings.warn('ArrayRef: storage of %r cannot load past states; '
                           'opening its latest state instead' % (ref.uri,),
                           SnapshotWarning, stacklevel=3)
             before = None
-        try:
-            snap = _Snapshot(db, owned, before)
-        except BaseException:
-            if owned:
-                db.close()
-            raise
-        _cache[key] = snap
+        snap = _cache[key] = _Snapshot(db, before)
         return snap
 
 
@@ -673,8 +677,15 @@ def close_shared():
     with _cache_lock:
         snaps = list(_cache.values())
         _cache.clear()
+        dbs = list(_owned_dbs.values())
+        _owned_dbs.clear()
     for s in snaps:
         s.close()
+    for db in dbs:
+        try:
+            db.close()
+        except Exception:
+            pass
 
 
 atexit.register(close_shared)
@@ -683,6 +694,7 @@ atexit.register(close_shared)
 def _after_fork():
     # connections and storages of the parent must not be used by a child
     _cache.clear()
+    _owned_dbs.clear()
     _open_dbs.clear()
 
 
