@@ -4,11 +4,8 @@ other processes by reference, and training under a RAM budget."""
 
 import os
 import pickle
-import shutil
 import subprocess
 import sys
-import textwrap
-import warnings
 
 import numpy as np
 import pytest
@@ -16,9 +13,9 @@ import transaction
 
 pytest.importorskip('sklearn')
 
-from wendelin_cy import ml                                      # noqa: E402
-from wendelin_cy.bigarray.array_zodb import ZBigArray          # noqa: E402
-from wendelin_cy.lib.zodb import dbopen, dbclose               # noqa: E402
+from wendelin_cy import ml
+from wendelin_cy.bigarray.array_zodb import ZBigArray
+from wendelin_cy.lib.zodb import dbopen, dbclose
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), 'src')

@@ -102,6 +102,8 @@ def _as_view(X, name='X'):
     if isinstance(X, ArrayRef):
         v = X.open()
         return v, X.blksize
+    if isinstance(X, (list, tuple)):
+        return np.asarray(X), None
     getitem = getattr(X, '__getitem__', None)
     if getitem is None or not hasattr(X, 'shape'):
         raise TypeError('%s must be a BigArray/ZBigArray, an ndarray or an ArrayRef, '
@@ -582,7 +584,7 @@ def _open_db(uri):
     scheme, rest = _split_scheme(uri)
     if scheme is None or scheme == 'file':
         from ZODB.FileStorage import FileStorage
-        path = rest if scheme is None else rest
+        path = rest
         if scheme == 'file':
             import urllib.parse
             u = urllib.parse.urlsplit(uri)

@@ -19,7 +19,7 @@ MiB = 1 << 20
 
 def _rss_reader():
     try:
-        f = open('/proc/self/statm', 'rb')
+        f = open('/proc/self/statm', 'rb')     # noqa: SIM115 (kept open, read often)
     except OSError:
         f = None
     if f is not None:

@@ -28,7 +28,6 @@ import pickle
 import shutil
 import sys
 import tempfile
-import time
 
 import numpy as np
 
