@@ -394,3 +394,14 @@ def test_threads_share_the_senders_db(db):
         joblib.delayed(_batch_sum)(r) for r in refs)
     assert got == [float(np.sum(b)) for b in batches]
     assert not ml._owned_dbs                # no second DB opened by URI
+
+
+def test_reshare_from_a_historical_view(db):
+    root, X, y, xm, ym = db
+    ref = ml.share(X)
+    X[:] = 1
+    transaction.commit()
+    v = ref.open()                          # historical, before the change
+    ref2 = ml.share(v[10:20])               # a view of a view: same snapshot
+    assert ref2.before == ref.before
+    np.testing.assert_array_equal(ref2.open(), xm[10:20])

@@ -445,7 +445,9 @@ def share(obj, uri=None):
     if dirty:
         warnings.warn('share: the array has uncommitted changes; other processes '
                       'see the last committed state', SnapshotWarning, stacklevel=2)
-    before = getattr(getattr(jar, '_storage', None), '_start', None)
+    before = getattr(jar, 'before', None)          # a historical connection
+    if before is None:
+        before = getattr(getattr(jar, '_storage', None), '_start', None)
     if before is None:
         from ZODB.utils import p64, u64
         before = p64(u64(db.lastTransaction()) + 1)
