@@ -1,0 +1,199 @@
+"""Ingest and scan of a ZBigArray over network storages, beside the storage's
+own object-load throughput for the same 2 MiB objects (same run).
+
+    python benchmarks/bench_net.py [--mib 256] [--storages zeo,zeo-rtt,sqlite,postgres]
+
+For each storage (servers started here, on 127.0.0.1):
+
+* ingest: append the array in 32 MiB pieces, one commit each (MiB/s);
+* raw:    a fresh connection loads every block object straight from its
+          storage (``conn._storage.load(oid)``, at the connection's
+          snapshot), in order - once without and, for ZEO, once with
+          ``conn.prefetch()`` of the next blocks (MiB/s);
+* scan:   a fresh connection sums the array through ndarray views, chunk by
+          chunk, under a RAM budget of half the array, so blocks are loaded
+          by page faults and evicted (MiB/s) - without prefetch, and for ZEO
+          with ``bigfile._prefetch.Prefetcher`` hooked into loadblk (the call
+          proposed for file_zodb.py; see docs/scale-out.md);
+* ratio:  scan / raw, each the best of --repeat runs ("warm": the server's
+          files are in the OS page cache after the ingest; the client's
+          caches are new for every run).
+
+``zeo-rtt`` runs ZEO behind ``DelayProxy`` (--rtt ms per round trip) to show
+what latency costs and what prefetch wins back.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'src'))
+
+import transaction  # noqa: E402
+import ZODB  # noqa: E402
+
+import wendelin_cy  # noqa: E402
+from wendelin_cy.bigarray.array_zodb import ZBigArray  # noqa: E402
+from wendelin_cy.bigfile import file_zodb, _prefetch  # noqa: E402
+from wendelin_cy.lib.zodb import dbstoropen  # noqa: E402
+from wendelin_cy.testing.servers import (ZEOServer, PGCluster, DelayProxy,  # noqa: E402
+                                         pg_missing)
+
+MiB = 1 << 20
+PIECE = 32 * MiB
+
+
+def _db(uri):
+    st, kw = dbstoropen(uri)
+    return ZODB.DB(st, **kw)
+
+
+def ingest(uri, nbytes):
+    db = _db(uri)
+    try:
+        c = db.open()
+        root = c.root()
+        root['A'] = A = ZBigArray((0,), np.uint8)
+        transaction.commit()
+        piece = np.random.default_rng(0).integers(0, 256, PIECE, dtype=np.uint8)
+        t = time.perf_counter()
+        for _ in range(nbytes // PIECE):
+            A.append(piece)
+            transaction.commit()
+        dt = time.perf_counter() - t
+        file_zodb._close_handles_of(c)
+        c.close()
+        return nbytes / MiB / dt
+    finally:
+        db.close()
+
+
+def raw_load(uri, window):
+    db = _db(uri)
+    try:
+        c = db.open()
+        A = c.root()['A']
+        oids = [z._p_oid for z in A.zfile.blktab.values()]
+        st = c._storage
+        nbytes = 0
+        t = time.perf_counter()
+        ahead = -1
+        for i, oid in enumerate(oids):
+            if window and ahead - i < (window + 1) // 2:
+                lo, hi = max(ahead + 1, i + 1), min(len(oids) - 1, i + window)
+                if lo <= hi:
+                    c.prefetch(oids[lo:hi + 1])
+                ahead = hi
+            p, _ = st.load(oid)
+            nbytes += len(p)
+        dt = time.perf_counter() - t
+        c.close()
+        return nbytes / MiB / dt
+    finally:
+        db.close()
+
+
+def scan(uri, prefetch):
+    orig = file_zodb._ZBigFileIO.loadblk
+    if prefetch:
+        def loadblk(self, blk, buf):
+            pf = self.__dict__.get('_bench_pf')
+            if pf is None:
+                pf = self.__dict__['_bench_pf'] = _prefetch.Prefetcher()
+            pf.loading(self._zfile, blk)
+            return orig(self, blk, buf)
+        file_zodb._ZBigFileIO.loadblk = loadblk
+    db = _db(uri)
+    try:
+        c = db.open()
+        A = c.root()['A']
+        a = A[:]
+        n = len(a)
+        total = 0
+        t = time.perf_counter()
+        for lo in range(0, n, 8 * MiB):
+            total += int(a[lo:lo + 8 * MiB].view(np.uint64).sum(dtype=np.uint64))
+        dt = time.perf_counter() - t
+        del a
+        file_zodb._close_handles_of(c)
+        c.close()
+        return n / MiB / dt
+    finally:
+        file_zodb._ZBigFileIO.loadblk = orig
+        db.close()
+
+
+def run(kind, mib, repeat, rtt, tmp):
+    nbytes = mib * MiB
+    cleanup = []
+    try:
+        if kind in ('zeo', 'zeo-rtt'):
+            srv = ZEOServer(os.path.join(tmp, kind + '.fs')).start()
+            cleanup.append(srv.stop)
+            uri = srv.uri
+            if kind == 'zeo-rtt':
+                px = DelayProxy(srv.port, rtt / 2000.0).start()
+                cleanup.append(px.stop)
+                uri = 'zeo://127.0.0.1:%d' % px.port
+        elif kind == 'sqlite':
+            d = os.path.join(tmp, 'sqlite')
+            os.mkdir(d)
+            uri = 'sqlite://?data_dir=' + d
+        elif kind == 'postgres':
+            why = pg_missing()
+            if why:
+                print('%-9s skipped: %s' % (kind, why))
+                return None
+            pg = PGCluster().start()
+            cleanup.append(pg.stop)
+            uri = pg.new_database()
+        else:
+            raise SystemExit('unknown storage %r' % kind)
+        zeo = kind.startswith('zeo')
+        r = {'ingest': ingest(uri, nbytes)}
+        wendelin_cy.set_ram_budget(nbytes // 2)
+        variants = [('raw', lambda: raw_load(uri, 0)),
+                    ('scan', lambda: scan(uri, False))]
+        if zeo:
+            variants += [('raw+pf', lambda: raw_load(uri, _prefetch.WINDOW)),
+                         ('scan+pf', lambda: scan(uri, True))]
+        for _ in range(repeat):
+            for name, f in variants:
+                r[name] = max(r.get(name, 0), f())
+        r['ratio'] = r['scan'] / r['raw']
+        if zeo:
+            r['ratio+pf'] = r['scan+pf'] / max(r['raw'], r['raw+pf'])
+        print('%-9s ' % kind + '  '.join(
+            '%s %s' % (k, ('%.2f' % v) if k.startswith('ratio') else '%.0f MiB/s' % v)
+            for k, v in r.items()), flush=True)
+        return r
+    finally:
+        for f in reversed(cleanup):
+            f()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--mib', type=int, default=256)
+    ap.add_argument('--repeat', type=int, default=2)
+    ap.add_argument('--rtt', type=float, default=2.0, help='ms, for zeo-rtt')
+    ap.add_argument('--storages', default='zeo,zeo-rtt,sqlite,postgres')
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix='wcy-bench-net-')
+    try:
+        print('array %d MiB in 2 MiB blocks; best of %d; zeo-rtt: %.1f ms round trip'
+              % (args.mib, args.repeat, args.rtt))
+        for kind in args.storages.split(','):
+            run(kind, args.mib, args.repeat, args.rtt, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
