@@ -153,6 +153,7 @@ connection).  The pure-Python ``persistent`` pickle cache does not call
 ``_p_invalidate`` of ghosts; the C implementation (the default) is required.
 """
 
+import collections
 import os
 import pickletools
 import tempfile
@@ -166,6 +167,7 @@ from BTrees.LOBTree import LOBTree
 from persistent import Persistent
 
 from wendelin_cy.bigfile import BigFile, WRITEOUT_MARKSTORED, WRITEOUT_STORE
+from wendelin_cy.bigfile._prefetch import storage_prefetches
 
 __all__ = ['ZBigFile', 'ZBigFileH', 'ZBlk0', 'ZBlk1', 'ZData',
            'DEFAULT_BLKSIZE', 'CHUNKSIZE', 'ZBLK_FORMATS', 'ZBLK_FMT_ENV']
@@ -321,7 +323,9 @@ def _raw_payload(obj):
     storage = getattr(jar, '_storage', None)
     if storage is None:
         return None
-    p, _ = storage.load(obj._p_oid)
+    p = _READER.take(storage, obj._p_oid)
+    if p is None:
+        p, _ = storage.load(obj._p_oid)
     # a record is two pickles: class metadata, then state
     try:
         for op, _, pos in pickletools.genops(p):
@@ -558,6 +562,82 @@ class _Writeout:
         return bytes(buf[off:off + size]).rstrip(b'\0')
 
 
+
+# ~~~ reading ahead
+#
+# The pager calls ``_ZBigFileIO.prefetch(blk, n)`` when faults walk a file in
+# order.  The records of the ZBlk0 objects of those blocks are then read by a
+# background thread, at the connection's own snapshot (``loadBefore(oid,
+# start)`` of the base storage, with the ``start`` the connection reads at),
+# while the faulting thread copies and computes: a scan overlaps storage reads
+# with the rest of the work.  The record is handed over once, to the load of
+# the same oid at the same snapshot; anything else is ignored and forgotten.
+# Storages whose prefetch is asynchronous (ZEO) are asked with
+# ``Connection.prefetch`` instead; storages that are not known to allow
+# ``loadBefore`` from another thread (RelStorage's per-connection instances)
+# are not read ahead.
+
+def _local_reader_ok(base):
+    mod = type(base).__module__ or ''
+    return mod.startswith(('ZODB.FileStorage', 'ZODB.MappingStorage', 'ZODB.DemoStorage'))
+
+
+class _Reader:
+    """One background thread reading records ahead; at most ``MAX`` kept."""
+
+    MAX = 16
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._futures = collections.OrderedDict()   # (id(inst), start, oid) -> Future
+        self._pool = None
+        self._pid = None
+        self.hits = 0           # records handed over to a load
+
+    def _executor(self):
+        if self._pool is None or self._pid != os.getpid():    # (not across fork)
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix='wendelin_cy-readahead')
+            self._pid = os.getpid()
+            self._futures.clear()
+        return self._pool
+
+    def ask(self, inst, oids):
+        start = getattr(inst, '_start', None)
+        base = getattr(inst, '_storage', None)
+        if start is None or base is None:
+            return
+        with self._lock:
+            pool = self._executor()
+            for oid in oids:
+                key = (id(inst), start, oid)
+                if key in self._futures:
+                    continue
+                self._futures[key] = pool.submit(base.loadBefore, oid, start)
+                while len(self._futures) > self.MAX:
+                    self._futures.popitem(last=False)
+
+    def take(self, inst, oid):
+        if not self._futures:
+            return None
+        key = (id(inst), getattr(inst, '_start', None), oid)
+        with self._lock:
+            fut = self._futures.pop(key, None)
+        if fut is None:
+            return None
+        try:
+            r = fut.result()            # (waits, GIL released, if still reading)
+        except Exception:
+            return None                 # the normal load will say what is wrong
+        if r is None:
+            return None
+        self.hits += 1
+        return r[0]
+
+
+_READER = _Reader()
+
+
 class _ZBigFileIO(BigFile):
     """The BigFile the pager sees for one in-memory ZBigFile object."""
 
@@ -587,6 +667,25 @@ class _ZBigFileIO(BigFile):
         else:
             # through the class: an attribute of a ghost would load its state
             type(zblk).loadblkdata(zblk, buf)
+
+    def prefetch(self, blk, n):
+        """The pager: blocks [blk, blk+n) come next (sequential faults)."""
+        zfile = self._zfile
+        conn = zfile._p_jar
+        if conn is None or not getattr(conn, 'opened', None):
+            return
+        oids = []
+        for b in range(blk, blk + n):
+            z = zfile.blktab.get(b)
+            if type(z) is ZBlk0 and z._p_changed is None:      # a ghost: not read yet
+                oids.append(z._p_oid)
+        if not oids:
+            return
+        base = conn.db().storage
+        if storage_prefetches(base):
+            conn.prefetch(oids)
+        elif _local_reader_ok(base):
+            _READER.ask(conn._storage, oids)
 
     def _track(self, blk, zblk):
         old = self._loaded.get(blk)
