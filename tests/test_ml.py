@@ -158,8 +158,12 @@ def test_transform_into_and_predict_into(db):
     root['Z'] = Z = ZBigArray((N, D), np.float64)
     root['L'] = L = ZBigArray((N,), np.int32)
     transaction.commit()
+    storage = root._p_jar.db().storage
+    ntxn = sum(1 for _ in storage.iterator())
     ml.transform_into(sc, X, Z, batch_rows=7000, commit_every=3)
     np.testing.assert_array_equal(Z[:], sc.transform(xm))
+    # 15 batches, a commit every 3 of them: committed in (at least) 5 parts
+    assert sum(1 for _ in storage.iterator()) - ntxn >= 5
     km = ml.fit_incremental(MiniBatchKMeans(n_clusters=3, random_state=0, n_init=1),
                             X, progress=False)
     ml.predict_into(km, X, L)
@@ -405,3 +409,14 @@ def test_reshare_from_a_historical_view(db):
     ref2 = ml.share(v[10:20])               # a view of a view: same snapshot
     assert ref2.before == ref.before
     np.testing.assert_array_equal(ref2.open(), xm[10:20])
+
+
+def test_array_ref_as_input(db):
+    root, X, y, xm, ym = db
+    from sklearn.preprocessing import StandardScaler
+    ref = pickle.loads(pickle.dumps(ml.share(X)))
+    ref._pid = None                         # as a worker would
+    a = ml.fit_incremental(StandardScaler(), ref, progress=False)
+    b = ml.fit_incremental(StandardScaler(), X, progress=False)
+    np.testing.assert_array_equal(a.mean_, b.mean_)
+    np.testing.assert_array_equal(a.var_, b.var_)
