@@ -37,7 +37,10 @@ def parser():
     p = argparse.ArgumentParser(
         prog='python -m wendelin_cy.demo',
         description='wendelin_cy demos: out-of-core numpy (default) or machine '
-                    'learning (ml) on a ZBigArray twice the RAM budget.')
+                    'learning (ml) on a ZBigArray twice the RAM budget.',
+        epilog='Defaults: budget %s, so the data is 512 MiB, in a FileStorage under a '
+               'temporary directory; 10-30 s on 2 cores.  Prints the throughput of '
+               'each phase and the peak RSS beside the budget.' % DEFAULT_BUDGET)
     p.add_argument('command', nargs='?', choices=['signal', 'ml'], default=None,
                    help='signal (default): ingest + numpy reductions; '
                         'ml: partial_fit training, predict_into, joblib map')
