@@ -52,11 +52,18 @@ class FileMachine(BigArrayMachine):
         self.bigfile.close()
 
 
+class RAMMachine64K(BigArrayMachine):
+    # 16 blocks in the budget, arrays up to 48: a longer CLOCK ring
+    blksize = 64 * 1024
+    max_nbytes = 3 << 20
+
+
 @isolated(timeout=900)
 def test_bigarray_vs_numpy_ram():
     before = wendelin_cy.pager_stats()
     with ram_budget(BUDGET):
         run_state_machine_as_test(RAMMachine, settings=SETTINGS)
+        run_state_machine_as_test(RAMMachine64K, settings=SETTINGS)
     after = wendelin_cy.pager_stats()
     # the budget really was exceeded: the run exercised reclaim and spill
     assert after['evictions'] > before['evictions']
