@@ -3,9 +3,11 @@
 A BigArray is a geometry (shape, dtype, order) laid over the bytes of one
 file handle (`BigFileH`): the whole array is stored contiguously from byte 0
 of the file, in C or Fortran order, with no header and no padding.  The
-array itself holds no data and may be larger than RAM and larger than the
-address space; what users compute on are the real `numpy.ndarray` views that
-`A[index]` returns.
+array itself holds no data and may be far larger than RAM; what users compute
+on are the real `numpy.ndarray` views that `A[index]` returns.  Each block of
+a handle has one fixed address, so the file must fit the handle's address
+reservation (64 GiB by default: open the handle with `fileh_open(reserve=...)`
+for more) and at most MAX_NBYTES (128 TiB) can be described.
 
 Views
 -----
@@ -26,8 +28,8 @@ result is a copy, as in numpy.
 
 Faults and syscalls
 -------------------
-Touching a view faults blocks in through the pager.  Two places do not rely
-on that:
+Touching a view faults blocks in through the pager.  Three places do not
+rely on that:
 
 * large assignments (`A[...] = v`, `append`, the zeroing done by `resize`)
   proceed chunk by chunk along the major axis and call
@@ -35,7 +37,16 @@ on that:
   `loadblk` surfaces as an ordinary Python exception raised from prefault,
   with the chunks before it fully written and the chunks after it untouched;
 * `tofile` prefaults each chunk before handing it to `write()`: a syscall on
-  mapped memory that is not resident fails with EFAULT instead of faulting.
+  mapped memory that is not resident fails with EFAULT instead of faulting
+  (should it happen anyway, the chunk is written from a copy).  Writing an
+  F-ordered array in C order copies each chunk out of the mapping first,
+  walking it in memory order; faults then happen in that copy.
+* advanced indexing prefaults exactly the blocks holding the selected
+  elements (a write must not dirty blocks it does not change).
+
+Assigning a large value that overlaps the target (`A[1:] = A[:-1]`) copies
+the value to RAM first, as numpy would; for out-of-core sizes copy in
+chunks yourself, in the right direction.
 
 The chunk size is a quarter of `wendelin_cy.get_ram_budget()` (at least one
 block; 64 MiB when no budget is known).
@@ -73,7 +84,9 @@ on each use.  The file handle is reached only through the attribute
 What is not provided
 --------------------
 No arithmetic, no `__eq__`, no `.T`, no text `tofile(sep=...)`.  A BigArray is
-not an ndarray; `np.asarray(A)` (or `A[...]`) is.
+not an ndarray; `np.asarray(A)` (or `A[...]`) is.  `len(A)` is `shape[0]` as
+in numpy (wendelin.core answers the major axis length for F order).  Field
+names index structured arrays (`A['x']`) like numpy.
 """
 
 import errno
