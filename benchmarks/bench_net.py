@@ -12,10 +12,10 @@ For each storage (servers started here, on 127.0.0.1):
           ``conn.prefetch()`` of the next blocks (MiB/s);
 * scan:   a fresh connection sums the array through ndarray views, chunk by
           chunk, under a RAM budget of half the array, so blocks are loaded
-          by page faults and evicted (MiB/s) - without prefetch, and for ZEO
-          with ``bigfile._prefetch.Prefetcher`` hooked into loadblk (the call
-          proposed for file_zodb.py; see docs/scale-out.md);
-* ratio:  scan / raw, each the best of --repeat runs ("warm": the server's
+          by page faults and evicted (MiB/s): with the pager's readahead (on
+          by default; for ZEO it asks ``Connection.prefetch`` for the blocks
+          ahead) and without (``scan-nora``);
+* ratio:  scan / best raw, each the best of --repeat runs ("warm": the server's
           files are in the OS page cache after the ingest; the client's
           caches are new for every run).
 
@@ -40,13 +40,15 @@ import ZODB  # noqa: E402
 
 import wendelin_cy  # noqa: E402
 from wendelin_cy.bigarray.array_zodb import ZBigArray  # noqa: E402
-from wendelin_cy.bigfile import file_zodb, _prefetch  # noqa: E402
+from wendelin_cy._pager import virtmem  # noqa: E402
+from wendelin_cy.bigfile import file_zodb  # noqa: E402
 from wendelin_cy.lib.zodb import dbstoropen  # noqa: E402
 from wendelin_cy.testing.servers import (ZEOServer, PGCluster, DelayProxy,  # noqa: E402
                                          pg_missing)
 
 MiB = 1 << 20
 PIECE = 32 * MiB
+PF_WINDOW = 4         # blocks asked ahead by raw+pf (ZEO's cache is 20 MB)
 
 
 def _db(uri):
@@ -99,16 +101,8 @@ def raw_load(uri, window):
         db.close()
 
 
-def scan(uri, prefetch):
-    orig = file_zodb._ZBigFileIO.loadblk
-    if prefetch:
-        def loadblk(self, blk, buf):
-            pf = self.__dict__.get('_bench_pf')
-            if pf is None:
-                pf = self.__dict__['_bench_pf'] = _prefetch.Prefetcher()
-            pf.loading(self._zfile, blk)
-            return orig(self, blk, buf)
-        file_zodb._ZBigFileIO.loadblk = loadblk
+def scan(uri, readahead):
+    virtmem.set_readahead(readahead)
     db = _db(uri)
     try:
         c = db.open()
@@ -125,7 +119,7 @@ def scan(uri, prefetch):
         c.close()
         return n / MiB / dt
     finally:
-        file_zodb._ZBigFileIO.loadblk = orig
+        virtmem.set_readahead(True)
         db.close()
 
 
@@ -159,16 +153,14 @@ def run(kind, mib, repeat, rtt, tmp):
         r = {'ingest': ingest(uri, nbytes)}
         wendelin_cy.set_ram_budget(nbytes // 2)
         variants = [('raw', lambda: raw_load(uri, 0)),
-                    ('scan', lambda: scan(uri, False))]
+                    ('scan', lambda: scan(uri, True)),
+                    ('scan-nora', lambda: scan(uri, False))]
         if zeo:
-            variants += [('raw+pf', lambda: raw_load(uri, _prefetch.WINDOW)),
-                         ('scan+pf', lambda: scan(uri, True))]
+            variants += [('raw+pf', lambda: raw_load(uri, PF_WINDOW))]
         for _ in range(repeat):
             for name, f in variants:
                 r[name] = max(r.get(name, 0), f())
-        r['ratio'] = r['scan'] / r['raw']
-        if zeo:
-            r['ratio+pf'] = r['scan+pf'] / max(r['raw'], r['raw+pf'])
+        r['ratio'] = r['scan'] / max(r['raw'], r.get('raw+pf', 0))
         print('%-9s ' % kind + '  '.join(
             '%s %s' % (k, ('%.2f' % v) if k.startswith('ratio') else '%.0f MiB/s' % v)
             for k, v in r.items()), flush=True)
