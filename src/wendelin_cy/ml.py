@@ -433,7 +433,7 @@ def share(obj, uri=None):
         raise ValueError('share: the connection of the array is closed')
     db = jar.db()
     if uri is None:
-        uri = _uri_of(db.storage)
+        uri = getattr(db, 'wendelin_cy_uri', None) or _uri_of(db.storage)
     if uri is not None and not isinstance(uri, str):
         uri = os.fspath(uri)
     if uri is not None and '://' not in uri:

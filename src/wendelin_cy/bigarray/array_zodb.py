@@ -52,6 +52,10 @@ def _dtype_from_state(s):
     })
 
 
+def _identity(x):
+    return x
+
+
 class ZBigArray(BigArray, Persistent):
     """ZBigArray(shape, dtype, order='C', blksize=2 MiB, zblk_fmt=None)
 
@@ -124,6 +128,18 @@ class ZBigArray(BigArray, Persistent):
         d['_order'] = state['order']
         d['zfile'] = state['zfile']
         d.update(keep)
+
+    def __reduce__(self):
+        """Pickling (for joblib, multiprocessing, ...) a ZBigArray stored in a
+        database yields a small ``wendelin_cy.ml.ArrayRef`` (database URI, oid,
+        snapshot), not a copy of the data: the receiver reopens the same
+        snapshot lazily and reads it as a read-only array.  ZODB itself stores
+        the array through __getstate__ and is not affected.  An array not
+        stored yet pickles whole."""
+        if self._p_jar is not None and self._p_oid is not None:
+            from wendelin_cy.ml import share
+            return (_identity, (share(self),))
+        return super().__reduce__()
 
     def __repr__(self):
         if self._p_state < 0:       # ghost: do not load for a repr

@@ -154,6 +154,7 @@ connection).  The pure-Python ``persistent`` pickle cache does not call
 """
 
 import collections
+import gc
 import os
 import pickletools
 import tempfile
@@ -1280,6 +1281,12 @@ class ZBigFileH:
                 self._io._committed(wo)
             else:
                 self._io._failed(wo)
+            # ZODB's ObjectWriter, its Pickler and BytesIO form a cycle holding
+            # the pickles of the records just written (a block each): a
+            # big-data loop makes too few objects for the gc to run on its own,
+            # so RSS would grow by the commit size each time.  They are young:
+            # a generation-0 collection frees them, cheaply.
+            gc.collect(0)
         self._register_synch()      # a new ZBigFile may just have got its jar
         if not getattr(self._tm, 'explicit', False):
             self._boundary(txn, False)

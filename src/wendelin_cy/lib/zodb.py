@@ -130,6 +130,11 @@ def dbopen(uri, **dbkw):
     except BaseException:
         storage.close()
         raise
+    # remembered so that other processes can be told how to reach the same
+    # database (wendelin_cy.ml.share, pickling a ZBigArray)
+    uri = os.fspath(uri)
+    if not uri.startswith('memory:'):           # (only this process can reach it)
+        db.wendelin_cy_uri = uri if '://' in uri else os.path.abspath(uri)
     try:
         conn = db.open()
         return conn.root()
