@@ -492,17 +492,37 @@ def test_large_setitem_in_chunks(tiny_budget, order):
     assert wendelin_cy.pager_stats()['peak_resident'] > 0
 
 
-def test_large_overlapping_setitem(tiny_budget):
-    n = 600000          # 4.8 MB
-    A, fh, f = new_array((n,), np.int64)
-    m = np.arange(n, dtype=np.int64)
-    A[:] = m
-    A[1:] = A[:-1]
-    m[1:] = m[:-1].copy()
-    assert to_bytes(A[:]) == to_bytes(m)
-    A[:-7] = A[7:]
-    m[:-7] = m[7:].copy()
-    assert to_bytes(A[:]) == to_bytes(m)
+@pytest.mark.parametrize('shape, order', [((600000,), 'C'), ((600, 1000), 'C'),
+                                          ((600, 1000), 'F'), ((40, 30, 500), 'C')])
+def test_large_overlapping_setitem(tiny_budget, shape, order):
+    import tracemalloc
+    # 4.8 MB, 1 MiB budget: chunked, and no copy of the value in RAM
+    A, fh, f = new_array(shape, np.int64, order)
+    m = np.arange(A.size, dtype=np.int64).reshape(shape, order=order)
+    A[...] = m
+    nd = len(shape)
+
+    def ix(axis, sl):
+        t = [slice(None)] * nd
+        t[axis] = sl
+        return tuple(t)
+
+    cases = [(ix(0, slice(1, None)), ix(0, slice(None, -1))),
+             (ix(0, slice(None, -7)), ix(0, slice(7, None))),
+             (ix(nd - 1, slice(3, None)), ix(nd - 1, slice(None, -3))),
+             (ix(nd - 1, slice(None, -2)), ix(nd - 1, slice(2, None))),
+             (ix(0, slice(None, None, -1)), ix(0, slice(None))),      # reverse
+             (ix(0, slice(None, -1, 2)), ix(0, slice(1, None, 2)))]
+    for dst, src in cases:
+        tracemalloc.start()
+        A[dst] = A[src]
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        m[dst] = m[src].copy()
+        assert to_bytes(A[...]) == to_bytes(m), (dst, src)
+        same_layout = A[dst].strides == A[src].strides
+        if same_layout:
+            assert peak < A.nbytes // 2, (dst, src, peak)
 
 
 def test_strided_setitem_dirties_only_touched_blocks():

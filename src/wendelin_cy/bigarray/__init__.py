@@ -44,9 +44,10 @@ rely on that:
 * advanced indexing prefaults exactly the blocks holding the selected
   elements (a write must not dirty blocks it does not change).
 
-Assigning a large value that overlaps the target (`A[1:] = A[:-1]`) copies
-the value to RAM first, as numpy would; for out-of-core sizes copy in
-chunks yourself, in the right direction.
+A large value that overlaps the target with the same layout (`A[1:] =
+A[:-1]`, `A[:, :-1] = A[:, 1:]`) is copied chunk by chunk in the address
+order that reads each source before it is overwritten; any other overlapping
+value (different strides or dtype) is copied to RAM first, as numpy does.
 
 The chunk size is a quarter of `wendelin_cy.get_ram_budget()` (at least one
 block; 64 MiB when no budget is known).
@@ -615,13 +616,28 @@ class BigArray:
                                  '%s into shape %s' % (v.shape, target.shape)) \
                     from None
             if np.may_share_memory(target, v):
-                # A[1:] = A[:-1]: chunked copy would read what it just wrote
+                # A[1:] = A[:-1]: a chunked copy could read what it already
+                # wrote.  Same layout: go through the chunks in the address
+                # order that reads every source before overwriting it.
+                # Otherwise copy the value first (as numpy does).
+                taddr = target.__array_interface__['data'][0]
+                vaddr = v.__array_interface__['data'][0]
+                if (v.shape == target.shape and v.strides == target.strides
+                        and v.dtype == target.dtype):
+                    if vaddr != taddr:
+                        direction = 1 if vaddr > taddr else -1
+                        self._assign_chunks(target, v, False, m, limit, direction)
+                    return              # (vaddr == taddr: x[...] = x)
                 vb = np.broadcast_to(v.copy(), target.shape)
         else:
             vb = value
         self._assign_chunks(target, vb, v is None, m, limit)
 
-    def _assign_chunks(self, t, v, scalar, m, limit):
+    def _assign_chunks(self, t, v, scalar, m, limit, direction=0):
+        """Assign chunk by chunk.  direction > 0: write in increasing address
+        order, < 0: decreasing, 0: any (index order).  Chunks along the
+        largest stride are address-ordered for views of one BigArray: the
+        extent of the smaller axes fits in one step of the largest."""
         if t.size == 0:
             return
         lo, hi = byte_bounds(t)
@@ -641,10 +657,14 @@ class BigArray:
         else:
             r = max(1, (limit - row) // s + 1)
         n = t.shape[k]
-        for i in range(0, n, r):
+        starts = range(0, n, r)
+        if direction and (direction > 0) != (t.strides[k] > 0):
+            starts = reversed(starts)
+        for i in starts:
             idx[k] = slice(i, min(i + r, n))
             sl = tuple(idx)
-            self._assign_chunks(t[sl], v if scalar else v[sl], scalar, m, limit)
+            self._assign_chunks(t[sl], v if scalar else v[sl], scalar, m, limit,
+                                direction)
 
     # ~~~ numpy interop
 

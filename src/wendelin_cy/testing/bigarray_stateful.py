@@ -190,6 +190,30 @@ class BigArrayMachine(RuleBasedStateMachine):
         self.A[idx] = value
         self.model()[idx] = value
 
+    @rule(data=st.data())
+    def setitem_from_self(self, data):
+        # A[dst] = A[src] with overlapping, shifted or reversed slices
+        if not self.shape:
+            return
+        ax = data.draw(st.integers(0, len(self.shape) - 1), 'axis')
+        n = self.shape[ax]
+        if n < 2:
+            return
+        L = data.draw(st.integers(1, n - 1), 'length')
+        a = data.draw(st.integers(0, n - L), 'dst start')
+        b = data.draw(st.integers(0, n - L), 'src start')
+        dst = [slice(None)] * len(self.shape)
+        src = list(dst)
+        dst[ax] = slice(a, a + L)
+        if data.draw(st.booleans(), 'reversed'):
+            src[ax] = slice(b + L - 1, b - 1 if b else None, -1)
+        else:
+            src[ax] = slice(b, b + L)
+        dst, src = tuple(dst), tuple(src)
+        self.A[dst] = self.A[src]
+        m = self.model()
+        m[dst] = m[src].copy()
+
     @precondition(lambda self: self.views)
     @rule(data=st.data())
     def write_through_view(self, data):
