@@ -135,7 +135,11 @@ def pager_stats():
       evictions: blocks dropped from RAM; writeouts: blocks written out;
       spills/unspills: dirty blocks parked/read back; demotions: CLOCK recency
       marks cleared; overshoots: times the budget could not be kept (everything
-      pinned or loading); load_errors; regions: open file handles.
+      pinned or loading); load_errors; regions: open file handles;
+      zerocopy_loads: local-file blocks mapped from the page cache without a
+      copy; readahead_blocks: blocks handed to readahead (kernel or
+      BigFile.prefetch); fresh_slots: staging blocks that needed new memory (the
+      rest reuse evicted memory); pool_fail: failed recycling attempts.
     """
     return _vm.stats()
 
