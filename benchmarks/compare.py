@@ -673,6 +673,45 @@ def table(results, budget):
     return '\n'.join(lines)
 
 
+TARGETS = [
+    # (description, workload, system, baseline, minimum speed ratio)
+    ('warm scan, BigFile_File >= 0.3x memmap', 'scan-warm', 'wcy-file', 'memmap', 0.3),
+    ('cold scan, BigFile_File >= 0.9x memmap', 'scan-cold', 'wcy-file', 'memmap', 0.9),
+    ('capped scan, BigFile_File >= 0.9x memmap', 'scan-capped', 'wcy-file', 'memmap', 0.9),
+    ('warm scan, ZBigArray >= 1.5x h5py chunk loop', 'scan-warm', 'wcy-zodb', 'h5py', 1.5),
+    ('warm scan, ZBigArray >= 3x zarr', 'scan-warm', 'wcy-zodb', 'zarr', 3.0),
+    ('ingest, ZBigArray >= 1.0x h5py', 'ingest', 'wcy-zodb', 'h5py', 1.0),
+    ('random reads, BigFile_File latency <= 2x h5py', 'read-random', 'wcy-file', 'h5py', 0.5),
+    ('random reads, ZBigArray latency <= 2x h5py', 'read-random', 'wcy-zodb', 'h5py', 0.5),
+]
+
+
+def targets(results, budget):
+    """The project's performance targets, checked on this run's medians."""
+    by = {(r['workload'], r['system']): r for r in results}
+    out = []
+    for desc, w, s, b, need in TARGETS:
+        r, base = by.get((w, s)), by.get((w, b))
+        q = ratio(r, base) if r and base else None
+        out.append((desc, 'n/a' if q is None else '%.2fx' % q,
+                    '-' if q is None else ('met' if q >= need else 'NOT met')))
+    lim = budget / MiB
+    for r in results:
+        if not r['system'].startswith('wcy') or 'rss_mib' not in r:
+            continue
+        slack = 64 if (r['system'] == 'wcy-file' and r['workload'].startswith('scan')) else 128
+        out.append(('peak RSS %s %s <= budget + %d MiB' % (r['workload'], r['system'], slack),
+                    '%.0f MiB (budget + %.0f)' % (r['rss_mib'], r['rss_mib'] - lim),
+                    'met' if r['rss_mib'] <= lim + slack else 'NOT met'))
+    return out
+
+
+def print_targets(results, budget):
+    print('\n# project targets (this run)')
+    for desc, got, verdict in targets(results, budget):
+        print('%-58s %-24s %s' % (desc, got, verdict))
+
+
 def plot(results, out):
     import matplotlib
     matplotlib.use('Agg')
@@ -680,25 +719,27 @@ def plot(results, out):
     by = {(r['workload'], r['system']): r for r in results}
     wls = [w for w in WORKLOADS if any(r['workload'] == w and 'median' in r
                                        for r in results)]
-    systems = [s for s in SYSTEMS if s != 'memmap']
-    fig, ax = plt.subplots(figsize=(12, 5))
-    width = 0.8 / len(systems)
-    for j, s in enumerate(systems):
-        xs, ys = [], []
-        for i, w in enumerate(wls):
-            r = by.get((w, s))
-            q = ratio(r, by.get((w, 'memmap'))) if r else None
-            if q:
-                xs.append(i + (j - len(systems) / 2 + 0.5) * width)
-                ys.append(q)
-        ax.bar(xs, ys, width, label=s)
-    ax.axhline(1.0, color='k', lw=0.8)
-    ax.set_yscale('log')
-    ax.set_xticks(range(len(wls)))
-    ax.set_xticklabels(wls, rotation=20)
-    ax.set_ylabel('speed relative to numpy.memmap (log; > 1 faster)')
-    ax.legend(fontsize=8)
-    ax.set_title('wendelin_cy vs memmap / h5py / zarr / dask (median of repeats)')
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    for ax, base in zip(axes, ('memmap', 'h5py')):
+        systems = [s for s in SYSTEMS if s != base]
+        wb = [w for w in wls if (w, base) in by and 'median' in by[(w, base)]]
+        width = 0.8 / len(systems)
+        for j, s in enumerate(systems):
+            xs, ys = [], []
+            for i, w in enumerate(wb):
+                r = by.get((w, s))
+                q = ratio(r, by.get((w, base))) if r else None
+                if q:
+                    xs.append(i + (j - len(systems) / 2 + 0.5) * width)
+                    ys.append(q)
+            ax.bar(xs, ys, width, label=s, color='C%d' % SYSTEMS.index(s))
+        ax.axhline(1.0, color='k', lw=0.8)
+        ax.set_yscale('log')
+        ax.set_xticks(range(len(wb)))
+        ax.set_xticklabels(wb, rotation=25, fontsize=8)
+        ax.set_ylabel('speed relative to %s (log; > 1 faster)' % base)
+        ax.legend(fontsize=7)
+        ax.set_title('relative to %s (same run, medians)' % base)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
 
@@ -723,10 +764,22 @@ def main():
                     'so that rebuilds in the checkout cannot change a long run')
     ap.add_argument('--json', help='write results here')
     ap.add_argument('--plot', help='write a bar chart (png) here')
+    ap.add_argument('--load', metavar='JSON',
+                    help='do not run: print the table (and --plot) of a saved --json')
     ap.add_argument('--child', help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(json.loads(a.child))
+    if a.load:
+        with open(a.load) as f:
+            saved = json.load(f)
+        print('# %s: %s, wendelin_cy %s' % (a.load, ' '.join(saved['argv']),
+                                            saved.get('wendelin_cy')))
+        print(table(saved['results'], saved['budget']))
+        print_targets(saved['results'], saved['budget'])
+        if a.plot:
+            plot(saved['results'], a.plot)
+        return 0
     global SRC
     if a.src:
         SRC = os.environ['WENDELIN_CY_SRC'] = os.path.abspath(a.src)
@@ -811,6 +864,7 @@ def main():
     print()
     print(table(results, budget))
     print('\n# %.0f s; ratios > 1: faster than the baseline' % (time.time() - t_start))
+    print_targets(results, budget)
     if a.json:
         with open(a.json, 'w') as f:
             json.dump({'machine': machine(), 'argv': sys.argv, 'size': size,
