@@ -706,3 +706,48 @@ def test_cycle_through_bigfile_and_handle_is_collected():
     gc.collect()
     assert ref() is None
     assert wendelin_cy.pager_stats()["regions"] == regions - 1
+
+
+def test_prefetch_extents_are_read_ahead_by_the_pager(tmp_path):
+    # a BigFile whose blocks lie in a file at odd offsets (like records in a
+    # log): prefetch() names the extents and the pager's thread reads them
+    path = tmp_path / "log"
+    nblk = 48
+    rng = np.random.default_rng(3)
+    payload = rng.integers(0, 256, nblk * BS, dtype=np.uint8)
+    hdr = 100                                   # bytes of "header" before each block
+    with open(path, "wb") as fo:
+        for b in range(nblk):
+            fo.write(bytes(hdr))
+            fo.write(payload[b * BS:(b + 1) * BS].tobytes()[: BS - b])   # short blocks
+    fd = os.open(path, os.O_RDONLY)
+
+    class Log(BigFile):
+        def __init__(self):
+            BigFile.__init__(self, BS)
+            self.loads = 0
+
+        def _off(self, b):
+            return sum(hdr + BS - k for k in range(b)) + hdr
+
+        def loadblk(self, blk, buf):
+            self.loads += 1
+            n = BS - blk
+            buf[:n] = os.pread(fd, n, self._off(blk))
+            buf[n:] = bytes(BS - n)
+
+        def prefetch(self, blk, n):
+            return [(b, fd, self._off(b), BS - b) for b in range(blk, min(blk + n, nblk))]
+
+    f = Log()
+    want = payload.copy()
+    for b in range(nblk):
+        want[(b + 1) * BS - b:(b + 1) * BS] = 0
+    s0 = wendelin_cy.pager_stats()
+    a = u8(f.fileh_open().mmap(0, nblk))
+    assert np.array_equal(a, want)              # a sequential scan
+    s1 = wendelin_cy.pager_stats()
+    hits = s1["readahead_hits"] - s0["readahead_hits"]
+    assert hits > 0                             # (how many depends on timing)
+    assert hits + f.loads == nblk               # every block loaded exactly once
+    os.close(fd)

@@ -1,4 +1,6 @@
 """Sequential scans of a ZBigArray read records ahead, at the right snapshot."""
+import time
+
 import numpy as np
 import transaction
 
@@ -10,23 +12,47 @@ from wendelin_cy.lib.zodb import dbopen, dbclose
 BS = 64 * 1024
 
 
-def test_sequential_scan_reads_ahead_at_the_connection_snapshot(tmp_path, budget):
+import pytest
+
+
+def _ahead():
+    """Blocks read ahead so far, by either mechanism."""
+    return wendelin_cy.pager_stats()["readahead_hits"] + file_zodb._READER.hits
+
+
+@pytest.mark.parametrize("kind", ["filestorage", "mapping"])
+def test_sequential_scan_reads_ahead_at_the_connection_snapshot(tmp_path, budget, kind):
+    # FileStorage: the pager's thread reads the record payloads into RAM;
+    # MappingStorage: our reader thread loads the records
     budget(1 << 20)                                  # 16 blocks
-    path = str(tmp_path / "db.fs")
+    path = str(tmp_path / "db.fs") if kind == "filestorage" else "memory://ra"
     root = dbopen(path)
     n = 64 * BS // 8
     root["A"] = A = ZBigArray((n,), np.int64, blksize=BS)
     transaction.commit()
     A[:] = np.arange(n)
     transaction.commit()
-    dbclose(root)
-
-    root = dbopen(path)
+    if kind == "filestorage":
+        dbclose(root)
+        root = dbopen(path)
+    else:                           # a new connection: nothing in RAM
+        db = root._p_jar.db()
+        root._p_jar.close()
+        root = db.open().root()
     A = root["A"]
     a = A[:]
-    hits0 = file_zodb._READER.hits
+    hits0 = _ahead()
+    loads0 = wendelin_cy.pager_stats()["readahead_loads"] + file_zodb._READER.hits
+    vma = a.base
+    while not hasattr(vma, "madvise"):
+        vma = vma.base
+    vma.madvise("sequential", 0, 4 * BS)         # say it (faults would find out too)
+    if kind == "filestorage":                    # give the pager's thread a moment
+        deadline = time.time() + 10
+        while wendelin_cy.pager_stats()["readahead_loads"] == loads0 and time.time() < deadline:
+            time.sleep(0.01)
     assert np.array_equal(a[: n // 2], np.arange(n // 2))   # a sequential scan
-    assert file_zodb._READER.hits > hits0, "no record was read ahead"
+    assert _ahead() > hits0, "no block was read ahead"
 
     # another connection commits; at our next boundary a scan must see its
     # data, never a record read ahead for the old snapshot

@@ -99,6 +99,8 @@ cdef struct Page:
     int pin
     int writing          # being written out; a write fault clears it
     int filemap          # mapped straight from the BigFile's fd (zero-copy)
+    int ra               # loaded ahead, not touched yet (PROT_NONE: its first
+                         # touch is a soft fault that moves the window on)
     int64_t spill        # byte offset in the scratch file, or -1
     pthread_t loader     # thread filling it while LOADING
     Page* prev           # CLOCK ring (LOADED pages only)
@@ -126,6 +128,9 @@ cdef struct Region:
     int64_t ra_next      # first block not yet requested by readahead
     PyObject* dirty_hook # called (GIL taken) when the handle goes clean -> dirty
     int has_prefetch     # the BigFile has prefetch(blk, n): readahead for Python loaders
+    uint64_t gen         # bumped when block contents may change (dirtied, written
+                         # out, discarded, invalidated): queued readahead of an
+                         # older generation is dropped
 
 cdef pthread_mutex_t g_lock
 cdef pthread_cond_t g_cond
@@ -200,10 +205,17 @@ cdef void atfork_parent() noexcept nogil:
     pthread_mutex_unlock(&g_lock)
 
 cdef void atfork_child() noexcept nogil:
-    global g_forked
+    global g_forked, g_raq_len, g_ra_started
+    cdef int i
     pthread_mutex_init(&g_lock, NULL)
     pthread_cond_init(&g_cond, NULL)
+    pthread_cond_init(&g_ra_cond, NULL)
     g_forked = 1
+    for i in range(g_raq_len):          # the thread is not in the child
+        if g_raq[(g_raq_head + i) % RA_QMAX].r != NULL:
+            g_raq[(g_raq_head + i) % RA_QMAX].r.busy -= 1
+    g_raq_len = 0
+    g_ra_started = 0
 
 # ----------------------------------------------------------------------------
 # memory primitives (g_lock held or memory private to the caller)
@@ -332,10 +344,12 @@ cdef Page* page_new(Region* r, int64_t blk) noexcept nogil:
     return p
 
 cdef void page_free(Page* p) noexcept nogil:
-    global g_last_loaded
+    global g_last_loaded, g_ra_inflight
     cdef Region* r = p.region
     if p == g_last_loaded:
         g_last_loaded = NULL
+    if p.ra:
+        g_ra_inflight -= 1
     if p.rprev != NULL:
         p.rprev.rnext = p.rnext
     else:
@@ -712,7 +726,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     Called from the fault handler (entry=0) or from a Python entry point (entry=1,
     with or without the GIL).  Returns 0 or an error code (see E_*, or errno)."""
     global st_faults, st_soft, st_loads, g_dirty, g_spilled, st_unspills, st_load_errors
-    global g_resident, st_peak_resident, g_last_loaded
+    global g_resident, st_peak_resident, g_last_loaded, g_ra_inflight, st_ra_hits
     cdef Page* p
     cdef int64_t ra_start = 0, ra_n = 0
     cdef int zerocopy = 0
@@ -746,6 +760,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
             if not p.dirty:
                 p.dirty = 1
                 r.ndirty += 1
+                r.gen += 1
                 g_dirty += bs
                 if r.ndirty == 1 and r.dirty_hook != NULL:
                     hook = 1
@@ -759,9 +774,16 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
             prot = PROT_RW
         rc = set_prot(p, prot)
         p.referenced = 1
+        if p.ra:
+            p.ra = 0
+            g_ra_inflight -= 1
+            st_ra_hits += 1
+            ra_on_load(r, blk, &ra_start, &ra_n)
         if not entry:
             st_soft += 1
         unlock()
+        if ra_n:
+            ra_advise(r, ra_start, ra_n)
         if hook:
             call_dirty_hook(r)
         return rc
@@ -857,6 +879,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     elif write > 0:
         p.dirty = 1
         r.ndirty += 1
+        r.gen += 1
         g_dirty += bs
         if r.ndirty == 1 and r.dirty_hook != NULL:
             hook = 1
@@ -960,6 +983,148 @@ cdef void ra_on_load(Region* r, int64_t blk, int64_t* start, int64_t* n) noexcep
             st_ra_blocks += n[0]
     r.last_load = blk
 
+# Readahead into RAM: prefetch() may answer with the extents of the blocks
+# ahead, [(blk, fd, offset, nbytes), ...] -- where their bytes lie in some file
+# (e.g. the payload of a ZODB record in a FileStorage).  One background thread
+# of the pager reads them into staging blocks (pread, no GIL) and places them
+# PROT_NONE: the scan then finds them in RAM, pays one soft fault each, and
+# that fault moves the window on.  Requests are dropped when the block got a
+# page meanwhile, or when the region's generation moved (contents may have
+# changed: a write, writeout, discard or invalidation since the extent was
+# found).
+
+cdef struct RAReq:
+    Region* r
+    int64_t blk
+    int fd
+    int64_t off
+    int64_t n
+    uint64_t gen
+
+cdef int RA_QMAX = 64
+cdef RAReq g_raq[64]
+cdef int g_raq_head = 0
+cdef int g_raq_len = 0
+cdef pthread_cond_t g_ra_cond
+cdef int g_ra_started = 0
+cdef int64_t g_ra_inflight = 0
+cdef uint64_t st_ra_loads = 0, st_ra_hits = 0, st_ra_dropped = 0
+
+cdef void* ra_main(void* arg) noexcept nogil:
+    global g_raq_head, g_raq_len, g_ra_inflight, st_ra_loads, st_ra_dropped
+    cdef sigset_t all_
+    cdef RAReq q
+    cdef Region* r
+    cdef Page* p
+    cdef char* slot
+    cdef int rc
+    sigfillset(&all_)
+    sigdelset(&all_, SIGSEGV)
+    sigdelset(&all_, SIGBUS)
+    pthread_sigmask(SIG_BLOCK, &all_, NULL)
+    lock()
+    while True:
+        while g_raq_len == 0:
+            wcy_lockdepth_add(-1)
+            pthread_cond_wait(&g_ra_cond, &g_lock)
+            wcy_lockdepth_add(1)
+        q = g_raq[g_raq_head]
+        g_raq_head = (g_raq_head + 1) % RA_QMAX
+        g_raq_len -= 1
+        r = q.r
+        if r == NULL:
+            continue
+        if (r.closed or q.gen != r.gen or q.blk >= r.nblk or r.pages[q.blk] != NULL
+                or (g_ra_inflight + 1) * <int64_t>r.blksize * 2 > <int64_t>g_budget):
+            st_ra_dropped += 1
+            r.busy -= 1
+            pthread_cond_broadcast(&g_cond)
+            continue
+        p = page_new(r, q.blk)
+        if p == NULL:
+            r.busy -= 1
+            continue
+        p.state = PG_LOADING
+        p.loader = pthread_self()
+        slot = acquire_slot(r.blksize)
+        if slot == NULL:
+            page_free(p)
+            r.busy -= 1
+            pthread_cond_broadcast(&g_cond)
+            continue
+        unlock()
+        rc = read_exact(q.fd, slot, q.n, q.off)
+        if rc == 0 and <size_t>q.n < r.blksize:
+            memset(slot + q.n, 0, r.blksize - q.n)
+        lock()
+        if rc == 0 and (r.closed or q.gen != r.gen):
+            rc = E_CLOSED
+        if rc == 0:
+            rc = place(r, p, slot, PROT_NONE)
+        if rc != 0:
+            release_slot(slot, r.blksize)
+            page_free(p)            # a fault will load (and report) it itself
+            st_ra_dropped += 1
+        else:
+            p.state = PG_LOADED
+            p.ra = 1
+            p.referenced = 1
+            clock_add(p)
+            g_ra_inflight += 1
+            st_ra_loads += 1
+        r.busy -= 1
+        pthread_cond_broadcast(&g_cond)
+    return NULL
+
+cdef int read_exact(int fd, char* buf, int64_t n, int64_t off) noexcept nogil:
+    cdef ssize_t k
+    cdef int64_t done = 0
+    while done < n:
+        k = pread(fd, buf + done, n - done, off + done)
+        if k < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if k == 0:
+            return EIO_()
+        done += k
+    return 0
+
+cdef int ra_queue(Region* r, int64_t blk, int fd, int64_t off, int64_t n) noexcept nogil:
+    """Queue one extent for the readahead thread (g_lock held)."""
+    global g_raq_len, g_ra_started
+    cdef pthread_t th
+    cdef RAReq* q
+    if g_forked or g_raq_len >= RA_QMAX or r.closed or blk < 0 or blk >= r.nblk:
+        return -1
+    if r.pages[blk] != NULL:
+        return 0
+    if not g_ra_started:
+        if pthread_create(&th, NULL, ra_main, NULL) != 0:
+            return -1
+        pthread_detach(th)
+        g_ra_started = 1
+    q = &g_raq[(g_raq_head + g_raq_len) % RA_QMAX]
+    q.r = r
+    q.blk = blk
+    q.fd = fd
+    q.off = off
+    q.n = n
+    q.gen = r.gen
+    g_raq_len += 1
+    r.busy += 1
+    pthread_cond_broadcast(&g_ra_cond)
+    return 0
+
+cdef void ra_forget(Region* r) noexcept nogil:
+    """Drop the queued requests of r (g_lock held)."""
+    cdef int i, k
+    for i in range(g_raq_len):
+        k = (g_raq_head + i) % RA_QMAX
+        if g_raq[k].r == r:
+            g_raq[k].r = NULL
+            r.busy -= 1
+
 cdef void ra_advise(Region* r, int64_t start, int64_t n) noexcept nogil:
     """Start reading blocks [start, start+n) ahead (g_lock not held): the
     kernel's readahead for a local file, else the BigFile's own prefetch()."""
@@ -970,6 +1135,19 @@ cdef void ra_advise(Region* r, int64_t start, int64_t n) noexcept nogil:
                       n * <int64_t>r.blksize, POSIX_FADV_WILLNEED)
     elif r.has_prefetch:
         call_prefetch(r, start, n)
+
+cdef _queue_extents(Region* r, extents):
+    cdef int64_t blk, off, n
+    cdef int fd
+    for e in extents:
+        blk, fd, off, n = e
+        if n < 0 or n > <int64_t>r.blksize or off < 0 or fd < 0:
+            raise ValueError("prefetch: bad extent %r" % (e,))
+        lock()
+        rc = ra_queue(r, blk, fd, off, n)
+        unlock()
+        if rc != 0:
+            break
 
 cdef void call_prefetch(Region* r, int64_t start, int64_t n) noexcept nogil:
     with gil:
@@ -982,7 +1160,9 @@ cdef void _run_prefetch(Region* r, int64_t start, int64_t n) noexcept:
     PyErr_Fetch(&et, &ev, &etb)
     if not r.closed:
         try:
-            (<object>r.bigfile).prefetch(start, n)
+            extents = (<object>r.bigfile).prefetch(start, n)
+            if extents:
+                _queue_extents(r, extents)
         except BaseException as e:          # readahead is advice: never fatal
             if r.has_prefetch == 1:
                 r.has_prefetch = 2
@@ -1115,8 +1295,11 @@ cdef class BigFile:
     ``buf`` of ``blksize`` bytes completely; zeros for holes) and
     ``storeblk(blk, buf)`` (persist the read-only memoryview ``buf``).
     Optionally ``prefetch(blk, n)``: the pager saw sequential access and will
-    soon load blocks [blk, blk+n); start fetching them in the background (it is
-    advice: errors are reported once and ignored).  loadblk may
+    soon load blocks [blk, blk+n); start fetching them in the background, or
+    return their extents ``[(blk, fd, offset, nbytes), ...]`` (where each
+    block's bytes lie in a file; the rest of the block reads as zeros) for the
+    pager's readahead thread to read into RAM.  It is advice: errors are
+    reported once and ignored.  loadblk may
     run inside a page fault, in any thread, with the GIL taken for it: it must not
     touch the block it is loading, and must not keep ``buf``.
     """
@@ -1379,6 +1562,7 @@ cdef class BigFileH:
         if pv == NULL:
             unlock()
             raise MemoryError()
+        r.gen += 1
         p = r.plist
         while p != NULL:
             if p.dirty and p.state != PG_LOADING:
@@ -1458,6 +1642,7 @@ cdef class BigFileH:
         cdef Page* p
         cdef Page* nx
         lock()
+        r.gen += 1
         while True:
             p = r.plist
             busy = False
@@ -1485,6 +1670,7 @@ cdef class BigFileH:
         if blk >= r.nblk:
             return
         lock()
+        r.gen += 1
         while True:
             p = r.pages[blk]
             if p == NULL:
@@ -1555,6 +1741,7 @@ cdef class BigFileH:
         self.r = NULL
         lock()
         r.closed = 1
+        ra_forget(r)
         while True:          # loaders finish (and see .closed) before we tear down
             p = r.plist
             busy = False
@@ -1728,6 +1915,8 @@ def stats():
              load_errors=st_load_errors, peak_resident=st_peak_resident,
              fresh_slots=st_fresh_slots, pool_fail=st_pool_fail,
              readahead_blocks=st_ra_blocks, zerocopy_loads=st_zerocopy,
+             readahead_loads=st_ra_loads, readahead_hits=st_ra_hits,
+             readahead_dropped=st_ra_dropped,
              regions=g_nregions)
     unlock()
     return d
@@ -1748,5 +1937,6 @@ def _addr_in_pager(uintptr_t addr):
 
 pthread_mutex_init(&g_lock, NULL)
 pthread_cond_init(&g_cond, NULL)
+pthread_cond_init(&g_ra_cond, NULL)
 pthread_atfork(atfork_prepare, atfork_parent, atfork_child)
 install_handler()

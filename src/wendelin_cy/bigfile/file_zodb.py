@@ -327,6 +327,15 @@ def _raw_payload(obj):
     p = _READER.take(storage, obj._p_oid)
     if p is None:
         p, _ = storage.load(obj._p_oid)
+    span = _payload_span(p)
+    if span is None or not _payload_tail_ok(p[span[0] + span[1]:]):
+        return None
+    return memoryview(p)[span[0]:span[0] + span[1]]
+
+
+def _payload_span(p):
+    """Where the bytes payload is in a record `p` (or its first few hundred
+    bytes) of a _BytesRecord: (offset, length), or None."""
     # a record is two pickles: class metadata, then state
     try:
         for op, _, pos in pickletools.genops(p):
@@ -344,6 +353,8 @@ def _raw_payload(obj):
         i += 9
     code = p[i:i + 1]
     if code == b'C':                         # SHORT_BINBYTES
+        if len(p) < i + 2:
+            return None
         n, i = p[i + 1], i + 2
     elif code == b'B':                       # BINBYTES
         n, i = int.from_bytes(p[i + 1:i + 5], 'little'), i + 5
@@ -351,18 +362,112 @@ def _raw_payload(obj):
         n, i = int.from_bytes(p[i + 1:i + 9], 'little'), i + 9
     else:
         return None
-    tail = p[i + n:]
-    if not (tail == b'.' or (len(tail) == 3 and tail[:1] == b'q' and tail[2:] == b'.')
+    return i, n
+
+
+def _payload_tail_ok(tail):
+    """What may follow the payload: STOP, after an optional memo put."""
+    return (tail == b'.' or (len(tail) == 3 and tail[:1] == b'q' and tail[2:] == b'.')
             or (len(tail) == 6 and tail[:1] == b'r' and tail[5:] == b'.')
-            or tail == b'\x94.'):
+            or tail == b'\x94.')
+
+
+# ~~~ FileStorage: read the payload straight into the page
+#
+# For a ZBlk0 in a FileStorage the payload is one contiguous run of the data
+# file.  We find it as FileStorage.loadBefore does (index, then back along the
+# record chain to the record visible at the connection's snapshot), through a
+# file of the storage's own pool, so that index and file agree even across a
+# pack, and read it with preadv straight into the page: one copy instead of
+# two (record bytes, then page), and without the GIL.  We read through our own
+# dup() of that file: a pack renames the old file away but it stays readable
+# through the descriptor, so an extent found before a pack still reads the
+# data it named.  Anything unexpected (an undo back-pointer, another pickle
+# layout, another storage) takes the generic path.
+
+try:
+    from ZODB.FileStorage.FileStorage import FileStorage as _FileStorage
+    from ZODB.FileStorage.format import DATA_HDR_LEN as _DATA_HDR_LEN
+except ImportError:         # pragma: no cover
+    _FileStorage = None
+
+_FS_FDS = weakref.WeakKeyDictionary()      # FileStorage -> ((dev, ino), fd)
+
+
+def _fs_fd(base, f):
+    st = os.fstat(f.fileno())
+    ident = (st.st_dev, st.st_ino)
+    entry = _FS_FDS.get(base)
+    if entry is not None and entry[0] == ident:
+        return entry[1]
+    # (an older descriptor is kept open: a read in flight may use it)
+    fd = os.dup(f.fileno())
+    os.set_inheritable(fd, False)
+    _FS_FDS[base] = (ident, fd)
+    return fd
+
+
+def _fs_extent(obj):
+    """(fd, offset, nbytes) of ghost ZBlk0 `obj`'s payload at its connection's
+    snapshot in a FileStorage, or None."""
+    if _FileStorage is None:
         return None
-    return memoryview(p)[i:i + n]
+    jar = obj._p_jar
+    inst = getattr(jar, '_storage', None)
+    base = getattr(inst, '_storage', None)
+    start = getattr(inst, '_start', None)
+    if type(base) is not _FileStorage or start is None or not getattr(jar, 'opened', None):
+        return None
+    oid = obj._p_oid
+    try:
+        with base._files.get() as f:
+            pos = base._lookup_pos(oid)
+            while True:
+                h = base._read_data_header(pos, oid, f)
+                if h.tid < start:
+                    break
+                pos = h.prev
+                if not pos:
+                    return None
+            if not h.plen:
+                return None                     # an undo back-pointer
+            dpos = pos + _DATA_HDR_LEN
+            fd = _fs_fd(base, f)
+        head = os.pread(fd, min(h.plen, 512), dpos)
+        span = _payload_span(head)
+        if span is None:
+            return None
+        i, n = span
+        if i + n > h.plen or not _payload_tail_ok(
+                os.pread(fd, h.plen - (i + n), dpos + i + n)):
+            return None
+        return fd, dpos + i, n
+    except Exception:
+        return None         # the generic path will load (or report) it
+
+
+def _preadinto(fd, buf, off, n):
+    """Read n bytes at off into buf[:n]; zeros after them; False if short."""
+    view = memoryview(buf)
+    done = 0
+    while done < n:
+        k = os.preadv(fd, [view[done:n]], off + done)
+        if k <= 0:
+            return False
+        done += k
+    if n < len(view):
+        _zero(view, n, len(view))
+    return True
 
 
 class ZBlk0(_BytesRecord):
     """Whole block in one object (fast reads, whole-block writes)."""
 
     def loadblkdata(self, buf):
+        if self._p_changed is None and len(buf):        # a ghost: try the direct path
+            ext = _fs_extent(self)
+            if ext is not None and ext[2] <= len(buf) and _preadinto(ext[0], buf, ext[1], ext[2]):
+                return
         _fill(buf, 0, _loaddata(self), len(buf))
 
 
@@ -579,8 +684,9 @@ class _Writeout:
 # are not read ahead.
 
 def _local_reader_ok(base):
+    # (FileStorage blocks are read straight into the page: see _fs_extent)
     mod = type(base).__module__ or ''
-    return mod.startswith(('ZODB.FileStorage', 'ZODB.MappingStorage', 'ZODB.DemoStorage'))
+    return mod.startswith(('ZODB.MappingStorage', 'ZODB.DemoStorage'))
 
 
 class _Reader:
@@ -670,23 +776,37 @@ class _ZBigFileIO(BigFile):
             type(zblk).loadblkdata(zblk, buf)
 
     def prefetch(self, blk, n):
-        """The pager: blocks [blk, blk+n) come next (sequential faults)."""
+        """The pager: blocks [blk, blk+n) come next (sequential faults).
+
+        FileStorage: answer with where their payloads lie in the data file;
+        the pager's own thread reads them into RAM (see _fs_extent).  ZEO:
+        Connection.prefetch (asynchronous, into the client cache).  Storages
+        where another thread may call loadBefore: our reader thread."""
         zfile = self._zfile
         conn = zfile._p_jar
         if conn is None or not getattr(conn, 'opened', None):
-            return
-        oids = []
+            return None
+        todo = []
         for b in range(blk, blk + n):
             z = zfile.blktab.get(b)
             if type(z) is ZBlk0 and z._p_changed is None:      # a ghost: not read yet
-                oids.append(z._p_oid)
-        if not oids:
-            return
+                todo.append((b, z))
+        if not todo:
+            return None
         base = conn.db().storage
+        if _FileStorage is not None and type(base) is _FileStorage:
+            extents = []
+            for b, z in todo:
+                e = _fs_extent(z)
+                if e is not None:
+                    extents.append((b,) + e)
+            return extents
+        oids = [z._p_oid for _, z in todo]
         if storage_prefetches(base):
             conn.prefetch(oids)
         elif _local_reader_ok(base):
             _READER.ask(conn._storage, oids)
+        return None
 
     def _track(self, blk, zblk):
         old = self._loaded.get(blk)
