@@ -5,11 +5,12 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from numpy.lib.array_utils import byte_bounds
 
 import wendelin_cy
-from wendelin_cy.bigarray import BigArray, MAX_NBYTES
+from wendelin_cy.bigarray import MAX_NBYTES, BigArray
 from wendelin_cy.bigfile import VMA
 from wendelin_cy.bigfile.file_file import BigFile_File
 from wendelin_cy.bigfile.file_ram import BigFile_RAM
@@ -19,9 +20,9 @@ from wendelin_cy.testing.isolate import isolated
 from wendelin_cy.testing.strategies import ram_budget
 
 BS = 64 * 1024
-# more examples for a long run: WENDELIN_CY_HYPOTHESIS_EXAMPLES=2000
-HSETTINGS = settings(max_examples=int(os.environ.get('WENDELIN_CY_HYPOTHESIS_EXAMPLES',
-                                                     150)), deadline=None,
+# more examples for a long run: WCY_HYPOTHESIS_EXAMPLES=2000 (as tox does)
+NEXAMPLES = int(os.environ.get('WCY_HYPOTHESIS_EXAMPLES', '150'))
+HSETTINGS = settings(max_examples=NEXAMPLES, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow,
                                             HealthCheck.data_too_large])
 
@@ -623,9 +624,8 @@ def test_failed_append_leaves_no_trace(failing, tiny_budget):
 def test_loadblk_error_in_tofile(failing, tmp_path, tiny_budget):
     A, fh, f = failing
     f.fail.add(7)
-    with open(tmp_path / 'out', 'wb', buffering=0) as out:
-        with pytest.raises(Boom):
-            A.tofile(out)
+    with open(tmp_path / 'out', 'wb', buffering=0) as out, pytest.raises(Boom):
+        A.tofile(out)
 
 
 @isolated()

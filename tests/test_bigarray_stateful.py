@@ -25,7 +25,9 @@ from wendelin_cy.testing.strategies import ram_budget
 BLKSIZE = 256 * 1024
 BUDGET = 1 << 20
 
-SETTINGS = settings(max_examples=150, stateful_step_count=30, deadline=None,
+# WCY_HYPOTHESIS_EXAMPLES=1000 for a long run (children inherit it)
+NEXAMPLES = int(os.environ.get('WCY_HYPOTHESIS_EXAMPLES', '150'))
+SETTINGS = settings(max_examples=NEXAMPLES, stateful_step_count=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
@@ -75,11 +77,11 @@ def test_bigarray_vs_numpy_file(tmp_path):
     FileMachine.tmpdir = str(tmp_path)
     with ram_budget(BUDGET):
         run_state_machine_as_test(FileMachine,
-                                  settings=settings(SETTINGS, max_examples=40))
+                                  settings=settings(SETTINGS, max_examples=NEXAMPLES // 4 + 10))
 
 
 def test_bigarray_vs_numpy_roomy_budget():
     # the same operations with a budget that holds everything: separates
     # BigArray's own bugs from reclaim/spill bugs of the pager
     with ram_budget(256 << 20):
-        run_state_machine_as_test(RAMMachine, settings=settings(SETTINGS, max_examples=200))
+        run_state_machine_as_test(RAMMachine, settings=SETTINGS)

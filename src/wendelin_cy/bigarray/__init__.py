@@ -97,7 +97,7 @@ import os
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
-__all__ = ['BigArray', 'MAX_NBYTES']
+__all__ = ['MAX_NBYTES', 'BigArray']
 
 #: Largest array (in bytes) a BigArray may describe: 2**47 bytes (128 TiB).
 #: Every block of a handle has one fixed address, so a file cannot be used
@@ -260,7 +260,7 @@ def _check_intarr(a, axis, n):
 
 
 class _IndexPlan:
-    __slots__ = ('lohi', 'final', 'advanced', 'has_ellipsis')
+    __slots__ = ('advanced', 'final', 'has_ellipsis', 'lohi')
 
     def __init__(self, idx, shape):
         if not isinstance(idx, tuple):
@@ -385,7 +385,7 @@ def _spans(t, blksize):
 
 class _Mapping:
     """A VMA over file bytes [base, base + len) plus the address it starts at."""
-    __slots__ = ('vma', 'base', 'addr', 'blksize')
+    __slots__ = ('addr', 'base', 'blksize', 'vma')
 
     def __init__(self, vma, base, addr, blksize):
         self.vma, self.base, self.addr, self.blksize = vma, base, addr, blksize

@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 
-__all__ = ['isolated', 'IN_CHILD']
+__all__ = ['IN_CHILD', 'isolated']
 
 IN_CHILD = os.environ.get('WENDELIN_CY_TEST_CHILD') == '1'
 
@@ -36,7 +36,8 @@ def run_child(path, name, timeout):
     cmd = [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
            '%s::%s' % (path, name)]
     try:
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                           timeout=timeout, check=False)
     except subprocess.TimeoutExpired as e:
         out = e.stdout or ''
         if isinstance(out, bytes):

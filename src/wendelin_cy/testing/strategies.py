@@ -12,10 +12,22 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-__all__ = ['SCALAR_DTYPES', 'STRUCTURED_DTYPES', 'scalar_dtypes', 'dtypes',
-           'orders', 'shapes', 'basic_indices', 'advanced_indices', 'indices',
-           'random_array', 'array_values', 'values_for', 'resize_shapes',
-           'ram_budget']
+__all__ = [
+    'SCALAR_DTYPES',
+    'STRUCTURED_DTYPES',
+    'advanced_indices',
+    'array_values',
+    'basic_indices',
+    'dtypes',
+    'indices',
+    'orders',
+    'ram_budget',
+    'random_array',
+    'resize_shapes',
+    'scalar_dtypes',
+    'shapes',
+    'values_for',
+]
 
 #: Plain dtypes BigArray must handle, both byte orders, flexible sizes.
 #: longdouble is left out: its padding bytes are not guaranteed to be copied,
