@@ -67,3 +67,40 @@ def test_sequential_scan_reads_ahead_at_the_connection_snapshot(tmp_path, budget
     a = A[:]
     assert (a == -1).all()
     dbclose(root)
+
+
+def test_blocks_read_ahead_are_invalidated_like_loaded_ones(tmp_path, budget):
+    # blocks the pager's thread read ahead (never touched, never loadblk'ed)
+    # must still be dropped when another connection changes them
+    budget(4 << 20)
+    path = str(tmp_path / "db.fs")
+    root = dbopen(path)
+    n = 32 * BS // 8
+    root["A"] = A = ZBigArray((n,), np.int64, blksize=BS)
+    transaction.commit()
+    A[:] = 1
+    transaction.commit()
+    dbclose(root)
+
+    root = dbopen(path)
+    A = root["A"]
+    a = A[:]
+    vma = a.base
+    while not hasattr(vma, "madvise"):
+        vma = vma.base
+    loads0 = wendelin_cy.pager_stats()["readahead_loads"]
+    vma.madvise("sequential", 0, 16 * BS)
+    deadline = time.time() + 10
+    while wendelin_cy.pager_stats()["readahead_loads"] - loads0 < 4 and time.time() < deadline:
+        time.sleep(0.01)
+    assert wendelin_cy.pager_stats()["readahead_loads"] - loads0 >= 4
+    db = root._p_jar.db()
+    tm2 = transaction.TransactionManager()
+    c2 = db.open(transaction_manager=tm2)
+    c2.root()["A"][:] = 2
+    tm2.commit()
+    c2.close()
+    assert (a == 1).all()                   # our snapshot, read ahead or not
+    transaction.abort()
+    assert (A[:] == 2).all()                # the new one: nothing stale survives
+    dbclose(root)

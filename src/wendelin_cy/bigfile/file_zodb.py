@@ -799,6 +799,10 @@ class _ZBigFileIO(BigFile):
             for b, z in todo:
                 e = _fs_extent(z)
                 if e is not None:
+                    # watched as if loaded: if another transaction changes the
+                    # block, our boundary invalidates it, which drops the
+                    # request, or the page it became
+                    self._track(b, z)
                     extents.append((b,) + e)
             return extents
         oids = [z._p_oid for _, z in todo]
