@@ -121,6 +121,6 @@ def test_state_machine(storage_uri):
             return ZODB.DB(st, **kw)
 
     run_state_machine_as_test(
-        Machine, settings=settings(max_examples=6, stateful_step_count=20,
+        Machine, settings=settings(max_examples=10, stateful_step_count=25,
                                    deadline=None, database=None,
                                    suppress_health_check=list(HealthCheck)))
