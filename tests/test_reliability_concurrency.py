@@ -127,7 +127,8 @@ def _generation(a, i):
 
 
 NTHREADS = 4
-N = 64 * 1024             # 512 KiB per array: 8 blocks of 64 KiB
+N = 128 * 1024            # 1 MiB per array: 4 blocks of 256 KiB
+TBS = 256 * 1024
 
 
 @isolated(timeout=300)
@@ -144,11 +145,11 @@ def test_threads_with_own_connections(tmp_path):
     c = db.open(tm)
     r = c.root()
     for i in range(NTHREADS):
-        r['A%d' % i] = ZBigArray((N,), np.int64, blksize=64 * 1024)
+        r['A%d' % i] = ZBigArray((N,), np.int64, blksize=TBS)
         r['A%d' % i][:] = _pattern(0, i, N)
     tm.commit()
     c.close()
-    # a budget of 8 blocks for 4 threads x 4 arrays of 8 blocks each
+    # a budget of 4 blocks for 4 threads x 4 arrays of 4 blocks each
     wendelin_cy.set_ram_budget(1 << 20)
     seen = [[] for _ in range(NTHREADS)]
     errors = []
