@@ -27,6 +27,8 @@ BUDGET = 1 << 20
 
 # WCY_HYPOTHESIS_EXAMPLES=1000 for a long run (children inherit it)
 NEXAMPLES = int(os.environ.get('WCY_HYPOTHESIS_EXAMPLES', '150'))
+# a guard against hangs only: generous, so that a loaded machine is no failure
+CHILD_TIMEOUT = 600 + 6 * NEXAMPLES
 SETTINGS = settings(max_examples=NEXAMPLES, stateful_step_count=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.data_too_large,
@@ -60,7 +62,7 @@ class RAMMachine64K(BigArrayMachine):
     max_nbytes = 3 << 20
 
 
-@isolated(timeout=900)
+@isolated(timeout=CHILD_TIMEOUT)
 def test_bigarray_vs_numpy_ram():
     before = wendelin_cy.pager_stats()
     with ram_budget(BUDGET):
@@ -72,7 +74,7 @@ def test_bigarray_vs_numpy_ram():
     assert after['spills'] > before['spills']
 
 
-@isolated(timeout=900)
+@isolated(timeout=CHILD_TIMEOUT)
 def test_bigarray_vs_numpy_file(tmp_path):
     FileMachine.tmpdir = str(tmp_path)
     with ram_budget(BUDGET):
