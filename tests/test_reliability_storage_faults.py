@@ -77,17 +77,31 @@ def corrupt(db, how):
 
 
 def failing_load(conn, exc):
-    """Make conn's storage fail to load the record of block BAD."""
+    """Make the storage fail to load the record of block BAD, on every path a
+    load may take: the connection's storage instance (load, loadBefore), and
+    the FileStorage under it (loadBefore, used by readahead; _lookup_pos,
+    used by the direct read of ZBlk0 payloads)."""
     A = conn.root()['A']
     oid = A.zfile.blktab[BAD]._p_oid
-    st = conn._storage
-    orig = st.load
 
-    def load(o, *a, **k):
-        if o == oid:
-            raise exc
-        return orig(o, *a, **k)
-    st.load = load
+    def patch(obj, name):
+        orig = getattr(obj, name, None)
+        if orig is None:
+            return
+
+        def failing(o, *a, **k):
+            if o == oid:
+                raise exc
+            return orig(o, *a, **k)
+        setattr(obj, name, failing)
+
+    inst = conn._storage
+    for name in ('load', 'loadBefore'):
+        patch(inst, name)
+    base = getattr(inst, '_storage', None)
+    if base is not None:
+        for name in ('load', 'loadBefore', '_lookup_pos'):
+            patch(base, name)
 
 
 @pytest.fixture
