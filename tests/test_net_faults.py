@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import transaction
 
 from wendelin_cy.bigarray.array_zodb import ZBigArray
@@ -144,3 +145,36 @@ def test_server_back_within_wait(zeo_server):
     assert rc == 0, (rc, out, err)
     n = NBLK * ITEMS
     assert 'SUM %d' % (n * (n - 1) // 2) in out, out
+
+
+def test_register_zeo():
+    from ZEO.Exceptions import ClientDisconnected
+    from wendelin_cy._pager import virtmem
+    from wendelin_cy.lib._netfaults import register_zeo
+    assert register_zeo() and register_zeo()
+    assert virtmem.TRANSIENT_ERRORS.count(ClientDisconnected) == 1
+    # 4 attempts of wait_timeout each, plus the backoff 0.05 + 0.2 + 0.8
+    assert fault_wait_bound(2) == pytest.approx(4 * 2 + 1.05)
+
+
+def test_commit_while_server_down(zeo_server):
+    """A commit with the server gone fails after wait_timeout (no hang);
+    abort discards the change; the database keeps the committed state."""
+    from ZEO.Exceptions import ClientDisconnected
+    _fill(zeo_server.uri)
+    root = dbopen(zeo_server.uri + '?wait_timeout=1')
+    try:
+        A = root['A']
+        A[:ITEMS] = -1
+        zeo_server.kill()
+        t = time.monotonic()
+        with pytest.raises(ClientDisconnected):
+            transaction.commit()
+        assert time.monotonic() - t < 1 + SLACK
+        transaction.abort()
+        assert A[0] == 0                # back to the committed state (in RAM)
+    finally:
+        transaction.abort()
+        dbclose(root)
+    zeo_server.start()
+    _check_intact(zeo_server.uri)
