@@ -751,3 +751,24 @@ def test_prefetch_extents_are_read_ahead_by_the_pager(tmp_path):
     assert hits > 0                             # (how many depends on timing)
     assert hits + f.loads == nblk               # every block loaded exactly once
     os.close(fd)
+
+
+def test_loadblk_may_return_hole(budget):
+    from wendelin_cy.bigfile import HOLE
+    budget(1 << 20)                       # recycled staging memory holds old data
+
+    class Sparse(BigFile):
+        def loadblk(self, blk, buf):
+            if blk % 2 == 0:
+                return HOLE
+            buf[:] = bytes([7]) * len(buf)
+    fh = Sparse(BS).fileh_open()
+    a = u8(fh.mmap(0, 64))
+    for _ in range(2):
+        for blk in range(64):
+            want = 0 if blk % 2 == 0 else 7
+            assert a[blk * BS] == want and a[(blk + 1) * BS - 1] == want
+    assert not a[: 2 * BS:][:BS].any()
+    a[0] = 5                              # a hole block is writable like any other
+    assert a[0] == 5 and fh.dirty_blocks() == [0]
+    fh.dirty_discard()

@@ -52,7 +52,7 @@ def test_sequential_scan_reads_ahead_at_the_connection_snapshot(tmp_path, budget
         while wendelin_cy.pager_stats()["readahead_loads"] == loads0 and time.time() < deadline:
             time.sleep(0.01)
     assert np.array_equal(a[: n // 2], np.arange(n // 2))   # a sequential scan
-    assert _ahead() > hits0, "no block was read ahead"
+    assert _ahead() > hits0, ("no block was read ahead", wendelin_cy.pager_stats())
 
     # another connection commits; at our next boundary a scan must see its
     # data, never a record read ahead for the old snapshot

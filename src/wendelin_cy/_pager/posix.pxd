@@ -36,6 +36,7 @@ cdef extern from "<sys/mman.h>" nogil:
         MADV_HUGEPAGE
         MADV_WILLNEED
         MADV_SEQUENTIAL
+        MADV_POPULATE_READ
         MADV_RANDOM
     void* MAP_FAILED
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, off_t offset)

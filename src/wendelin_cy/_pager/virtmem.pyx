@@ -654,16 +654,30 @@ LOAD_RETRIES = 3
 LOAD_RETRY_DELAY = 0.05
 
 
+class _Hole:
+    """Returned by loadblk instead of filling ``buf``: the block is a hole (all
+    zeros).  The pager then gives the block fresh zero pages itself, which is
+    much cheaper than writing zeros."""
+    __slots__ = ()
+
+    def __repr__(self):
+        return "HOLE"
+
+HOLE = _Hole()
+
+
 def _call_loadblk(bigfile, blk, _Buf buf, int entry):
     """Run bigfile.loadblk(blk, memoryview); retry transient errors (in a fault only:
-    at an entry point the caller gets the exception and decides)."""
+    at an entry point the caller gets the exception and decides).  True if the
+    block is a hole (loadblk returned HOLE)."""
     cdef int attempt = 0
     cdef object interrupted = None
+    hole = False
     mv = memoryview(buf)
     try:
         while True:
             try:
-                bigfile.loadblk(blk, mv)
+                hole = bigfile.loadblk(blk, mv) is HOLE
                 break
             except KeyboardInterrupt:
                 if entry:
@@ -683,6 +697,7 @@ def _call_loadblk(bigfile, blk, _Buf buf, int entry):
             PyErr_SetInterrupt()
     if buf.exports:
         raise BufferError("loadblk kept a reference to its buffer (blk %d)" % blk)
+    return hole
 
 
 cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
@@ -694,7 +709,8 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
     cdef _Buf buf = mkbuf(slot, r.blksize, 0)
     PyErr_Fetch(&et, &ev, &etb)
     try:
-        _call_loadblk(<object>r.bigfile, blk, buf, entry)
+        if _call_loadblk(<object>r.bigfile, blk, buf, entry):
+            madvise(slot, r.blksize, MADV_DONTNEED)     # zero pages, on demand
     except BaseException as e:
         rc = E_BUFKEPT if buf.exports else E_PYTHON
         if entry and exc != NULL:
@@ -826,7 +842,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     unlock()
 
     if zerocopy:
-        rc = map_direct(r, blk)
+        rc = map_direct(r, blk, r.advice == ADV_SEQUENTIAL or blk == r.last_load + 1)
     elif spilled:
         rc = rw_full(g_scratch_fd, slot, bs, p.spill, 0)
     elif r.direct_fd >= 0:
@@ -933,14 +949,27 @@ cdef int direct_covers(Region* r, int64_t blk) noexcept nogil:
         return 0
     return r.direct_off + (blk + 1) * <int64_t>r.blksize <= st.st_size
 
-cdef int map_direct(Region* r, int64_t blk) noexcept nogil:
+cdef int g_ra_policy = 1
+
+cdef int map_direct(Region* r, int64_t blk, int seq) noexcept nogil:
     global st_zerocopy
     cdef char* addr = blk_addr(r, blk)
-    if mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
+    if g_ra_policy == 2 or (g_ra_policy == 3 and seq):
+        if mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED,
+                r.direct_fd, r.direct_off + blk * <int64_t>r.blksize) == MAP_FAILED:
+            return errno
+        madvise(addr, r.blksize, MADV_SEQUENTIAL)
+        if madvise(addr, r.blksize, MADV_POPULATE_READ) != 0:
+            return errno
+    elif mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
             r.direct_fd, r.direct_off + blk * <int64_t>r.blksize) == MAP_FAILED:
         return errno
     st_zerocopy += 1
     return 0
+
+def _set_ra_policy(int p):
+    global g_ra_policy
+    g_ra_policy = p
 
 
 # ------------------------------------------------------------ readahead
@@ -1125,14 +1154,21 @@ cdef void ra_forget(Region* r) noexcept nogil:
             g_raq[k].r = NULL
             r.busy -= 1
 
+cdef int g_fadvise = 1
+
+def _set_fadvise(int f):
+    global g_fadvise
+    g_fadvise = f
+
 cdef void ra_advise(Region* r, int64_t start, int64_t n) noexcept nogil:
     """Start reading blocks [start, start+n) ahead (g_lock not held): the
     kernel's readahead for a local file, else the BigFile's own prefetch()."""
     if n <= 0:
         return
     if r.direct_fd >= 0:
-        posix_fadvise(r.direct_fd, r.direct_off + start * <int64_t>r.blksize,
-                      n * <int64_t>r.blksize, POSIX_FADV_WILLNEED)
+        if g_fadvise:
+            posix_fadvise(r.direct_fd, r.direct_off + start * <int64_t>r.blksize,
+                          n * <int64_t>r.blksize, POSIX_FADV_WILLNEED)
     elif r.has_prefetch:
         call_prefetch(r, start, n)
 

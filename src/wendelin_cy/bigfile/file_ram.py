@@ -19,6 +19,8 @@ class BigFile_RAM(BigFile):
         self.nload += 1
         data = self.blocks.get(blk)
         if data is None:
+            # (not `return HOLE`: subclasses that wrap loadblk and do not pass
+            # its result on would leave garbage in the block)
             buf[:] = bytes(len(buf))
         else:
             buf[:] = data

@@ -167,7 +167,7 @@ from BTrees.IOBTree import IOBTree
 from BTrees.LOBTree import LOBTree
 from persistent import Persistent
 
-from wendelin_cy.bigfile import BigFile, WRITEOUT_MARKSTORED, WRITEOUT_STORE
+from wendelin_cy.bigfile import BigFile, HOLE, WRITEOUT_MARKSTORED, WRITEOUT_STORE
 from wendelin_cy.bigfile._prefetch import storage_prefetches
 
 __all__ = ['ZBigFile', 'ZBigFileH', 'ZBlk0', 'ZBlk1', 'ZData',
@@ -770,7 +770,7 @@ class _ZBigFileIO(BigFile):
         zblk = self._zfile.blktab.get(blk)
         self._track(blk, zblk)
         if zblk is None:
-            _zero(buf, 0, len(buf))
+            return HOLE         # the pager maps zero pages: no 2 MiB of zeros copied
         else:
             # through the class: an attribute of a ghost would load its state
             type(zblk).loadblkdata(zblk, buf)
