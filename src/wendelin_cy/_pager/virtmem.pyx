@@ -1952,7 +1952,8 @@ def stats():
              fresh_slots=st_fresh_slots, pool_fail=st_pool_fail,
              readahead_blocks=st_ra_blocks, zerocopy_loads=st_zerocopy,
              readahead_loads=st_ra_loads, readahead_hits=st_ra_hits,
-             readahead_dropped=st_ra_dropped,
+             readahead_dropped=st_ra_dropped, readahead_inflight=g_ra_inflight,
+             readahead_queued=g_raq_len,
              regions=g_nregions)
     unlock()
     return d
