@@ -43,6 +43,8 @@ DOC = {
     'set_ram_budget': (TypeError, ValueError),
     'dbopen': (TypeError, ValueError, OSError),
     'BigFile': (TypeError, ValueError),
+    'ZBigFile': (TypeError, ValueError),
+    'ZBigFile.fileh_open': (TypeError, ValueError, MemoryError),
     'fileh_open': (TypeError, ValueError, MemoryError),
     # + OverflowError, until test_fileh_open_huge_reserve passes
     'fileh_open-fuzz': (TypeError, ValueError, MemoryError, OverflowError),
@@ -439,6 +441,25 @@ def test_fuzz_public_api(tmp_path):
             raise AssertionError('dbopen(%r) raised %s: %s' % (uri, type(e).__name__, e))
         dbclose(r)
     open_()
+
+    @cfg
+    @given(anything, anything, anything, anything)
+    def zbigfile(blksize, fmt, fmt2, reserve):
+        from wendelin_cy.bigfile.file_zodb import ZBigFile
+        _expect('ZBigFile', ZBigFile, blksize, fmt)
+        if not (isinstance(reserve, int) and reserve >= 2**64):   # known bug
+            f = root['a1'].zfile
+            try:
+                fh = f.fileh_open(zblk_fmt=fmt2, reserve=reserve)
+            except DOC['ZBigFile.fileh_open']:
+                pass
+            except Exception as e:
+                raise AssertionError('ZBigFile.fileh_open(%r, %r) raised %s: %s'
+                                     % (fmt2, reserve, type(e).__name__, e))
+            else:
+                fh.close()
+        transaction.abort()
+    zbigfile()
 
     @cfg
     @given(anything, anything, anything, anything)
