@@ -219,3 +219,39 @@ def test_fault_ends_with_sigbus_and_diagnostic(tmp_path, how, exc):
     assert 'bad block' not in r.stdout               # never wrong data
     assert 'loading block %d of <_ZBigFileIO of <ZBigFile oid=' % BAD in r.stderr, r.stderr
     assert 'failed inside a page fault' in r.stderr
+
+
+def test_view_used_after_dbclose_never_reads_wrong_data(tmp_path):
+    # dbclose() with a view still alive: either dbclose refuses, or the view
+    # keeps what was resident and a non-resident block ends the process with
+    # SIGBUS and a diagnostic (the connection it would load through is closed)
+    env = dict(os.environ)
+    env['PYTHONPATH'] = SRC + os.pathsep + env.get('PYTHONPATH', '')
+    code = textwrap.dedent("""
+        import numpy as np, transaction
+        from wendelin_cy.bigarray.array_zodb import ZBigArray
+        from wendelin_cy.lib.zodb import dbopen, dbclose
+        root = dbopen('data.fs')
+        root['A'] = A = ZBigArray((%d,), np.int64, blksize=%d)
+        A[:] = 3
+        transaction.commit()
+        A._fileh.drop_clean(0, 100)
+        a = A[:]
+        a[:10].sum()                        # block 0 resident
+        try:
+            dbclose(root)
+        except (RuntimeError, ValueError) as e:
+            print('dbclose refused:', e, flush=True)
+            raise SystemExit(0)
+        print('resident', a[5], flush=True)
+        print('not resident', a[-1], flush=True)
+    """ % (N, BS))
+    r = subprocess.run([sys.executable, '-c', code], cwd=str(tmp_path), env=env,
+                       capture_output=True, text=True, timeout=120)
+    if 'dbclose refused' in r.stdout:
+        assert r.returncode == 0
+        return
+    assert r.returncode == -signal.SIGBUS, (r.returncode, r.stdout, r.stderr[-3000:])
+    assert 'resident 3' in r.stdout and 'not resident' not in r.stdout
+    assert 'loading block %d of <_ZBigFileIO' % (N * 8 // BS - 1) in r.stderr
+    assert 'connection is closed' in r.stderr
