@@ -842,7 +842,8 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     unlock()
 
     if zerocopy:
-        rc = map_direct(r, blk, r.advice == ADV_SEQUENTIAL or blk == r.last_load + 1)
+        rc = map_direct(r, blk, g_ra_enabled and r.advice != ADV_RANDOM and
+                        (r.advice == ADV_SEQUENTIAL or blk == r.last_load + 1))
     elif spilled:
         rc = rw_full(g_scratch_fd, slot, bs, p.spill, 0)
     elif r.direct_fd >= 0:
@@ -949,36 +950,40 @@ cdef int direct_covers(Region* r, int64_t blk) noexcept nogil:
         return 0
     return r.direct_off + (blk + 1) * <int64_t>r.blksize <= st.st_size
 
-cdef int g_ra_policy = 1
-
 cdef int map_direct(Region* r, int64_t blk, int seq) noexcept nogil:
+    """Map block blk of a local file from the page cache (g_lock not held).
+    In a sequential run the mapping is marked MADV_SEQUENTIAL before it is
+    populated, so that a cold read goes through the kernel's sequential
+    readahead (large, asynchronous windows) rather than read-around: measured
+    in a 768 MiB cgroup, cold, this doubled the scan rate, to numpy.memmap's.
+    (Asking the kernel for the next blocks with posix_fadvise(WILLNEED), 2 MiB
+    at a time, had halved it.)"""
     global st_zerocopy
     cdef char* addr = blk_addr(r, blk)
-    if g_ra_policy == 2 or (g_ra_policy == 3 and seq):
-        if mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED,
-                r.direct_fd, r.direct_off + blk * <int64_t>r.blksize) == MAP_FAILED:
+    cdef int64_t off = r.direct_off + blk * <int64_t>r.blksize
+    if seq:
+        if mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED, r.direct_fd,
+                off) == MAP_FAILED:
             return errno
         madvise(addr, r.blksize, MADV_SEQUENTIAL)
-        if madvise(addr, r.blksize, MADV_POPULATE_READ) != 0:
-            return errno
+        # (on kernels without MADV_POPULATE_READ the pages fault in on access)
+        madvise(addr, r.blksize, MADV_POPULATE_READ)
     elif mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
-            r.direct_fd, r.direct_off + blk * <int64_t>r.blksize) == MAP_FAILED:
+              r.direct_fd, off) == MAP_FAILED:
         return errno
     st_zerocopy += 1
     return 0
 
-def _set_ra_policy(int p):
-    global g_ra_policy
-    g_ra_policy = p
+
 
 
 # ------------------------------------------------------------ readahead
 #
 # Sequential access is detected per region (a fault loads block k right after it
-# loaded k-1, or madvise('sequential')).  For a local file the next window of
-# blocks is then handed to the kernel's own readahead (posix_fadvise WILLNEED:
-# asynchronous, no thread of ours), so that the zero-copy loads that follow find
-# the page cache warm.  Random access never triggers it.
+# loaded k-1, or madvise('sequential')).  For a local file the block is then
+# mapped MADV_SEQUENTIAL, and the kernel's own readahead runs ahead of the scan
+# (see map_direct).  For other BigFiles, prefetch() is asked for the next
+# window.  Random access never triggers it.
 
 cdef int g_ra_enabled = 1
 cdef uint64_t st_ra_blocks = 0
@@ -995,7 +1000,7 @@ cdef void ra_on_load(Region* r, int64_t blk, int64_t* start, int64_t* n) noexcep
     global st_ra_blocks
     cdef int64_t w, end
     n[0] = 0
-    if r.advice == ADV_RANDOM or not g_ra_enabled or (r.direct_fd < 0 and not r.has_prefetch):
+    if r.advice == ADV_RANDOM or not g_ra_enabled or r.direct_fd >= 0 or not r.has_prefetch:
         r.last_load = blk
         return
     w = ra_window(r)
@@ -1154,22 +1159,14 @@ cdef void ra_forget(Region* r) noexcept nogil:
             g_raq[k].r = NULL
             r.busy -= 1
 
-cdef int g_fadvise = 1
-
-def _set_fadvise(int f):
-    global g_fadvise
-    g_fadvise = f
-
 cdef void ra_advise(Region* r, int64_t start, int64_t n) noexcept nogil:
     """Start reading blocks [start, start+n) ahead (g_lock not held): the
     kernel's readahead for a local file, else the BigFile's own prefetch()."""
     if n <= 0:
         return
     if r.direct_fd >= 0:
-        if g_fadvise:
-            posix_fadvise(r.direct_fd, r.direct_off + start * <int64_t>r.blksize,
-                          n * <int64_t>r.blksize, POSIX_FADV_WILLNEED)
-    elif r.has_prefetch:
+        return              # the kernel reads ahead itself (see map_direct)
+    if r.has_prefetch:
         call_prefetch(r, start, n)
 
 cdef _queue_extents(Region* r, extents):
