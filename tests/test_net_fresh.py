@@ -1,6 +1,6 @@
-"""Fresh snapshots at every transaction start, over ZEO.
+"""Fresh snapshots at every transaction start, over ZEO and RelStorage.
 
-Two ZEO clients (two ClientStorage, as two processes would have): one commits,
+Two clients (two storage instances, as two processes would have): one commits,
 the other begins a transaction right after and must see that commit - every
 time.  dbopen's zeo:// sets ``server_sync=True``: each transaction start makes
 one round trip to the server, which flushes the invalidations still on their
@@ -18,25 +18,26 @@ from wendelin_cy.bigarray.array_zodb import ZBigArray
 from wendelin_cy.lib.zodb import dbstoropen
 
 from _zodb_util import Conn
-from storages import zeo_server  # noqa: F401
+from storages import zeo_server, net_storage, pg_cluster  # noqa: F401
 
 ROUNDS = 200
 BS = 64 * 1024
 
 
-def _stale_count(server, server_sync):
+def _stale_count(uri, server_sync=True, server=None):
     from ZEO.ClientStorage import ClientStorage
-    db1 = ZODB.DB(dbstoropen(server.uri)[0])
+    st1, kw = dbstoropen(uri)
+    db1 = ZODB.DB(st1, **kw)
     w = Conn(db1)
     w.root['A'] = A = ZBigArray((2 * BS // 8,), np.int64, blksize=BS)
     w.commit()
     if server_sync:
-        st2, _ = dbstoropen(server.uri)       # what dbopen gives
+        st2, _ = dbstoropen(uri)              # what dbopen gives
     else:
         st2 = ClientStorage(('127.0.0.1', server.port), server_sync=False,
                             wait_timeout=30)
         time.sleep(0.5)         # (its first snapshot could be stale too)
-    db2 = ZODB.DB(st2)
+    db2 = ZODB.DB(st2, **kw)
     r = Conn(db2)
     try:
         B = r.root['A']
@@ -61,15 +62,17 @@ def _stale_count(server, server_sync):
         db2.close()
 
 
-def test_fresh_snapshot_every_begin(zeo_server):
-    assert _stale_count(zeo_server, server_sync=True) == 0
+def test_fresh_snapshot_every_begin(net_storage):
+    """Two databases on one storage (as two processes have): ZEO, RelStorage
+    on SQLite and on PostgreSQL."""
+    assert _stale_count(net_storage.uri) == 0
 
 
 def test_stale_without_server_sync(zeo_server, capsys):
     """Not a requirement, a measurement: how often a client without
     server_sync starts a transaction that misses the commit just made by
     another client (printed; see docs/scale-out.md)."""
-    n = _stale_count(zeo_server, server_sync=False)
+    n = _stale_count(zeo_server.uri, server_sync=False, server=zeo_server)
     with capsys.disabled():
         print('\nZEO without server_sync: %d of %d transactions began stale'
               % (n, ROUNDS))
