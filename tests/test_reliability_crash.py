@@ -35,6 +35,15 @@ def _wait_started(recpath, timeout=30):
     raise AssertionError('writer did not start in %d s' % timeout)
 
 
+def _wait_in_commit(recpath, k, timeout=30):
+    """Wait until the writer has announced its k-th commit (P line)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(1 for kind, _, _ in read_records(recpath) if kind == 'P') >= k:
+            return
+        time.sleep(0.001)
+
+
 def test_sigkill_during_commits_loses_nothing(tmp_path):
     z = Zygote()
     rnd = random.Random(int.from_bytes(os.urandom(4), 'little'))
@@ -49,7 +58,12 @@ def test_sigkill_during_commits_loses_nothing(tmp_path):
                 previous = None
             recpath = str(tmp_path / ('rec%d' % trial))
             pid = z.run_writer(dbpath, recpath, rnd.getrandbits(32))
-            if rnd.random() < 0.9:
+            u = rnd.random()
+            if u < 0.5:             # aim at a commit: just after its P line
+                _wait_started(recpath)
+                _wait_in_commit(recpath, rnd.randint(1, 4))
+                time.sleep(rnd.uniform(0, 0.01))
+            elif u < 0.9:           # anywhere
                 _wait_started(recpath)
                 time.sleep(rnd.uniform(0, 0.15))
             # else: kill while the writer is still opening the database
