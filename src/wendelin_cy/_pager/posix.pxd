@@ -37,6 +37,7 @@ cdef extern from "<sys/mman.h>" nogil:
         MADV_WILLNEED
         MADV_SEQUENTIAL
         MADV_POPULATE_READ
+        MADV_COLD
         MADV_RANDOM
     void* MAP_FAILED
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, off_t offset)
