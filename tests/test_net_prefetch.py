@@ -92,9 +92,6 @@ def test_scan_asks_ahead_once_per_block(zeo_server, sent, budget):
     assert len(blocks) == NBLK and len(set(blocks)) == NBLK
 
 
-@pytest.mark.xfail(strict=True, reason='file_zodb._ZBigFileIO.prefetch does not cap the window '
-                   'at _prefetch.max_ahead(): blocks asked for beyond ZEO\'s '
-                   'client cache are pushed out before use and loaded twice')
 def test_big_budget_does_not_load_twice(zeo_server, sent, budget):
     """Big budget: the pager asks for up to 16 blocks (32 MiB) ahead, more
     than ZEO's 20 MB client cache holds."""

@@ -184,9 +184,6 @@ print('after', a.sum(), flush=True)
 """
 
 
-@pytest.mark.xfail(strict=True, reason='bug: set_ram_budget(2**64) (or "99999999999T") '
-                   'raises OverflowError with the pager lock held: the next pager '
-                   'operation deadlocks')
 def test_set_ram_budget_overflow_is_a_clean_ValueError():
     env = dict(os.environ)
     env['PYTHONPATH'] = SRC + os.pathsep + env.get('PYTHONPATH', '')
@@ -196,8 +193,6 @@ def test_set_ram_budget_overflow_is_a_clean_ValueError():
     assert r.stdout.split() == ['ValueError', 'after', '0'], r.stdout + r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason='bug: BigFileH.prefault(start, stop) does not check '
-                   'start >= 0: a negative start reads outside the page table (SIGSEGV)')
 def test_fileh_prefault_negative_start_is_an_error():
     env = dict(os.environ)
     env['PYTHONPATH'] = SRC + os.pathsep + env.get('PYTHONPATH', '')
@@ -211,8 +206,6 @@ def test_fileh_prefault_negative_start_is_an_error():
     assert r.returncode == 0 and 'ValueError' in r.stdout, (r.returncode, r.stderr[-2000:])
 
 
-@pytest.mark.xfail(strict=True, reason='bug: fileh_open(reserve=2**64) raises OverflowError '
-                   '(reserve=2**63 gives the documented MemoryError)')
 def test_fileh_open_huge_reserve():
     with pytest.raises((ValueError, MemoryError)):
         BigFile_RAM(4096).fileh_open(reserve=2**64)

@@ -153,9 +153,6 @@ def test_fork_child_faulting_on_zodb_block_gets_sigbus_and_diagnostic(tmp_path):
     assert 'forked child' in r.stderr and 'block 7' in r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason='bug: a forked child that opens the database '
-                   'again (as the pager\'s own message says to) still cannot load any '
-                   'ZODB block: the "forked" flag is global, not per handle')
 def test_fork_child_that_reopens_the_database_can_read(tmp_path):
     r = _run("""
         import os, numpy as np, transaction

@@ -153,10 +153,6 @@ def test_entry_point_raises(opened, entry, how, exc):
         A._fileh.prefault(BAD, BAD + 1)
 
 
-@pytest.mark.xfail(strict=True, reason='bug: at entry points the exception of a failed '
-                   'block load is raised as is (e.g. TypeError "ZBlk0: corrupt state of '
-                   'type int"), not as the documented wendelin_cy.LoadError, and names '
-                   'neither the block nor the file')
 @pytest.mark.parametrize('how,exc', _sources(),
                          ids=['not-bytes', 'too-big', 'POSKeyError', 'EIO'])
 def test_entry_point_error_is_LoadError_naming_block_and_file(opened, how, exc):

@@ -128,6 +128,8 @@ cdef struct Region:
     int64_t ra_next      # first block not yet requested by readahead
     PyObject* dirty_hook # called (GIL taken) when the handle goes clean -> dirty
     int has_prefetch     # the BigFile has prefetch(blk, n): readahead for Python loaders
+    int64_t ra_max       # BigFile.readahead_max: at most this many blocks ahead (0: any)
+    int forked           # opened before a fork(), in the child: no Python loadblk
     uint64_t gen         # bumped when block contents may change (dirtied, written
                          # out, discarded, invalidated): queued readahead of an
                          # older generation is dropped
@@ -147,7 +149,6 @@ cdef size_t g_pool_bytes = 0
 cdef char* g_pool[4]
 cdef size_t g_pool_size[4]
 cdef int g_npool = 0
-cdef int g_forked = 0
 cdef int g_overshoot_warned = 0
 cdef int g_recycle = 1
 cdef Page* g_last_loaded = NULL     # never the victim of the next reclaim
@@ -205,17 +206,18 @@ cdef void atfork_parent() noexcept nogil:
     pthread_mutex_unlock(&g_lock)
 
 cdef void atfork_child() noexcept nogil:
-    global g_forked, g_raq_len, g_ra_started
+    global g_raq_len, g_ra_started
     cdef int i
     pthread_mutex_init(&g_lock, NULL)
     pthread_cond_init(&g_cond, NULL)
     pthread_cond_init(&g_ra_cond, NULL)
-    g_forked = 1
     for i in range(g_raq_len):          # the thread is not in the child
         if g_raq[(g_raq_head + i) % RA_QMAX].r != NULL:
             g_raq[(g_raq_head + i) % RA_QMAX].r.busy -= 1
     g_raq_len = 0
     g_ra_started = 0
+    for i in range(g_nregions):         # handles of the parent: its connections
+        g_regions[i].forked = 1
 
 # ----------------------------------------------------------------------------
 # memory primitives (g_lock held or memory private to the caller)
@@ -811,7 +813,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
         return rc
 
     # -- load: this thread becomes the loader of the block
-    if g_forked and r.direct_fd < 0 and p == NULL:
+    if r.forked and r.direct_fd < 0 and p == NULL:
         unlock()
         return E_FORKED
     spilled = p != NULL
@@ -998,6 +1000,8 @@ cdef int64_t ra_window(Region* r) noexcept nogil:
     cdef int64_t w = <int64_t>(g_budget // (4 * r.blksize))
     if w > 16:
         w = 16
+    if r.ra_max > 0 and w > r.ra_max:
+        w = r.ra_max
     return w
 
 cdef void ra_on_load(Region* r, int64_t blk, int64_t* start, int64_t* n) noexcept nogil:
@@ -1135,7 +1139,7 @@ cdef int ra_queue(Region* r, int64_t blk, int fd, int64_t off, int64_t n) noexce
     global g_raq_len, g_ra_started
     cdef pthread_t th
     cdef RAReq* q
-    if g_forked or g_raq_len >= RA_QMAX or r.closed or blk < 0 or blk >= r.nblk:
+    if r.forked or g_raq_len >= RA_QMAX or r.closed or blk < 0 or blk >= r.nblk:
         return -1
     if r.pages[blk] != NULL:
         return 0
@@ -1311,6 +1315,34 @@ def _ensure_handler():
 
 # ----------------------------------------------------------------- Python API
 
+_LOADERR_CLASSES = {}
+
+def _load_error(e, blk, bigfile):
+    """The exception loadblk raised -> a wendelin_cy.LoadError naming the block
+    and the file, that is also an instance of e's class where Python allows
+    (so ``except OSError`` / ``except KeyError`` / ``except LoadError`` all
+    work).  Not exceptions that are not errors (KeyboardInterrupt, ...)."""
+    from wendelin_cy.errors import LoadError
+    if isinstance(e, LoadError) or not isinstance(e, Exception):
+        return e
+    msg = "cannot load block %d of %r: %s: %s" % (blk, bigfile, type(e).__name__, e)
+    cls = type(e)
+    sub = _LOADERR_CLASSES.get(cls)
+    if sub is None:
+        try:
+            sub = type("LoadError", (LoadError, cls), {"__module__": "wendelin_cy.errors"})
+        except TypeError:           # incompatible layouts: a plain LoadError
+            sub = LoadError
+        _LOADERR_CLASSES[cls] = sub
+    try:
+        err = sub(msg)
+    except Exception:
+        err = LoadError(msg)
+    err.blk = blk
+    err.bigfile = bigfile
+    return err
+
+
 def _raise_rc(int rc, blk, fileh):
     if rc == E_CLOSED:
         raise ValueError("file handle is closed")
@@ -1333,6 +1365,8 @@ cdef class BigFile:
     Subclass it and define ``loadblk(blk, buf)`` (fill the writable memoryview
     ``buf`` of ``blksize`` bytes completely; zeros for holes) and
     ``storeblk(blk, buf)`` (persist the read-only memoryview ``buf``).
+    Optionally ``readahead_max``: read when a handle is opened, at most that
+    many blocks are asked for ahead (e.g. what a storage's cache holds).
     Optionally ``prefetch(blk, n)``: the pager saw sequential access and will
     soon load blocks [blk, blk+n); start fetching them in the background, or
     return their extents ``[(blk, fd, offset, nbytes), ...]`` (where each
@@ -1417,8 +1451,12 @@ cdef class BigFileH:
         bs = bigfile.blksize
         if reserve is None:
             reserve = max(DEFAULT_RESERVE, bs * 64)
+        reserve = _index(reserve, "reserve")
         if reserve <= 0:
             raise ValueError("reserve must be positive")
+        if reserve > (1 << 47):
+            raise MemoryError("cannot reserve %d bytes of address space (the user address "
+                              "space is 128 TiB)" % reserve)
         size = ((<size_t>reserve + bs - 1) // bs) * bs
         size = ((size + HUGE - 1) // HUGE) * HUGE
         size = (size // bs) * bs
@@ -1447,6 +1485,8 @@ cdef class BigFileH:
         r.direct_off = bigfile._direct_off
         r.last_load = -2
         r.has_prefetch = 1 if callable(getattr(bigfile, "prefetch", None)) else 0
+        ra_max = getattr(bigfile, "readahead_max", None)
+        r.ra_max = max(0, min(int(ra_max), 1 << 20)) if ra_max else 0
         lock()
         rc = region_insert(r)
         unlock()
@@ -1742,13 +1782,19 @@ cdef class BigFileH:
             p = nx
         unlock()
 
-    def prefault(self, int64_t start, int64_t stop, write=False):
+    def prefault(self, start, stop, write=False):
         """Make blocks [start, stop) resident (and dirty, writable with write=True),
         calling loadblk directly: its exceptions propagate normally."""
+        start = _index(start, "start")
+        stop = _index(stop, "stop")
+        if start < 0 or stop < start or stop > (1 << 40):
+            raise ValueError("prefault: need 0 <= start <= stop, got [%d, %d)" % (start, stop))
+        self._prefault(start, stop, 1 if write else 0)
+
+    cdef _prefault(self, int64_t start, int64_t stop, int w):
         cdef Region* r = self._region()
         cdef PyObject* exc = NULL
         cdef int rc
-        cdef int w = 1 if write else 0
         cdef int64_t blk
         if stop > r.nblk:
             self._grow(stop)
@@ -1759,7 +1805,7 @@ cdef class BigFileH:
                 if exc != NULL:
                     e = <object>exc
                     Py_DECREF(e)
-                    raise e
+                    raise _load_error(e, blk, self.bigfile) from e
                 _raise_rc(rc, blk, self)
 
     def close(self):
@@ -1914,11 +1960,14 @@ cdef class VMA:
 def set_budget(nbytes):
     """Set the process-wide RAM budget (bytes) and reclaim down to it now."""
     global g_budget
+    cdef size_t n
     nbytes = _index(nbytes, "nbytes")
-    if nbytes <= 0:
-        raise ValueError("RAM budget must be positive, got %d" % nbytes)
+    if nbytes <= 0 or nbytes >= (1 << 64):
+        raise ValueError("RAM budget must be positive and below 2**64 bytes, got %d"
+                         % nbytes)
+    n = nbytes                  # (converted before the lock: no exception under it)
     lock()
-    g_budget = nbytes
+    g_budget = n
     reclaim(0, 0)
     unlock()
 

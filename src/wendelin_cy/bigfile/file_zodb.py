@@ -168,7 +168,7 @@ from BTrees.LOBTree import LOBTree
 from persistent import Persistent
 
 from wendelin_cy.bigfile import BigFile, HOLE, WRITEOUT_MARKSTORED, WRITEOUT_STORE
-from wendelin_cy.bigfile._prefetch import storage_prefetches
+from wendelin_cy.bigfile._prefetch import max_ahead, storage_prefetches
 
 __all__ = ['ZBigFile', 'ZBigFileH', 'ZBlk0', 'ZBlk1', 'ZData',
            'DEFAULT_BLKSIZE', 'CHUNKSIZE', 'ZBLK_FORMATS', 'ZBLK_FMT_ENV']
@@ -774,6 +774,16 @@ class _ZBigFileIO(BigFile):
         else:
             # through the class: an attribute of a ghost would load its state
             type(zblk).loadblkdata(zblk, buf)
+
+    @property
+    def readahead_max(self):
+        """Read by the pager at fileh_open: with ZEO, not more blocks ahead than
+        its client cache holds (blocks asked for beyond it would be pushed out
+        before use, and loaded twice)."""
+        conn = self._zfile._p_jar
+        if conn is None or not getattr(conn, 'opened', None):
+            return None
+        return max_ahead(conn.db().storage, self.blksize)
 
     def prefetch(self, blk, n):
         """The pager: blocks [blk, blk+n) come next (sequential faults).
