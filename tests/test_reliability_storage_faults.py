@@ -165,9 +165,6 @@ def test_entry_point_error_is_LoadError_naming_block_and_file(opened, how, exc):
     assert 'block %d' % BAD in msg and A.zfile._p_oid.hex() in msg, msg
 
 
-@pytest.mark.xfail(strict=True, reason='bug: a ZBlk1 chunk record longer than the chunk '
-                   'size overwrites the next chunk\'s bytes when that chunk is a hole: '
-                   'wrong data, no error')
 def test_oversized_chunk_is_an_error_not_wrong_data(opened):
     A = opened(fmt='ZBlk1', how='chunk-too-big')
     i = (BAD * BS + CHUNKSIZE) // 8

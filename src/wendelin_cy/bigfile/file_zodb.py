@@ -197,8 +197,11 @@ def _chunksize(blksize):
 
 
 def _fill(buf, off, data, end):
-    """buf[off:end] = data padded with zeros."""
+    """buf[off:end] = data padded with zeros (data longer than that: corrupt)."""
     n = len(data)
+    if n > end - off:
+        raise ValueError('corrupt block record: %d bytes of data for a %d-byte slot'
+                         % (n, end - off))
     if n:
         buf[off:off + n] = data
     if off + n < end:
