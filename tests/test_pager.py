@@ -772,3 +772,37 @@ def test_loadblk_may_return_hole(budget):
     a[0] = 5                              # a hole block is writable like any other
     assert a[0] == 5 and fh.dirty_blocks() == [0]
     fh.dirty_discard()
+
+
+def test_first_spill_with_threads_faulting_does_not_deadlock():
+    # regression: reclaim opened the scratch file taking the GIL with the pager
+    # lock held; a thread holding the GIL and faulting waited for the lock
+    r = run_py("""
+        import threading, numpy as np, wendelin_cy
+        from wendelin_cy.bigfile.file_ram import BigFile_RAM
+        BS = 256 * 1024
+        wendelin_cy.set_ram_budget(1 << 20)
+        arrays = [np.ndarray((16 * BS,), np.uint8, buffer=BigFile_RAM(BS).fileh_open().mmap(0, 16))
+                  for _ in range(4)]
+        def work(a):
+            for i in range(20):
+                a[(i % 16) * BS:(i % 16) * BS + 100] = i     # dirty beyond the budget
+                a.sum()
+        ts = [threading.Thread(target=work, args=(a,)) for a in arrays]
+        for t in ts: t.start()
+        for t in ts: t.join(60)
+        print("alive", sum(t.is_alive() for t in ts), wendelin_cy.pager_stats()["spills"] > 0)
+    """)
+    assert r.stdout.split() == ["alive", "0", "True"], r.stdout + r.stderr
+
+
+def test_readers_never_see_a_block_being_evicted_as_zeros():
+    # regression: eviction moved a block's memory away (MREMAP_DONTUNMAP) while
+    # the old range was still readable: a reader saw zero pages for a moment.
+    # 4 threads, own connections, 4 arrays of 4 blocks, a 4-block budget:
+    # without the fix this failed 3 runs in 8.
+    script = os.path.join(HERE, "scripts", "threads_evict_read.py")
+    for _ in range(2):
+        r = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                           timeout=120, env=dict(os.environ, PYTHONPATH=SRC))
+        assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-2000:]

@@ -168,7 +168,7 @@ cdef int64_t* g_scratch_free = NULL     # free offsets (all slots of one size cl
 cdef size_t* g_scratch_free_sz = NULL
 cdef int g_nscratch_free = 0
 cdef int g_capscratch_free = 0
-cdef bytes g_scratch_dir = b"/tmp"
+cdef char* g_scratch_dir_c = NULL     # malloc'd; replaced under g_lock
 
 # ----------------------------------------------------------------------------
 # locking
@@ -294,7 +294,14 @@ cdef int page_unmap(Page* p) noexcept nogil:
         madvise(addr, bs, MADV_COLD)
     if g_recycle and g_npool < POOLMAX and not p.filemap:
         slot = map_aligned(bs, align_for(bs), PROT_NONE)
+        # MREMAP_DONTUNMAP leaves the old range mapped but empty: with read
+        # permission left on it, another thread reading there meanwhile would
+        # see zero pages instead of faulting.  Take all access away first.
+        if slot != NULL and p.prot != PROT_NONE and mprotect(addr, bs, PROT_NONE) != 0:
+            munmap(slot, bs)
+            slot = NULL
         if slot != NULL:
+            p.prot = PROT_NONE
             if mremap(addr, bs, bs, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
                       slot) == MAP_FAILED:
                 st_pool_fail += 1
@@ -396,13 +403,14 @@ cdef int set_prot(Page* p, int prot) noexcept nogil:
 # ----------------------------------------------------------------- scratch
 
 cdef int scratch_open() noexcept nogil:
+    """Open the scratch file (g_lock held): no GIL may be taken here, a thread
+    holding it may be waiting for g_lock."""
     global g_scratch_fd
-    cdef const char* d
     if g_scratch_fd >= 0:
         return 0
-    with gil:
-        d = g_scratch_dir
-        g_scratch_fd = open(d, O_RDWR | O_TMPFILE | O_EXCL | O_CLOEXEC, 0o600)
+    if g_scratch_dir_c == NULL:
+        return -1
+    g_scratch_fd = open(g_scratch_dir_c, O_RDWR | O_TMPFILE | O_EXCL | O_CLOEXEC, 0o600)
     return 0 if g_scratch_fd >= 0 else -1
 
 cdef int64_t scratch_alloc(size_t size) noexcept nogil:
@@ -1991,8 +1999,21 @@ def set_recycle(flag):
     g_recycle = 1 if flag else 0
 
 def set_scratch_dir(path):
-    global g_scratch_dir
-    g_scratch_dir = _os.fsencode(path)
+    """Where the scratch file for spilled dirty blocks is made (an unnamed
+    O_TMPFILE; the directory's filesystem must support it)."""
+    global g_scratch_dir_c
+    cdef bytes b = _os.fsencode(path)
+    cdef char* c = <char*>malloc(len(b) + 1)
+    cdef char* old
+    if c == NULL:
+        raise MemoryError()
+    memcpy(c, <char*>b, len(b))
+    c[len(b)] = 0
+    lock()
+    old = g_scratch_dir_c
+    g_scratch_dir_c = c
+    unlock()
+    free(old)
 
 def stats():
     lock()
