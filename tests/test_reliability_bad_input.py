@@ -262,9 +262,6 @@ def test_readonly_database_written(tmp_path):
     dbclose(root)
 
 
-@pytest.mark.xfail(strict=True, reason='bug: dbopen ignores the query of file:// URIs: '
-                   '"?read_only=1" opens the database writable (zeo:// refuses unknown '
-                   'parameters)')
 def test_dbopen_file_uri_query_is_not_ignored(tmp_path):
     from ZODB.POSException import ReadOnlyError
     path = str(tmp_path / 'data.fs')

@@ -105,7 +105,15 @@ def dbstoropen(uri):
     if scheme == 'file':
         u = urllib.parse.urlsplit(uri)
         path = urllib.parse.unquote((u.netloc or '') + (u.path or ''))
-        return _filestorage(path), {}
+        q = urllib.parse.parse_qs(u.query, keep_blank_values=True)
+        kw = {}
+        for k, v in q.items():
+            if k != 'read_only' or len(v) != 1 or v[0].lower() not in (
+                    '0', '1', 'true', 'false', 'yes', 'no', ''):
+                raise ValueError('dbopen: unknown file:// parameter %s=%s (known: '
+                                 'read_only=1|0)' % (k, ','.join(v)))
+            kw['read_only'] = v[0].lower() in ('1', 'true', 'yes', '')
+        return _filestorage(path, **kw), {}
     if scheme == 'memory':
         from ZODB.MappingStorage import MappingStorage
         return MappingStorage(rest or 'memory'), {}
