@@ -23,8 +23,10 @@ point after ``wait_timeout``.  A server back within that time lets the scan
 go on: the data of a snapshot does not change, so a retried load returns the
 same bytes.
 
-``wait_timeout`` of ``dbopen('zeo://...')`` is, from first that is set: the
-URI's ``?wait_timeout=``, ``$WENDELIN_CY_STORAGE_TIMEOUT`` (seconds), 30.
+``storage_timeout()`` reads ``$WENDELIN_CY_STORAGE_TIMEOUT`` (seconds), meant
+as the default ``wait_timeout`` of ``dbopen('zeo://...')`` when the URI gives
+none; dbopen does not use it, nor call ``register_zeo()``, yet: call
+``register_zeo()`` once in a process that scans over ZEO.
 """
 
 import os
