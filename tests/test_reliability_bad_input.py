@@ -135,9 +135,6 @@ def test_array_operations(arr, op, exc):
     assert A.shape == (10,) and A[:].tolist() == list(range(10))
 
 
-@pytest.mark.xfail(strict=True, reason='bug: append of an out-of-range int to a structured '
-                   'array raises OverflowError; append documents TypeError for values that '
-                   'do not cast (as it does for plain integer dtypes)')
 def test_append_out_of_range_to_structured():
     root = dbopen('memory://')
     try:

@@ -806,7 +806,7 @@ class BigArray:
         if dt.names is not None:
             try:
                 return np.asarray(values, dtype=dt)
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, OverflowError) as e:
                 raise TypeError('cannot convert values to structured dtype %s: %s'
                                 % (dt, e)) from None
         try:
