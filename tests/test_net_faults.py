@@ -34,9 +34,7 @@ SLACK = 15              # s, for a loaded machine (process start, imports)
 CHILD = r'''
 import sys, time
 import numpy as np, transaction
-from wendelin_cy.lib._netfaults import register_zeo
-from wendelin_cy.lib.zodb import dbopen, dbclose
-register_zeo()
+from wendelin_cy.lib.zodb import dbopen, dbclose   # (dbopen registers ZEO's retries)
 uri, mode = sys.argv[1], sys.argv[2]
 root = dbopen(uri)
 A = root['A']

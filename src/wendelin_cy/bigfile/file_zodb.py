@@ -820,7 +820,8 @@ class _ZBigFileIO(BigFile):
             return extents
         oids = [z._p_oid for _, z in todo]
         if storage_prefetches(base):
-            conn.prefetch(oids)
+            if getattr(base, 'is_connected', lambda: True)():   # (no tasks for a dead server)
+                conn.prefetch(oids)
         elif _local_reader_ok(base):
             _READER.ask(conn._storage, oids)
         return None

@@ -6,9 +6,11 @@ URIs understood:
 * ``memory://`` (optionally ``memory://name``) -> MappingStorage, in this
   process only;
 * ``zeo://host:port`` (or ``zeo:///path/to/socket``), optional ``?storage=name``
-  and ``?wait_timeout=seconds`` (default 30) -> ZEO ClientStorage opened with
-  ``server_sync=True``, so that every new transaction sees everything
-  committed before it began;
+  and ``?wait_timeout=seconds`` (default ``$WENDELIN_CY_STORAGE_TIMEOUT``,
+  else 30) -> ZEO ClientStorage opened with ``server_sync=True``, so that
+  every new transaction sees everything committed before it began; loads
+  inside page faults then retry ZEO's ``ClientDisconnected`` for a bounded
+  time (``wendelin_cy.lib._netfaults``);
 * every scheme some installed package registers with ``zodburi``
   (``postgres://``, ``mysql://``, ``sqlite://`` from RelStorage, ...);
 * ``neo://`` through NEO's client, if installed.
@@ -54,7 +56,8 @@ def _zeo(rest):
     q = dict(urllib.parse.parse_qsl(u.query))
     storage = q.pop('storage', '1')
     # do not wait forever for a server that is not there
-    kw = {'wait_timeout': float(q.pop('wait_timeout', 30))}
+    from wendelin_cy.lib._netfaults import register_zeo, storage_timeout
+    kw = {'wait_timeout': float(q.pop('wait_timeout', None) or storage_timeout())}
     if q:
         raise ValueError('dbopen: unknown zeo:// parameters: %s' % ', '.join(sorted(q)))
     if u.hostname:
@@ -65,7 +68,9 @@ def _zeo(rest):
         addr = u.path               # unix socket
     else:
         raise ValueError('dbopen: zeo:// URI needs host:port or a socket path')
-    return ClientStorage(addr, storage=storage, server_sync=True, **kw)
+    st = ClientStorage(addr, storage=storage, server_sync=True, **kw)
+    register_zeo()      # page faults retry ClientDisconnected (bounded wait)
+    return st
 
 
 def _neo(uri):
