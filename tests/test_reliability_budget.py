@@ -45,9 +45,5 @@ def test_strided_read_of_a_big_array_stays_in_budget():
     assert _growth_mib("assert A[::1 << 20].sum() == 0") < 24
 
 
-@pytest.mark.xfail(strict=True, reason='bug: advanced indexing of a few elements far apart '
-                   'builds coordinate grids the size of their bounding box (8 bytes per '
-                   'element of the box): A[[0, n-1]] on 32 MiB of uint8 allocates ~256 MiB, '
-                   'A[[0, n-1]] on a 1 GiB uint8 array ~8 GiB')
 def test_sparse_fancy_read_of_a_big_array_stays_in_budget():
     assert _growth_mib("assert A[[0, n - 1]].tolist() == [0, 7]") < 24

@@ -400,6 +400,37 @@ class _Mapping:
             self.prefault_range(lo, hi, write)
 
 
+def _int_index_offsets(box, final):
+    """Byte offsets (from box's first element) of box[final] when `final` is
+    made of integer arrays / ints only, one per axis: computed from the indices
+    themselves, in memory proportional to the selection (not to the box, which
+    for a few elements far apart can be most of the array).  None otherwise."""
+    idx = final if isinstance(final, tuple) else (final,)
+    if len(idx) != box.ndim:
+        return None
+    arrs = []
+    for k, n in zip(idx, box.shape):
+        if isinstance(k, (bool, np.bool_)):
+            return None
+        if isinstance(k, (int, np.integer)):
+            a = np.asarray(k, dtype=np.int64)
+        elif isinstance(k, np.ndarray) and k.dtype.kind in 'iu':
+            a = k.astype(np.int64, copy=False)
+        else:
+            return None
+        if a.size and (a.min() < -n or a.max() >= n):
+            raise IndexError('index out of bounds for axis with size %d' % n)
+        arrs.append(np.where(a < 0, a + n, a))
+    try:
+        np.broadcast_shapes(*[a.shape for a in arrs])
+    except ValueError:
+        return None             # numpy's own indexing says what is wrong
+    off = np.int64(0)
+    for a, st in zip(arrs, box.strides):
+        off = off + a * st
+    return off
+
+
 class BigArray:
     """numpy.ndarray-like array stored in a BigFile, seen through `fileh`.
 
@@ -568,12 +599,14 @@ class BigArray:
         # selected elements, computed by applying `final` to zero-stride
         # coordinate grids: a write must not dirty blocks it does not change,
         # and a sparse read of a big box must not load all of it.
-        off = 0
-        for j, (n, s) in enumerate(zip(box.shape, box.strides)):
-            grid = np.arange(n, dtype=np.int64).reshape(
-                (1,) * j + (n,) + (1,) * (box.ndim - j - 1))
-            grid = np.broadcast_to(grid, box.shape)
-            off = off + np.asarray(grid[final], dtype=np.int64) * s
+        off = _int_index_offsets(box, final)
+        if off is None:
+            off = 0
+            for j, (n, s) in enumerate(zip(box.shape, box.strides)):
+                grid = np.arange(n, dtype=np.int64).reshape(
+                    (1,) * j + (n,) + (1,) * (box.ndim - j - 1))
+                grid = np.broadcast_to(grid, box.shape)
+                off = off + np.asarray(grid[final], dtype=np.int64) * s
         off = np.asarray(off, dtype=np.int64).ravel() + (lo - m.addr)
         bs = m.blksize
         blocks = np.union1d(off // bs, (off + box.itemsize - 1) // bs)
