@@ -943,19 +943,24 @@ cdef void _run_hook(Region* r) noexcept:
     cdef PyObject *et
     cdef PyObject *ev
     cdef PyObject *etb
-    cdef object hook
     PyErr_Fetch(&et, &ev, &etb)
     if r.dirty_hook != NULL and not r.closed:
         hook = <object>r.dirty_hook
         try:
             hook()
         except BaseException as e:
-            try:
-                _sys.stderr.write("wendelin_cy: exception in dirty hook %r (ignored):\n" % hook)
-                _traceback.print_exception(type(e), e, e.__traceback__, file=_sys.stderr)
-            except BaseException:
-                pass
+            _report_ignored("exception in dirty hook %r" % (hook,), e)
     PyErr_Restore(et, ev, etb)
+
+
+def _report_ignored(what, e):
+    """A callback from inside the pager failed where nothing can be raised
+    (a fault, or advice): say so on stderr and go on."""
+    try:
+        _sys.stderr.write("wendelin_cy: %s (ignored):\n" % what)
+        _traceback.print_exception(type(e), e, e.__traceback__, file=_sys.stderr)
+    except BaseException:
+        pass
 
 
 cdef int direct_covers(Region* r, int64_t blk) noexcept nogil:
@@ -1215,15 +1220,9 @@ cdef void _run_prefetch(Region* r, int64_t start, int64_t n) noexcept:
             if extents:
                 _queue_extents(r, extents)
         except BaseException as e:          # readahead is advice: never fatal
-            if r.has_prefetch == 1:
+            if r.has_prefetch == 1:         # (said once per handle)
                 r.has_prefetch = 2
-                try:
-                    _sys.stderr.write("wendelin_cy: %r.prefetch failed (ignored):\n"
-                                      % (<object>r.bigfile,))
-                    _traceback.print_exception(type(e), e, e.__traceback__,
-                                               file=_sys.stderr)
-                except BaseException:
-                    pass
+                _report_ignored("%r.prefetch failed" % (<object>r.bigfile,), e)
     PyErr_Restore(et, ev, etb)
 
 # ------------------------------------------------------------ the fault handler
