@@ -181,22 +181,37 @@ cdef inline void unlock() noexcept nogil:
     wcy_lockdepth_add(-1)
     pthread_mutex_unlock(&g_lock)
 
+cdef uint64_t g_change_seq = 0       # bumped by every notify()
+
+cdef inline void notify() noexcept nogil:
+    """A page changed state (g_lock held): wake the waiters."""
+    global g_change_seq
+    g_change_seq += 1
+    pthread_cond_broadcast(&g_cond)
+
 cdef void wait_change() noexcept nogil:
     """Wait for any page state change.  Called and returns with g_lock held.
     If this thread holds the GIL it is released meanwhile (the loader may need it);
-    it is retaken *before* g_lock to keep the lock order."""
+    it is retaken *before* g_lock to keep the lock order.  g_lock is dropped for a
+    moment to release the GIL: a change notified then is not lost, the sequence
+    number says it happened."""
     cdef PyThreadState* ts
+    cdef uint64_t seq = g_change_seq
     if PyGILState_Check():
         unlock()
         ts = PyEval_SaveThread()
         lock()
-        pthread_cond_wait(&g_cond, &g_lock)
+        wcy_lockdepth_add(-1)
+        while g_change_seq == seq:
+            pthread_cond_wait(&g_cond, &g_lock)
+        wcy_lockdepth_add(1)
         unlock()
         PyEval_RestoreThread(ts)
         lock()
     else:
         wcy_lockdepth_add(-1)
-        pthread_cond_wait(&g_cond, &g_lock)
+        while g_change_seq == seq:
+            pthread_cond_wait(&g_cond, &g_lock)
         wcy_lockdepth_add(1)
 
 cdef void atfork_prepare() noexcept nogil:
@@ -852,7 +867,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
                 p.state = PG_SPILLED
             else:
                 page_free(p)
-            pthread_cond_broadcast(&g_cond)
+            notify()
             unlock()
             return rc
     unlock()
@@ -900,7 +915,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
                 r.ndirty -= 1
             page_free(p)
         st_load_errors += 1
-        pthread_cond_broadcast(&g_cond)
+        notify()
         unlock()
         return rc
     if spilled:
@@ -923,7 +938,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     st_loads += 1
     if not entry and not spilled:
         ra_on_load(r, blk, &ra_start, &ra_n)
-    pthread_cond_broadcast(&g_cond)
+    notify()
     unlock()
     if ra_n:
         ra_advise(r, ra_start, ra_n)
@@ -1095,7 +1110,7 @@ cdef void* ra_main(void* arg) noexcept nogil:
                 or (g_ra_inflight + 1) * <int64_t>r.blksize * 2 > <int64_t>g_budget):
             st_ra_dropped += 1
             r.busy -= 1
-            pthread_cond_broadcast(&g_cond)
+            notify()
             continue
         p = page_new(r, q.blk)
         if p == NULL:
@@ -1107,7 +1122,7 @@ cdef void* ra_main(void* arg) noexcept nogil:
         if slot == NULL:
             page_free(p)
             r.busy -= 1
-            pthread_cond_broadcast(&g_cond)
+            notify()
             continue
         unlock()
         rc = read_exact(q.fd, slot, q.n, q.off)
@@ -1130,7 +1145,7 @@ cdef void* ra_main(void* arg) noexcept nogil:
             g_ra_inflight += 1
             st_ra_loads += 1
         r.busy -= 1
-        pthread_cond_broadcast(&g_cond)
+        notify()
     return NULL
 
 cdef int read_exact(int fd, char* buf, int64_t n, int64_t off) noexcept nogil:
@@ -1295,7 +1310,7 @@ cdef void on_sigsegv(int sig, siginfo_t* si, void* uc) noexcept nogil:
     lock()
     r.busy -= 1
     if r.closed:
-        pthread_cond_broadcast(&g_cond)
+        notify()
     unlock()
     if rc != 0:
         fatal_fault(r, blk, addr, rc)
