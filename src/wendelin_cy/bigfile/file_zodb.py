@@ -1027,9 +1027,7 @@ class _ZBigFileIO(BigFile):
         """blktab[blk] changed (ZBlk._p_invalidate, during the Connection's
         invalidation pass): drop the block's clean pages now - that reads
         nothing - and remember it if a handle has it dirty."""
-        z = self._loaded.pop(blk, None)
-        if z is not None and _OWNER.get(z, (None, None))[1] == blk:
-            del _OWNER[z]
+        self._untrack(blk)
         for h in list(self._handles):
             fh = h._fh
             if fh is None or fh.closed:
@@ -1038,6 +1036,12 @@ class _ZBigFileIO(BigFile):
                 fh.invalidate_page(blk)
             except RuntimeError:        # dirty: decided at the boundary
                 self._pending.add(blk)
+
+    def _untrack(self, blk):
+        """Stop watching block blk for invalidations."""
+        z = self._loaded.pop(blk, None)
+        if z is not None and _OWNER.get(z, (None, None))[1] == blk:
+            del _OWNER[z]
 
     def _apply_invalidations(self):
         self._prune()
@@ -1051,9 +1055,7 @@ class _ZBigFileIO(BigFile):
         if not pending:
             return
         for blk in pending:
-            z = self._loaded.pop(blk, None)
-            if z is not None and _OWNER.get(z, (None, None))[1] == blk:
-                del _OWNER[z]
+            self._untrack(blk)
         for h in list(self._handles):
             fh = h._fh
             if fh is None or fh.closed:
