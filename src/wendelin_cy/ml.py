@@ -52,28 +52,46 @@ the blocks it touches.  Connections are cached per process and thread, keyed by
 database once.  In the sending process itself (threads, or ``open()`` before a fork),
 the already open ``DB`` object is reused.
 
-``lib.zodb.dbopen`` does not record the URI it opened.  ``share`` therefore
-derives it from the storage (FileStorage: its file path; ZEO: host:port and
-storage name) or takes it as ``uri=``; a MappingStorage (``memory://``) cannot
-be reached from another process and is refused unless the consumer is the same
-process.  A FileStorage is opened read-only by workers (it cannot be opened
-twice for writing).  Storages that do not support ``loadBefore`` are opened at
-their latest state, with a warning.  A worker that cannot open the database
-raises ``DatabaseUnreachable`` saying which URI and why.
+The URI is the one ``lib.zodb.dbopen`` recorded on the DB, else derived from
+the storage (FileStorage: its file path; ZEO: host:port and storage name), or
+given as ``uri=``; a MappingStorage (``memory://``) cannot be reached from
+another process and is refused unless the consumer is the same process.  A
+FileStorage is opened read-only by workers (it cannot be opened twice for
+writing).  Storages that do not support ``loadBefore`` are opened at their
+latest state, with a warning.  A worker that cannot open the database raises
+``DatabaseUnreachable`` saying which URI and why.
 
 Uncommitted changes are not seen by workers: ``share`` warns when the array
 has dirty pages, and refuses an array that was never committed.
+
+Pickling does the same implicitly.  ``pickle.dumps(A)`` of a ZBigArray gives
+``share(A)`` (unpickled: the ArrayRef).  A view made by basic indexing,
+``A[10:20]``, is a ``ZBigArrayView`` (an ndarray subclass, as numpy.memmap is)
+whose ``__reduce_ex__`` asks ``_view_ref`` for a reference and unpickles to
+the read-only view itself (``_open_view``), so joblib / multiprocessing workers
+get batches by reference without ``share``.  Where ``share`` would warn or
+refuse, a view pickles its data instead, as any ndarray: no reachable URI
+(memory://), closed handle or connection, uncommitted changes in the view's
+blocks (the receiver must see what the sender sees), memory outside the
+mapping (copies), and ZODB storing the view inside a persistent object (a
+stored reference would point at a snapshot of the database itself; ZODB's
+pickler is recognised from the call stack, see ``_pickled_by_zodb``).  A
+worker that cannot open the database raises ``DatabaseUnreachable`` while it
+unpickles its task.
 """
 
 import atexit
+import bisect
 import gc
 import math
 import os
+import sys
 import threading
 import warnings
 import weakref
 
 import numpy as np
+from numpy.lib.array_utils import byte_bounds
 
 from wendelin_cy.errors import WendelinError
 
@@ -415,6 +433,17 @@ def _find_zfile(obj):
     return zfile, _vma_of(v).fileh if v.size else obj._fileh, v
 
 
+def _db_uri(db, uri=None):
+    """The URI other processes open `db` with (`uri` if given), or None."""
+    if uri is None:
+        uri = getattr(db, 'wendelin_cy_uri', None) or _uri_of(db.storage)
+    if uri is not None and not isinstance(uri, str):
+        uri = os.fspath(uri)
+    if uri is not None and '://' not in uri:
+        uri = os.path.abspath(uri)
+    return uri
+
+
 def share(obj, uri=None):
     """A small picklable reference to a ZBigArray or an ndarray view of one.
 
@@ -423,6 +452,15 @@ def share(obj, uri=None):
     data as the committed state that this process sees now.  `uri` names the
     database for the other processes; by default it is derived from the
     storage (FileStorage, ZEO).
+
+    Plain pickling does the same without ``share``: ``pickle.dumps(A)`` and
+    ``pickle.dumps(A[10:20])`` (any view made by basic indexing, a
+    ``ZBigArrayView``) carry such a reference, so joblib or multiprocessing
+    workers receive a reference, not the data.  The differences: a pickled
+    view unpickles to the read-only ndarray itself (a pickled ZBigArray to
+    an ArrayRef), and a view that cannot be shared (``memory://``, closed
+    connection, uncommitted changes in its blocks) pickles its data instead
+    of raising or warning.  ``share`` is still the way to give a `uri`.
     """
     zfile, fh, v = _find_zfile(obj)
     jar = zfile._p_jar
@@ -432,12 +470,7 @@ def share(obj, uri=None):
     if getattr(jar, 'opened', None) is None:
         raise ValueError('share: the connection of the array is closed')
     db = jar.db()
-    if uri is None:
-        uri = getattr(db, 'wendelin_cy_uri', None) or _uri_of(db.storage)
-    if uri is not None and not isinstance(uri, str):
-        uri = os.fspath(uri)
-    if uri is not None and '://' not in uri:
-        uri = os.path.abspath(uri)
+    uri = _db_uri(db, uri)
     try:
         dirty = fh.isdirty()
     except Exception:
@@ -445,6 +478,11 @@ def share(obj, uri=None):
     if dirty:
         warnings.warn('share: the array has uncommitted changes; other processes '
                       'see the last committed state', SnapshotWarning, stacklevel=2)
+    return _make_ref(zfile, fh, jar, db, uri, v)
+
+
+def _make_ref(zfile, fh, jar, db, uri, v):
+    """ArrayRef to view `v` of `zfile` (core handle `fh`) at the snapshot of `jar`."""
     before = getattr(jar, 'before', None)          # a historical connection
     if before is None:
         before = getattr(getattr(jar, '_storage', None), '_start', None)
@@ -459,6 +497,82 @@ def share(obj, uri=None):
         offset = 0
     return ArrayRef(uri, zfile._p_oid, before, offset, v.shape, v.strides,
                     v.dtype, blksize, os.getpid(), _register_db(db))
+
+
+# ~~~ pickling views by reference (ZBigArrayView.__reduce_ex__)
+
+def _view_ref(v):
+    """The ArrayRef that pickling the ndarray `v` sends, or None when `v` must
+    be pickled as data: its memory is not (all) inside a ZBigFile mapping,
+    the handle or the connection is closed, the database has no URI other
+    processes can open (memory://), or some block under `v` has uncommitted
+    changes (the receiver would see the committed data, the sender sees its
+    changes).  Never warns."""
+    if not v.size:
+        return None
+    vma = _vma_of(v)
+    if vma is None:
+        return None
+    fh = vma.fileh
+    if fh.closed:
+        return None
+    zfile = getattr(fh.bigfile, '_zfile', None)
+    if zfile is None:
+        return None
+    lo, hi = byte_bounds(v)
+    if lo < vma.addr_start or hi > vma.addr_stop:
+        return None             # a copy whose .base chain leads to the mapping
+    jar = zfile._p_jar
+    if jar is None or zfile._p_oid is None or getattr(jar, 'opened', None) is None:
+        return None
+    db = jar.db()
+    uri = _db_uri(db)
+    if uri is None or uri.startswith('memory:'):
+        return None
+    if fh.isdirty():
+        bs = fh.blksize
+        b0, b1 = (lo - fh.addr) // bs, (hi - 1 - fh.addr) // bs
+        dirty = fh.dirty_blocks()
+        i = bisect.bisect_left(dirty, b0)
+        if i < len(dirty) and dirty[i] <= b1:
+            return None
+    return _make_ref(zfile, fh, jar, db, uri, v)
+
+
+def _pickled_by_zodb():
+    """True when the pickler calling us is ZODB storing an object: a view in
+    the state of a persistent object must be stored as data, not as a
+    reference to a snapshot.  (The pickler does not tell who it works for;
+    ZODB's ObjectWriter._dump is the nearest Python frame above a C pickler,
+    a few more above a pure-Python one.)"""
+    f = sys._getframe(2)
+    for _ in range(24):
+        if f is None:
+            return False
+        if f.f_globals.get('__name__') == 'ZODB.serialize':
+            return True
+        f = f.f_back
+    return False
+
+
+def _view_reduce(v):
+    """ZBigArrayView.__reduce_ex__: (_open_view, (ArrayRef,)) or None (pickle
+    the data).  Any failure to make the reference falls back to the data."""
+    if _pickled_by_zodb():
+        return None
+    try:
+        ref = _view_ref(v)
+    except Exception:
+        return None
+    if ref is None:
+        return None
+    return _open_view, (ref,)
+
+
+def _open_view(ref):
+    """Unpickling a ZBigArrayView: the read-only view at the snapshot.  Raises
+    DatabaseUnreachable when this process cannot open the database."""
+    return ref.open()
 
 
 class ArrayRef:
@@ -561,8 +675,9 @@ class _Snapshot:
             bs = fh.blksize
             pg0, pg1 = lo // bs, -(-hi // bs)
             vma = fh.mmap(pg0, pg1 - pg0)
-        v = np.ndarray(ref.shape, ref.dtype, buffer=vma, offset=ref.offset - pg0 * bs,
-                       strides=ref.strides)
+        from wendelin_cy.bigarray.array_zodb import ZBigArrayView
+        v = ZBigArrayView(ref.shape, ref.dtype, buffer=vma,
+                          offset=ref.offset - pg0 * bs, strides=ref.strides)
         v.flags.writeable = False
         return v
 
@@ -637,6 +752,7 @@ def _db_for(ref):
                 'ArrayRef: cannot reach database %r (pid %d) to open the shared '
                 'array (oid %s): %s: %s'
                 % (ref.uri, os.getpid(), ref.oid.hex(), type(e).__name__, e)) from e
+        db.wendelin_cy_uri = ref.uri        # views of it pickle by this URI
         _owned_dbs[ref.uri] = db
     return db
 
