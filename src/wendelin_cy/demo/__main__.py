@@ -9,7 +9,8 @@ binned with plain numpy on one view of the whole array.
 data set of twice the budget is ingested, a classifier is trained on it with
 ``wendelin_cy.ml.fit_incremental``, predictions are written into another
 ZBigArray with ``predict_into``, and per-batch sums are computed in joblib
-worker processes from references made by ``wendelin_cy.ml.share``.
+worker processes that receive the batches ``X[i:j]`` (views, which pickle by
+reference).
 
 Defaults: budget 256 MiB, array 2x the budget (512 MiB), in a FileStorage in a
 temporary directory that is removed at the end (``--keep`` keeps it,

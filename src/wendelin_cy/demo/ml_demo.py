@@ -14,9 +14,10 @@ predict  ``predict_into`` writes the predicted class of every row into a third
          for this data (nearest class centre: the classes share one isotropic
          covariance), which the demo knows;
 joblib   ``joblib.Parallel`` (2 processes) maps ``np.sum`` over the batches of
-         X, each worker receiving an ``ArrayRef`` (``wendelin_cy.ml.share``) and
-         reopening the database at the same snapshot; the sums must equal the
-         ones computed in this process.
+         X, plain views ``X[i:j]`` that pickle by reference (a few hundred
+         bytes: URI, oid, snapshot, geometry): each worker reopens the
+         database at the same snapshot and maps the rows it sums; the sums
+         must equal the ones computed in this process.
 
 The demo exits with status 1 if the accuracy is more than 0.03 below the
 Bayes-optimal one or if a worker's sum differs.
@@ -66,11 +67,12 @@ def _rate(nbytes, seconds):
     return '%s/s' % fmt_bytes(nbytes / seconds if seconds > 0 else float('inf'))
 
 
-def _worker_sum(ref):
-    """Runs in a joblib worker: reopen the shared batch and sum it."""
+def _worker_sum(b):
+    """Runs in a joblib worker: `b` is the batch, unpickled from a reference
+    (a read-only view mapped from the database); sum it."""
     from wendelin_cy.demo._monitor import peak_rss as _peak
-    b = ref.open()
-    return float(np.sum(b)), _peak(), os.getpid()
+    from wendelin_cy.ml import _vma_of
+    return float(np.sum(b)), _peak(), os.getpid(), _vma_of(b) is not None
 
 
 def run(size, budget, uri=None, plot_path='wendelin_cy_demo_ml.png', keep=False,
@@ -183,18 +185,16 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo_ml.png', keep=False,
         # ~~~ joblib map over batches, by reference
         import joblib
         with mon.phase('in-process sums') as ph:
-            batches = list(ml.iter_batches(Xv))
-            refs = [ml.share(b) for b in batches]
+            batches = list(ml.iter_batches(Xv))     # views: ZBigArrayViews
             local = [float(np.sum(b)) for b in batches]
-            del batches
-        size_ref = max(len(pickle.dumps(r)) for r in refs)
+        size_ref = max(len(pickle.dumps(b)) for b in batches)
         wb = max(budget // n_jobs, 16 * MiB)
         old = os.environ.get('WENDELIN_CY_RAM_BUDGET')
         os.environ['WENDELIN_CY_RAM_BUDGET'] = str(wb)     # inherited by workers
         try:
             with mon.phase('joblib map') as ph:
                 res = joblib.Parallel(n_jobs=n_jobs, backend='loky')(
-                    joblib.delayed(_worker_sum)(r) for r in refs)
+                    joblib.delayed(_worker_sum)(b) for b in batches)
         finally:
             if old is None:
                 os.environ.pop('WENDELIN_CY_RAM_BUDGET', None)
@@ -204,17 +204,20 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo_ml.png', keep=False,
         sums = [r[0] for r in res]
         wpeak = max(r[1] for r in res)
         nworkers = len({r[2] for r in res})
+        mapped = all(r[3] for r in res)
         same = sums == local
-        say('joblib.Parallel(n_jobs=%d) np.sum over %d batches passed as ArrayRef '
-            '(<= %d bytes pickled each): %s in %.1f s = %s; %d workers, budget %s '
-            'each, worker peak RSS %s; sums %s the in-process ones'
-            % (n_jobs, len(refs), size_ref, fmt_bytes(n * rowbytes), ph.seconds,
+        say('joblib.Parallel(n_jobs=%d) np.sum over %d batches X[i:j] pickled by '
+            'reference (<= %d bytes each, %s): %s in %.1f s = %s; %d workers, '
+            'budget %s each, worker peak RSS %s; sums %s the in-process ones'
+            % (n_jobs, len(batches), size_ref,
+               'mapped in the workers' if mapped else 'COPIED to the workers',
+               fmt_bytes(n * rowbytes), ph.seconds,
                _rate(n * rowbytes, ph.seconds), nworkers, fmt_bytes(wb),
                fmt_bytes(wpeak), 'equal' if same else 'DIFFER FROM'))
         if not same:
             ok = False
         st = wendelin_cy.pager_stats()
-        del Xv, yv, refs
+        del Xv, yv, batches
         if not keep:
             for k in KEYS:
                 del root[k]
