@@ -806,3 +806,69 @@ def test_readers_never_see_a_block_being_evicted_as_zeros():
         r = subprocess.run([sys.executable, script], capture_output=True, text=True,
                            timeout=120, env=dict(os.environ, PYTHONPATH=SRC))
         assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+# ~~~ loadblk returning MapFile: the block is mapped from a file, not copied
+
+def _mapfile_bigfile(files):
+    from wendelin_cy.bigfile import MapFile
+
+    class Mapped(BigFile):
+        stored = {}
+
+        def loadblk(self, blk, buf):
+            return MapFile(files[blk])
+
+        def storeblk(self, blk, buf):
+            self.stored[blk] = bytes(buf)
+    return Mapped(BS)
+
+
+def test_loadblk_may_return_mapfile(tmp_path, budget):
+    budget(1 << 20)                         # 16 blocks: evicted and mapped again
+    n = 40
+    files = []
+    for blk in range(n):
+        p = str(tmp_path / ('blk%d' % blk))
+        np.full(BS, blk + 1, np.uint8).tofile(p)
+        files.append(p)
+    f = _mapfile_bigfile(files)
+    fh = f.fileh_open()
+    a = u8(fh.mmap(0, n))
+    z0 = wendelin_cy.pager_stats()['zerocopy_loads']
+    for _ in range(2):
+        for blk in range(n):
+            assert a[blk * BS] == blk + 1 and a[(blk + 1) * BS - 1] == blk + 1
+    assert wendelin_cy.pager_stats()['zerocopy_loads'] - z0 >= 2 * n - 16
+    # a write changes the memory, never the file (a private mapping)
+    a[3 * BS + 5] = 200
+    assert fh.dirty_blocks() == [3]
+    fh.dirty_writeout(WRITEOUT_STORE | WRITEOUT_MARKSTORED)
+    assert f.stored[3][5] == 200 and f.stored[3][6] == 4
+    assert np.fromfile(files[3], np.uint8)[5] == 4
+    assert a[3 * BS + 5] == 200            # still resident, as stored
+    fh.dirty_discard()
+
+
+def test_mapfile_short_file_reads_with_zeros_and_bad_input(tmp_path):
+    from wendelin_cy.bigfile import MapFile
+    short = str(tmp_path / 'short')
+    np.full(BS // 2 + 3, 9, np.uint8).tofile(short)
+    empty = str(tmp_path / 'empty')
+    open(empty, 'wb').close()
+    missing = str(tmp_path / 'missing')
+    f = _mapfile_bigfile([short, empty, missing])
+    fh = f.fileh_open()
+    a = u8(fh.mmap(0, 2))
+    assert (a[:BS // 2 + 3] == 9).all() and not a[BS // 2 + 3:BS].any()
+    assert not a[BS:2 * BS].any()
+    # a file that cannot be opened: the loader's error, at an entry point
+    with pytest.raises(FileNotFoundError) as ei:
+        fh.prefault(2, 3)
+    assert isinstance(ei.value, wendelin_cy.LoadError)
+    with pytest.raises(ValueError):
+        MapFile(short, 100)                 # not page aligned
+    with pytest.raises(ValueError):
+        MapFile(short, -4096)
+    with pytest.raises(TypeError):
+        MapFile(12.5)

@@ -50,6 +50,7 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t pread(int fd, void* buf, size_t count, off_t offset)
     ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset)
     int close(int fd)
+    int syncfs(int fd)
     long sysconf(int name)
     enum: _SC_PAGESIZE
     int getpid()
@@ -58,6 +59,8 @@ cdef extern from "<fcntl.h>" nogil:
     int open(const char* path, int flags, ...)
     int posix_fadvise(int fd, off_t offset, off_t len, int advice)
     enum: POSIX_FADV_WILLNEED
+    int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flags)
+    enum: SYNC_FILE_RANGE_WRITE
     enum:
         O_RDWR
         O_TMPFILE

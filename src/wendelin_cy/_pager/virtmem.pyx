@@ -697,18 +697,66 @@ class _Hole:
 HOLE = _Hole()
 
 
+cdef class MapFile:
+    """Returned by loadblk instead of filling ``buf``: the block's bytes are
+    ``blksize`` bytes of the file at ``path`` from ``offset`` (a multiple of the
+    page size), and the file does not change while mapped (e.g. a committed
+    ZODB blob).  The pager maps the file's page cache pages privately, read-only,
+    at the block's address: no copy at all; a write makes the kernel copy just
+    the 4 KiB page touched.  A file shorter than that is read instead, the rest
+    zero-filled (a mapping past the end of a file would raise SIGBUS)."""
+    cdef readonly object path
+    cdef readonly int64_t offset
+
+    def __init__(self, path, int64_t offset=0):
+        self.path = _os.fsencode(path)
+        if offset < 0 or offset % OSPAGE:
+            raise ValueError("MapFile: offset must be a non-negative multiple of "
+                             "%d, got %d" % (OSPAGE, offset))
+        self.offset = offset
+
+    def __repr__(self):
+        return "MapFile(%r, %d)" % (_os.fsdecode(self.path), self.offset)
+
+
+cdef int _open_for_map(MapFile m, size_t bs, _Buf buf) except? -2:
+    """Open m's file for mapping -> fd; or read it into buf (short file) -> -1."""
+    fd = _os.open(m.path, _os.O_RDONLY | _os.O_CLOEXEC)
+    try:
+        size = _os.fstat(fd).st_size
+        if size >= m.offset + <int64_t>bs and g_zerocopy:
+            return fd
+        mv = memoryview(buf)
+        try:
+            n = _os.preadv(fd, [mv], m.offset) if size > m.offset else 0
+            while 0 < n < <Py_ssize_t>bs:
+                k = _os.preadv(fd, [mv[n:]], m.offset + n)
+                if k <= 0:
+                    break
+                n += k
+            if n < <Py_ssize_t>bs:
+                mv[n:] = bytes(<Py_ssize_t>bs - n)
+        finally:
+            mv.release()
+    except BaseException:
+        _os.close(fd)
+        raise
+    _os.close(fd)
+    return -1
+
+
 def _call_loadblk(bigfile, blk, _Buf buf, int entry):
     """Run bigfile.loadblk(blk, memoryview); retry transient errors (in a fault only:
-    at an entry point the caller gets the exception and decides).  True if the
-    block is a hole (loadblk returned HOLE)."""
+    at an entry point the caller gets the exception and decides).  Returns what
+    loadblk returned (None, HOLE or a MapFile)."""
     cdef int attempt = 0
     cdef object interrupted = None
-    hole = False
+    res = None
     mv = memoryview(buf)
     try:
         while True:
             try:
-                hole = bigfile.loadblk(blk, mv) is HOLE
+                res = bigfile.loadblk(blk, mv)
                 break
             except KeyboardInterrupt:
                 if entry:
@@ -728,11 +776,14 @@ def _call_loadblk(bigfile, blk, _Buf buf, int entry):
             PyErr_SetInterrupt()
     if buf.exports:
         raise BufferError("loadblk kept a reference to its buffer (blk %d)" % blk)
-    return hole
+    return res
 
 
 cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
-                    PyObject** exc) noexcept with gil:
+                    PyObject** exc, int* mapfd, int64_t* mapoff) noexcept with gil:
+    """Run loadblk into the staging slot.  When loadblk answers MapFile(path,
+    offset), the file is opened here and *mapfd / *mapoff say what to map at the
+    block's address instead (the caller maps it and closes *mapfd)."""
     cdef PyObject *et
     cdef PyObject *ev
     cdef PyObject *etb
@@ -740,8 +791,12 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
     cdef _Buf buf = mkbuf(slot, r.blksize, 0)
     PyErr_Fetch(&et, &ev, &etb)
     try:
-        if _call_loadblk(<object>r.bigfile, blk, buf, entry):
+        res = _call_loadblk(<object>r.bigfile, blk, buf, entry)
+        if res is HOLE:
             madvise(slot, r.blksize, MADV_DONTNEED)     # zero pages, on demand
+        elif type(res) is MapFile:
+            mapfd[0] = _open_for_map(<MapFile>res, r.blksize, buf)
+            mapoff[0] = (<MapFile>res).offset
     except BaseException as e:
         rc = E_BUFKEPT if buf.exports else E_PYTHON
         if entry and exc != NULL:
@@ -777,6 +832,8 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     cdef Page* p
     cdef int64_t ra_start = 0, ra_n = 0
     cdef int zerocopy = 0
+    cdef int mapfd = -1
+    cdef int64_t mapoff = 0
     cdef int hook = 0
     cdef char* slot
     cdef int rc, spilled, prot
@@ -880,7 +937,21 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     elif r.direct_fd >= 0:
         rc = rw_full(r.direct_fd, slot, bs, r.direct_off + <int64_t>(blk * bs), 0)
     else:
-        rc = py_loadblk(r, blk, slot, entry, exc)
+        rc = py_loadblk(r, blk, slot, entry, exc, &mapfd, &mapoff)
+        if mapfd >= 0:
+            # loadblk named a file extent (MapFile): map it instead; the slot
+            # goes back, its share of g_resident now counts the mapping
+            if rc == 0:
+                rc = map_fd(r, blk, mapfd, mapoff,
+                            g_ra_enabled and r.advice != ADV_RANDOM and
+                            (r.advice == ADV_SEQUENTIAL or blk == r.last_load + 1))
+            close(mapfd)
+            if rc == 0:
+                munmap(slot, bs)
+                slot = NULL
+                zerocopy = 1
+            else:
+                reset_slot(blk_addr(r, blk), bs)
 
     lock()
     if rc == 0 and r.closed:
@@ -987,6 +1058,9 @@ cdef int direct_covers(Region* r, int64_t blk) noexcept nogil:
     return r.direct_off + (blk + 1) * <int64_t>r.blksize <= st.st_size
 
 cdef int map_direct(Region* r, int64_t blk, int seq) noexcept nogil:
+    return map_fd(r, blk, r.direct_fd, r.direct_off + blk * <int64_t>r.blksize, seq)
+
+cdef int map_fd(Region* r, int64_t blk, int fd, int64_t off, int seq) noexcept nogil:
     """Map block blk of a local file from the page cache (g_lock not held).
     In a sequential run the mapping is marked MADV_SEQUENTIAL before it is
     populated, so that a cold read goes through the kernel's sequential
@@ -996,16 +1070,15 @@ cdef int map_direct(Region* r, int64_t blk, int seq) noexcept nogil:
     at a time, had halved it.)"""
     global st_zerocopy
     cdef char* addr = blk_addr(r, blk)
-    cdef int64_t off = r.direct_off + blk * <int64_t>r.blksize
     if seq:
-        if mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED, r.direct_fd,
+        if mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd,
                 off) == MAP_FAILED:
             return errno
         madvise(addr, r.blksize, MADV_SEQUENTIAL)
         # (on kernels without MADV_POPULATE_READ the pages fault in on access)
         madvise(addr, r.blksize, MADV_POPULATE_READ)
     elif mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
-              r.direct_fd, off) == MAP_FAILED:
+              fd, off) == MAP_FAILED:
         return errno
     st_zerocopy += 1
     return 0
@@ -1394,7 +1467,9 @@ cdef class BigFile:
     return their extents ``[(blk, fd, offset, nbytes), ...]`` (where each
     block's bytes lie in a file; the rest of the block reads as zeros) for the
     pager's readahead thread to read into RAM.  It is advice: errors are
-    reported once and ignored.  loadblk may
+    reported once and ignored.  Instead of filling ``buf``, loadblk may return
+    ``HOLE`` (all zeros) or ``MapFile(path, offset)`` (the block is that part
+    of an immutable file: mapped without a copy).  loadblk may
     run inside a page fault, in any thread, with the GIL taken for it: it must not
     touch the block it is loading, and must not keep ``buf``.
     """
@@ -2000,6 +2075,24 @@ def set_readahead(flag):
 
 def get_budget():
     return g_budget
+
+def start_writeback(int fd):
+    """sync_file_range(SYNC_FILE_RANGE_WRITE): start writing fd's dirty pages
+    to disk now, without waiting (so that a later fsync/syncfs has less to
+    wait for).  Advice: errors are ignored."""
+    with nogil:
+        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+
+
+def sync_filesystem(int fd):
+    """syncfs(2): write out everything cached of the filesystem holding fd (data
+    and metadata, renames included), in one call."""
+    cdef int rc
+    with nogil:
+        rc = syncfs(fd)
+    if rc != 0:
+        raise OSError(errno, _os.strerror(errno))
+
 
 def set_zerocopy(flag):
     """Map local-file blocks straight from the page cache (default on) instead
