@@ -52,11 +52,16 @@ class Conn:
         self.conn.close()
 
 
-def mapping_db():
+def mapping_db(blob_dir=None):
     from ZODB.MappingStorage import MappingStorage
-    return ZODB.DB(MappingStorage())
+    st = MappingStorage()
+    if blob_dir is not None:
+        from ZODB.blob import BlobStorage
+        st = BlobStorage(blob_dir, st)
+    return ZODB.DB(st)
 
 
-def file_db(path):
+def file_db(path, blobs=False):
+    """A FileStorage; blobs=True: with its blob directory, as dbopen opens it."""
     from ZODB.FileStorage import FileStorage
-    return ZODB.DB(FileStorage(path))
+    return ZODB.DB(FileStorage(path, blob_dir=path + '.blobs' if blobs else None))

@@ -297,8 +297,17 @@ class _TmpDir:
 
 
 class FileStorageMachine(_TmpDir, ZBigArrayMachine):
+    # as dbopen(path) opens it: with a blob directory, so that 'auto' stores
+    # full blocks as blobs (mapped), small changes as ZBlk1 overlays on them
     def open_db_in(self, d):
-        return file_db(os.path.join(d, 'data.fs'))
+        return file_db(os.path.join(d, 'data.fs'), blobs=True)
+
+
+class BlobMachine(_TmpDir, ZBigArrayMachine):
+    FMT = 'blob'
+
+    def open_db_in(self, d):
+        return mapping_db(blob_dir=os.path.join(d, 'blobs'))
 
 
 class SqliteMachine(_TmpDir, ZBigArrayMachine):
@@ -333,6 +342,8 @@ class ZEOMachine(_TmpDir, ZBigArrayMachine):
 FEW = settings(SETTINGS, max_examples=12)
 TestFileStorage = FileStorageMachine.TestCase
 TestFileStorage.settings = FEW
+TestBlob = BlobMachine.TestCase
+TestBlob.settings = FEW
 TestSqlite = SqliteMachine.TestCase
 TestSqlite.settings = FEW
 TestZEO = ZEOMachine.TestCase

@@ -12,11 +12,13 @@ from ZODB.POSException import ConflictError
 
 from wendelin_cy.bigarray.array_zodb import ZBigArray
 from wendelin_cy.bigfile import file_zodb
+from ZODB.blob import Blob
+
 from wendelin_cy.bigfile.file_zodb import ZBigFile, ZBlk0, ZBlk1
 
 from _zodb_util import Conn, mapping_db, file_db, run_py
 
-FORMATS = ['ZBlk0', 'ZBlk1', 'auto']
+FORMATS = ['ZBlk0', 'ZBlk1', 'blob', 'auto']
 BS = 128 * 1024          # 4 chunks of 32 KiB per block
 
 
@@ -27,8 +29,11 @@ def fmt(request, monkeypatch):
 
 
 @pytest.fixture
-def db():
-    d = mapping_db()
+def db(request, tmp_path):
+    # blocks as blobs need a storage with blobs: MappingStorage wrapped in
+    # ZODB's BlobStorage (local files, mapped by the pager)
+    fmt = request.getfixturevalue('fmt') if 'fmt' in request.fixturenames else None
+    d = mapping_db(blob_dir=str(tmp_path / 'blobs') if fmt == 'blob' else None)
     yield d
     d.close()
 
@@ -311,7 +316,7 @@ def test_loaded_data_not_kept_in_cache(db, fmt):
 
 
 def test_commit_holds_no_second_copy(tmp_path, fmt):
-    db = file_db(str(tmp_path / 'big.fs'))
+    db = file_db(str(tmp_path / 'big.fs'), blobs=fmt == 'blob')
     c1 = Conn(db)
     nblk = 24
     A = mkarray(c1, n=nblk * 2 * 1024 * 1024 // 8, blksize=2 * 1024 * 1024)
@@ -337,7 +342,7 @@ def test_commit_holds_no_second_copy(tmp_path, fmt):
 def test_db_growth_small_change(tmp_path, monkeypatch, fmt_):
     monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, fmt_)
     path = str(tmp_path / 'g.fs')
-    db = file_db(path)
+    db = file_db(path, blobs=fmt_ == 'blob')
     c1 = Conn(db)
     bs = 2 * 1024 * 1024
     A = mkarray(c1, n=4 * bs // 8, blksize=bs)
@@ -345,12 +350,12 @@ def test_db_growth_small_change(tmp_path, monkeypatch, fmt_):
     a[:] = np.random.RandomState(0).randint(1, 2**62, size=len(a))
     c1.commit()
     kinds = {type(z).__name__ for z in A.zfile.blktab.values()}
-    assert kinds == {'ZBlk1' if fmt_ == 'ZBlk1' else 'ZBlk0'}
-    size0 = os.path.getsize(path)
+    assert kinds == {{'ZBlk1': 'ZBlk1', 'blob': 'Blob'}.get(fmt_, 'ZBlk0')}
+    size0 = _db_size(path)
     a[bs // 8 + 7] ^= 0xff                    # change a few bytes of block 1
     c1.commit()
-    growth = os.path.getsize(path) - size0
-    if fmt_ == 'ZBlk0':
+    growth = _db_size(path) - size0
+    if fmt_ in ('ZBlk0', 'blob'):             # whole blocks only
         assert growth >= bs
     else:
         assert growth < bs // 16, growth     # one 32 KiB chunk + small records
@@ -359,17 +364,26 @@ def test_db_growth_small_change(tmp_path, monkeypatch, fmt_):
     c2 = Conn(db)
     assert (c2.root['A'][:] == want).all()
     # a second small change of the same block stays small for auto too
-    size1 = os.path.getsize(path)
+    size1 = _db_size(path)
     a[bs // 8 + 9000] ^= 1
     c1.commit()
-    if fmt_ != 'ZBlk0':
-        assert os.path.getsize(path) - size1 < bs // 16
+    if fmt_ not in ('ZBlk0', 'blob'):
+        assert _db_size(path) - size1 < bs // 16
     del a
     c1.close(); c2.close()
     db.close()
 
 
-def test_formats_read_each_other(db, monkeypatch):
+def _db_size(path):
+    """Bytes of a FileStorage and of its blob files."""
+    n = os.path.getsize(path)
+    for d, _, files in os.walk(path + '.blobs'):
+        n += sum(os.path.getsize(os.path.join(d, f)) for f in files)
+    return n
+
+
+def test_formats_read_each_other(tmp_path, monkeypatch):
+    db = mapping_db(blob_dir=str(tmp_path / 'blobs'))
     c1 = Conn(db)
     A = mkarray(c1)
     a = A[:]
@@ -379,7 +393,7 @@ def test_formats_read_each_other(db, monkeypatch):
     B = c2.root['A']
     b = B[:]
     for step in range(24):
-        monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, FORMATS[step % 3])
+        monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, FORMATS[step % len(FORMATS)])
         lo = rng.randint(0, len(a))
         hi = min(len(a), lo + rng.choice([1, 100, 5000, 20000, 40000]))
         v = rng.randint(-3, 3, size=hi - lo) * rng.randint(0, 2)
@@ -390,9 +404,10 @@ def test_formats_read_each_other(db, monkeypatch):
         assert (b == model).all(), step
         assert (a == model).all(), step
     kinds = {type(z) for z in A.zfile.blktab.values()}
-    assert kinds <= {ZBlk0, ZBlk1}
+    assert kinds <= {ZBlk0, ZBlk1, Blob} and len(kinds) > 1
     del a, b
     c1.close(); c2.close()
+    db.close()
 
 
 def test_auto_overlay_on_zblk0(db, monkeypatch):
@@ -842,7 +857,7 @@ def test_failed_first_commit_default_manager(tmp_path):
 
 def test_one_commit_is_one_database_transaction(tmp_path, fmt):
     path = str(tmp_path / 'one.fs')
-    db = file_db(path)
+    db = file_db(path, blobs=fmt == 'blob')
     c1 = Conn(db)
     A = mkarray(c1, n=10)
     A[:] = 1

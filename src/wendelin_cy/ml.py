@@ -697,15 +697,11 @@ class _Snapshot:
 def _open_db(uri):
     """uri -> ZODB.DB opened read-only where the storage allows it."""
     import ZODB
-    from wendelin_cy.lib.zodb import dbstoropen, _split_scheme
+    from wendelin_cy.lib.zodb import dbstoropen, _split_scheme, _file_args, _filestorage
     scheme, rest = _split_scheme(uri)
     if scheme is None or scheme == 'file':
-        from ZODB.FileStorage import FileStorage
-        path = rest
-        if scheme == 'file':
-            import urllib.parse
-            u = urllib.parse.urlsplit(uri)
-            path = urllib.parse.unquote((u.netloc or '') + (u.path or ''))
+        path, fkw = _file_args(uri)
+        fkw['read_only'] = True
         if not os.path.isfile(path):
             raise FileNotFoundError('no FileStorage database at %r' % path)
         import logging
@@ -715,7 +711,7 @@ def _open_db(uri):
         if quiet:       # "Ignoring index": the writer's index is behind; harmless
             log.setLevel(logging.ERROR)
         try:
-            storage, kw = FileStorage(path, read_only=True), {}
+            storage, kw = _filestorage(path, **fkw), {}
         finally:
             if quiet:
                 log.setLevel(old)

@@ -27,6 +27,18 @@ Two record formats hold the bytes of one block:
            This is how ``auto`` turns a small change of a big ZBlk0 block into
            a write of a few chunks instead of the whole block.
 
+``blob``   a plain ``ZODB.blob.Blob`` holding the ``blksize`` bytes, for storages
+           that keep blobs in local files (a FileStorage with a blob
+           directory, as ``dbopen(path)`` opens it; ``ZODB.blob.BlobStorage``).
+           The pager maps the blob's file (``MapFile``): a load copies nothing
+           and costs one small record load, an ``open`` and an ``mmap``; a
+           commit writes the bytes once, into the blob's own file, with no
+           pickling and no second write through the storage's data file.  A
+           Blob in ``blktab`` is never rewritten: each change stores a new one
+           (so invalidation goes through ``blktab``, see below).  At vote the
+           files written are made durable (one ``syncfs``), as FileStorage
+           makes its own data file durable with ``fsync``.
+
 Which one is written is chosen per block at commit by the format, taken from
 (first that is set) the ``zblk_fmt`` argument of ``fileh_open``, the
 ``zblk_fmt`` attribute of the ZBigFile, the environment variable
@@ -35,6 +47,7 @@ Which one is written is chosen per block at commit by the format, taken from
 * ``ZBlk0``: always a ZBlk0 (rewritten in place when it already is one);
 * ``ZBlk1``: always a ZBlk1 without base (updated chunk by chunk when it
   already is one, converted with one full write otherwise);
+* ``blob``: always a new Blob (an error if the storage has no blobs);
 * ``auto`` looks at what changed, chunk by chunk, against what is stored: a
   new block that is mostly filled, or a block of which more than half of the
   chunks changed (appends, full rewrites), becomes a ZBlk0; otherwise only the
@@ -43,6 +56,10 @@ Which one is written is chosen per block at commit by the format, taken from
   into a ZBlk0.  Small writes stay small, and blocks written whole read at
   ZBlk0 speed; a block grown by many small appends stays a ZBlk1, as each
   append writes only its own chunks (its reads cost one load per chunk).
+  Where the storage keeps blobs in local files, ``auto`` writes a Blob
+  wherever it would write a whole ZBlk0, and small changes of a Blob block
+  go into a ZBlk1 over it as base.  ZEO and RelStorage clients would first
+  copy each blob into a local cache file, so there ``auto`` keeps ZBlk0.
 
 Finding the changed chunks costs, at commit, one read of the stored version
 of each dirty block (``ZBlk1``/``auto``; ``ZBlk0`` reads it only to skip
@@ -55,7 +72,8 @@ Invariant used for invalidation: every change of the content of block ``blk``
 either modifies the object ``blktab[blk]`` itself (ZBlk1 bumps its own ``rev``
 whenever a chunk changes, so chunk objects need no watching), or changes which
 object ``blktab[blk]`` is (new block, deleted block, other format) and then
-also bumps ``ZBigFile.rev``.  A ZBlk0 that serves as base is never modified.
+also bumps ``ZBigFile.rev``.  A ZBlk0 or Blob that serves as base is never modified,
+and a Blob is never modified at all.
 
 Loading: one copy in RAM
 ------------------------
@@ -167,7 +185,9 @@ from BTrees.IOBTree import IOBTree
 from BTrees.LOBTree import LOBTree
 from persistent import Persistent
 
-from wendelin_cy.bigfile import BigFile, HOLE, WRITEOUT_MARKSTORED, WRITEOUT_STORE
+from ZODB.blob import Blob
+
+from wendelin_cy.bigfile import BigFile, HOLE, MapFile, WRITEOUT_MARKSTORED, WRITEOUT_STORE
 from wendelin_cy.bigfile._prefetch import max_ahead, storage_prefetches
 
 __all__ = ['ZBigFile', 'ZBigFileH', 'ZBlk0', 'ZBlk1', 'ZData',
@@ -175,7 +195,7 @@ __all__ = ['ZBigFile', 'ZBigFileH', 'ZBlk0', 'ZBlk1', 'ZData',
 
 DEFAULT_BLKSIZE = 2 * 1024 * 1024
 CHUNKSIZE = 32 * 1024
-ZBLK_FORMATS = ('ZBlk0', 'ZBlk1', 'auto')
+ZBLK_FORMATS = ('ZBlk0', 'ZBlk1', 'blob', 'auto')
 ZBLK_FMT_ENV = 'WENDELIN_CY_ZBLK_FMT'
 _OSPAGE = 4096
 
@@ -478,6 +498,173 @@ class ZData(_BytesRecord):
     """One chunk of a ZBlk1 (b'' is an all-zero chunk)."""
 
 
+# ~~~ blob blocks
+#
+# A block may also be a plain ``ZODB.blob.Blob`` holding exactly ``blksize``
+# bytes: the storage keeps its bytes in a file of its own (FileStorage: one file
+# in the blob directory, written once at commit, renamed into place), and the
+# pager maps that file (MapFile): a load copies nothing, and a commit writes the
+# bytes once, with no pickling.  A Blob in ``blktab`` is never rewritten: every
+# change stores a new Blob (so the invalidation invariant holds through
+# ``blktab`` and ``ZBigFile.rev``; Blob cannot be subclassed to get our
+# ``_p_invalidate``).  Used where the storage keeps blobs on a local
+# filesystem: see _blobs_local.
+
+def _blob_path(blob):
+    """Filename of the data of Blob `blob` at its connection's snapshot (or of
+    its new data, not committed yet, after an explicit dirty_writeout); a ghost
+    `blob` is left a ghost.  Either file is never written again."""
+    if blob._p_changed is None:
+        path = _blob_path_nosupport(blob)
+        if path is not None:
+            return path
+    blob._p_activate()
+    try:
+        path = blob._p_blob_uncommitted or blob._p_blob_committed
+        if not path:
+            raise ValueError('%r: a block blob without data' % (blob,))
+    finally:
+        if not blob._p_changed:
+            blob._p_deactivate()
+    return path
+
+
+def _blob_path_nosupport(blob):
+    """A FileStorage opened without its blob directory (FileStorage(path)
+    rather than dbopen(path)) cannot load blobs; find the file ourselves in the
+    directory dbopen gives it, ``path.blobs``.  None if the storage has blob
+    support (the normal path), or is no such FileStorage."""
+    from ZODB.interfaces import IBlobStorage
+    jar = blob._p_jar
+    inst = getattr(jar, '_storage', None)
+    if inst is None or IBlobStorage.providedBy(inst):
+        return None
+    base = getattr(inst, '_storage', None)
+    name = getattr(base, '_file_name', None)
+    if type(base) is not _FileStorage or not name:
+        return None
+    d = name + '.blobs'
+    helper = _NOSUPPORT_HELPERS.get(d)
+    if helper is None:
+        from ZODB.blob import FilesystemHelper
+        if not os.path.isdir(d):
+            raise _no_blob_dir(blob, base, d)
+        helper = _NOSUPPORT_HELPERS[d] = FilesystemHelper(d)
+    _, serial = inst.load(blob._p_oid)         # (at the connection's snapshot)
+    path = helper.getBlobFilename(blob._p_oid, serial)
+    if not os.path.exists(path):
+        if not os.path.isdir(d):
+            raise _no_blob_dir(blob, base, d)
+        from ZODB.POSException import POSKeyError
+        raise POSKeyError('No blob file at %s' % path, blob._p_oid, serial)
+    return path
+
+
+def _no_blob_dir(blob, base, d):
+    return ValueError(
+        '%r is a block stored as a blob, and %r was opened without a blob '
+        'directory (and has no %r beside it): open it with dbopen(path) or '
+        'FileStorage(path, blob_dir=...)' % (blob, base, d))
+
+
+_NOSUPPORT_HELPERS = {}
+
+
+def _blob_data(blob):
+    """Content of block Blob `blob` as a read-only buffer (a private mapping of
+    its file, no copy)."""
+    import mmap
+    with open(_blob_path(blob), 'rb') as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b''
+        return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+
+
+_BLOB_POOL = [None, None]      # (pid, executor)
+
+
+def _blob_pool():
+    if _BLOB_POOL[0] != os.getpid():            # (not across fork)
+        from concurrent.futures import ThreadPoolExecutor
+        _BLOB_POOL[:] = [os.getpid(), ThreadPoolExecutor(
+            2, thread_name_prefix='wendelin_cy-blobwrite')]
+    return _BLOB_POOL[1]
+
+
+def _write_blob_file(fd, vma):
+    """Write the block mapped by `vma` into fd.  The kernel does not fault our
+    pages in for a system call (EFAULT): the block is made resident first, and
+    again if it was reclaimed meanwhile (budget pressure, another writer)."""
+    import errno
+    from wendelin_cy._pager.virtmem import start_writeback
+    try:
+        with memoryview(vma) as mv:
+            view = mv.cast('B')
+            try:
+                vma.prefault()
+                retries = 0
+                while len(view):
+                    try:
+                        view = view[os.write(fd, view):]
+                    except OSError as e:
+                        if e.errno != errno.EFAULT or retries >= 100:
+                            raise
+                        retries += 1
+                        vma.prefault()
+            finally:
+                view.release()
+        start_writeback(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _load_base(base, buf):
+    """buf = content of the ZBlk0 or Blob `base` (zeros after it)."""
+    if type(base) is Blob:
+        with open(_blob_path(base), 'rb') as f:
+            n = f.readinto(buf)
+        if n < len(buf):
+            _zero(buf, n, len(buf))
+    else:
+        ZBlk0.loadblkdata(base, buf)        # (via the class: base stays a ghost)
+
+
+def _blobs_local(conn):
+    """Does conn's storage keep blobs in files of a local filesystem, which
+    the pager can map?  (FileStorage opened with a blob_dir, or any storage
+    wrapped in ZODB.blob.BlobStorage.)  Not ZEO or RelStorage: their clients
+    would first download each blob into a local cache file."""
+    if conn is None or _FileStorage is None:
+        return False
+    try:
+        base = conn.db().storage
+    except Exception:
+        return False
+    from ZODB.blob import BlobStorage
+    if isinstance(base, BlobStorage):
+        return True
+    return type(base) is _FileStorage and bool(getattr(base, 'blob_dir', None))
+
+
+def _blob_storage_dir(conn):
+    """Directory of conn's blob files (None: the storage has no blobs)."""
+    try:
+        from ZODB.interfaces import IBlobStorage
+        st = conn._storage
+        if not IBlobStorage.providedBy(st):
+            return None
+        return st.temporaryDirectory()
+    except Exception:
+        return None
+
+
 class ZBlk1(_ZBlkBase):
     """Block as chunks: {offset: ZData} over an optional ZBlk0 base."""
 
@@ -503,7 +690,7 @@ class ZBlk1(_ZBlkBase):
         cs = self.chunksize
         base = self.base
         if base is not None:
-            ZBlk0.loadblkdata(base, buf)        # (via the class: base stays a ghost)
+            _load_base(base, buf)
         else:
             _zero(buf, 0, n)
         for off, zd in self.chunktab.items():
@@ -655,14 +842,47 @@ def _read_page(fh, blk, off, size):
 class _Writeout:
     """What one dirty_writeout(STORE) changed, until the commit ends."""
 
-    def __init__(self, fh, fmt, lazy):
+    def __init__(self, fh, fmt, lazy, conn=None):
         self.fh = fh            # the core BigFileH whose pages are written
         self.fmt = fmt
         self.lazy = lazy        # read pages at pickling time (in a commit)
+        # full blocks become Blobs ('blob'; 'auto' where the storage keeps
+        # blobs in local files the pager can map)
+        self.blobs = fmt == 'blob' or (fmt == 'auto' and _blobs_local(conn))
+        self.blob_dir = None    # set once a blob file was written (synced at vote)
+        self.blob_todo = []     # (blk, fd): blob files to fill from the pages
         self.written = {}       # blk -> object now in blktab (None: hole)
         self.touched = []       # objects to turn into ghosts afterwards
         self.undo = []          # (blk, old) of blktab changes
         self.bumped = False
+
+    def write_blobs(self):
+        """Fill the files of the new block blobs from the pages (after the
+        pager's writeout: the pages are read through views of the handle, as
+        lazy sources are).  Two threads write: with 2 MiB per file, the copy
+        into the page cache is most of a commit's time.  Each file's writeback
+        is started at once, so that the sync at vote has less left to wait for."""
+        todo, self.blob_todo = self.blob_todo, []
+        if not todo:
+            return
+        futs = []
+        try:
+            pool = _blob_pool()
+            for blk, fd in todo:
+                futs.append(pool.submit(_write_blob_file, fd, self.fh.mmap(blk, 1)))
+        except BaseException:
+            for _, fd in todo[len(futs):]:
+                os.close(fd)
+            raise
+        finally:
+            err = None
+            for f in futs:
+                try:
+                    f.result()
+                except BaseException as e:
+                    err = err or e
+            if err is not None:
+                raise err
 
     def src(self, blk, off, size, buf):
         if self.lazy:
@@ -774,6 +994,8 @@ class _ZBigFileIO(BigFile):
         self._track(blk, zblk)
         if zblk is None:
             return HOLE         # the pager maps zero pages: no 2 MiB of zeros copied
+        elif type(zblk) is Blob:
+            return MapFile(_blob_path(zblk))    # mapped, not copied
         else:
             # through the class: an attribute of a ghost would load its state
             type(zblk).loadblkdata(zblk, buf)
@@ -849,6 +1071,11 @@ class _ZBigFileIO(BigFile):
             return
         fmt = wo.fmt
         cs = _chunksize(bs)
+        if fmt == 'blob':
+            if type(old) is Blob and _same(buf, _blob_data(old)):
+                return                  # same bytes: nothing to write
+            self._newB(wo, blk, old, buf)
+            return
         if fmt == 'ZBlk0':
             if type(old) is ZBlk0:
                 old._p_activate()
@@ -882,12 +1109,12 @@ class _ZBigFileIO(BigFile):
         half = nch / 2
         if old is None:
             if nch - sum(zero) > half:          # mostly filled
-                self._new0(wo, blk, old, buf)
+                self._full(wo, blk, old, buf)
             else:                               # sparse
                 self._new1(wo, blk, old, buf, cs, nch, zero)
-        elif type(old) is ZBlk0:
+        elif type(old) in (ZBlk0, Blob):
             if len(changed) > half:
-                self._rewrite0(wo, blk, old, buf)
+                self._full(wo, blk, old, buf)
             else:
                 z1 = ZBlk1(cs, base=old)
                 for i in changed:
@@ -898,7 +1125,7 @@ class _ZBigFileIO(BigFile):
         else:   # ZBlk1
             if old.base is None:
                 if len(changed) > half:
-                    self._new0(wo, blk, old, buf)
+                    self._full(wo, blk, old, buf)
                 else:
                     self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
             else:
@@ -909,7 +1136,7 @@ class _ZBigFileIO(BigFile):
                     else:
                         overlay.add(i)
                 if len(overlay) > half or len(changed) > half:
-                    self._new0(wo, blk, old, buf)
+                    self._full(wo, blk, old, buf)
                 else:
                     self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
 
@@ -934,6 +1161,40 @@ class _ZBigFileIO(BigFile):
     def _new0(self, wo, blk, old, buf):
         new = ZBlk0()
         new._set_src(wo.src(blk, 0, len(buf), buf))
+        self._set(wo, blk, new, old)
+
+    def _full(self, wo, blk, old, buf):
+        """auto: the block is written whole -> a Blob where the storage maps
+        them, else a ZBlk0 (rewritten in place if it is one)."""
+        if wo.blobs:
+            self._newB(wo, blk, old, buf)
+        elif type(old) is ZBlk0:
+            self._rewrite0(wo, blk, old, buf)
+        else:
+            self._new0(wo, blk, old, buf)
+
+    def _newB(self, wo, blk, old, buf):
+        """blktab[blk] = a new Blob with the bytes of the page (written to its
+        file now: no copy stays in RAM)."""
+        jar = self._zfile._p_jar
+        d = _blob_storage_dir(jar) if jar is not None else None
+        if d is None:
+            raise ValueError(
+                "%r: ZBlk format 'blob' needs a storage with blobs (e.g. "
+                "dbopen(path), or FileStorage(path, blob_dir=...)); this one, "
+                "%r, has none" % (self._zfile, getattr(jar, '_storage', None)))
+        # The file is made in the storage's own tmp directory, so that the
+        # commit renames it into place (Blob.open('w') would make it in the
+        # system's tmp dir while the Blob has no connection, and the
+        # Connection cannot be given new objects in the middle of a commit).
+        # The bytes are written once the pager's writeout is over, by
+        # _Writeout.write_blobs, on two threads.
+        fd, path = tempfile.mkstemp(dir=d, prefix='BUC')
+        new = Blob()
+        new._p_blob_uncommitted = path      # (what Blob.open('w') would set)
+        weakref.finalize(new, _unlink_quiet, path)  # if never committed
+        wo.blob_dir = d
+        wo.blob_todo.append((blk, fd))
         self._set(wo, blk, new, old)
 
     def _rewrite0(self, wo, blk, old, buf):
@@ -1085,11 +1346,18 @@ def _diff(buf, old, cs, nch):
     changed = []
     base_data = None
     odata = None
-    if type(old) is ZBlk0:
+    if old is None:
+        if n % cs == 0:         # a new block: only which chunks are zero
+            zero = (~np.frombuffer(buf, dtype=np.uint8).reshape(nch, cs).any(axis=1)).tolist()
+            return [i for i in range(nch) if not zero[i]], zero, same_base
+    elif type(old) is ZBlk0:
         odata = _loaddata(old)
+    elif type(old) is Blob:
+        odata = _blob_data(old)
     elif type(old) is ZBlk1:
         if old.base is not None:
-            base_data = _loaddata(old.base)
+            base = old.base
+            base_data = _blob_data(base) if type(base) is Blob else _loaddata(base)
         overlay = dict(old.chunktab.items())
     for i in range(nch):
         lo, hi = i * cs, min((i + 1) * cs, n)
@@ -1181,7 +1449,7 @@ class ZBigFileH:
         """Write dirty pages into ZBlk objects now (they are committed with the
         transaction, like any changed persistent object)."""
         if flags & WRITEOUT_STORE:
-            wo = _Writeout(self._fh, self._format(), lazy=False)
+            wo = _Writeout(self._fh, self._format(), lazy=False, conn=self._conn())
             self._store(wo)
             if flags & WRITEOUT_MARKSTORED:
                 self._fh.dirty_writeout(WRITEOUT_MARKSTORED)
@@ -1309,7 +1577,7 @@ class ZBigFileH:
                 self._join(txn)
         elif (txn.status is Status.COMMITTING and self._wo is None
                 and self._fh.isdirty()):
-            wo = _Writeout(self._fh, self._format(), lazy=True)
+            wo = _Writeout(self._fh, self._format(), lazy=True, conn=self._conn())
             self._store(wo)
             if txn is self._txn:
                 self._wo = wo           # afterCompletion finishes it
@@ -1337,6 +1605,7 @@ class ZBigFileH:
             self._fh.dirty_writeout(WRITEOUT_STORE)
         finally:
             io._wo = None
+            wo.write_blobs()
 
     def _boundary(self, txn, sync):
         """New snapshot: once the Connection has processed its invalidations,
@@ -1457,7 +1726,7 @@ class ZBigFileH:
             # not in a database (yet): written out if and when the Connection
             # pickles the ZBigFile in this commit (ZBigFile.__getstate__)
             return
-        wo = _Writeout(self._fh, self._format(), lazy=True)
+        wo = _Writeout(self._fh, self._format(), lazy=True, conn=self._conn())
         self._wo = wo
         self._store(wo)
 
@@ -1465,7 +1734,17 @@ class ZBigFileH:
         pass
 
     def tpc_vote(self, txn):
-        pass
+        wo = self._wo
+        if txn is self._txn and wo is not None and wo.blob_dir is not None:
+            # the blob files of this commit (renamed into the blob directory
+            # by the storage since) are durable before anyone finishes: one
+            # syncfs for all of them and their directory entries
+            from wendelin_cy._pager.virtmem import sync_filesystem
+            fd = os.open(wo.blob_dir, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                sync_filesystem(fd)
+            finally:
+                os.close(fd)
 
     def tpc_finish(self, txn):
         pass            # pages are marked stored in afterCompletion, once

@@ -2,7 +2,12 @@
 
 URIs understood:
 
-* a plain path, or ``file://path`` -> FileStorage (created if missing);
+* a plain path, or ``file://path`` -> FileStorage (created if missing), with
+  its blob directory beside it, ``path.blobs`` (``file://path?blobstorage_dir=``
+  names another): full blocks of arrays are stored there as files, which the
+  pager maps without copying (see ``wendelin_cy.bigfile.file_zodb``).  Open
+  such a database with that blob directory (``FileStorage(path,
+  blob_dir=path + '.blobs')``) when not through dbopen;
 * ``memory://`` (optionally ``memory://name``) -> MappingStorage, in this
   process only;
 * ``zeo://host:port`` (or ``zeo:///path/to/socket``), optional ``?storage=name``
@@ -43,6 +48,10 @@ def _filestorage(path, **kw):
     if os.path.isdir(path):
         raise ValueError('dbopen: %r is a directory, not a FileStorage database'
                          % path)
+    if 'blob_dir' not in kw:
+        blob_dir = path + '.blobs'
+        if not kw.get('read_only') or os.path.isdir(blob_dir):
+            kw['blob_dir'] = blob_dir
     try:
         return FileStorage(path, **kw)
     except FileStorageFormatError as e:
@@ -108,16 +117,7 @@ def dbstoropen(uri):
     if scheme is None:
         return _filestorage(uri), {}
     if scheme == 'file':
-        u = urllib.parse.urlsplit(uri)
-        path = urllib.parse.unquote((u.netloc or '') + (u.path or ''))
-        q = urllib.parse.parse_qs(u.query, keep_blank_values=True)
-        kw = {}
-        for k, v in q.items():
-            if k != 'read_only' or len(v) != 1 or v[0].lower() not in (
-                    '0', '1', 'true', 'false', 'yes', 'no', ''):
-                raise ValueError('dbopen: unknown file:// parameter %s=%s (known: '
-                                 'read_only=1|0)' % (k, ','.join(v)))
-            kw['read_only'] = v[0].lower() in ('1', 'true', 'yes', '')
+        path, kw = _file_args(uri)
         return _filestorage(path, **kw), {}
     if scheme == 'memory':
         from ZODB.MappingStorage import MappingStorage
@@ -127,6 +127,28 @@ def dbstoropen(uri):
     if scheme == 'neo':
         return _neo(uri)
     return _zodburi(uri)
+
+
+def _file_args(uri):
+    """A path or file:// URI -> (path, FileStorage keyword arguments)."""
+    scheme, rest = _split_scheme(uri)
+    if scheme is None:
+        return rest, {}
+    u = urllib.parse.urlsplit(uri)
+    path = urllib.parse.unquote((u.netloc or '') + (u.path or ''))
+    q = urllib.parse.parse_qs(u.query, keep_blank_values=True)
+    kw = {}
+    for k, v in q.items():
+        if k == 'blobstorage_dir' and len(v) == 1 and v[0]:
+            kw['blob_dir'] = os.path.expanduser(v[0])
+            continue
+        if k != 'read_only' or len(v) != 1 or v[0].lower() not in (
+                '0', '1', 'true', 'false', 'yes', 'no', ''):
+            raise ValueError('dbopen: unknown file:// parameter %s=%s (known: '
+                             'read_only=1|0, blobstorage_dir=path)'
+                             % (k, ','.join(v)))
+        kw['read_only'] = v[0].lower() in ('1', 'true', 'yes', '')
+    return path, kw
 
 
 def dbopen(uri, **dbkw):

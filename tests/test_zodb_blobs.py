@@ -1,0 +1,223 @@
+"""Full blocks stored as ZODB blobs and mapped by the pager (no copy)."""
+import gc
+import os
+
+import numpy as np
+import pytest
+import transaction
+import ZODB
+from ZODB.blob import Blob
+from ZODB.FileStorage import FileStorage
+
+import wendelin_cy
+from wendelin_cy.bigarray.array_zodb import ZBigArray
+from wendelin_cy.bigfile import file_zodb
+from wendelin_cy.lib.zodb import dbopen, dbclose
+
+from _zodb_util import Conn, file_db
+
+BS = 64 * 1024
+
+
+def _blob_files(d):
+    out = []
+    for dirpath, _, files in os.walk(d):
+        out += [os.path.join(dirpath, f) for f in files if f.endswith('.blob')]
+    return sorted(out)
+
+
+def test_dbopen_stores_full_blocks_as_mapped_blobs(tmp_path):
+    path = str(tmp_path / 'db.fs')
+    root = dbopen(path)
+    assert os.path.isdir(path + '.blobs')
+    n = 10 * BS // 8
+    root['A'] = A = ZBigArray((n,), np.int64, blksize=BS)
+    transaction.commit()
+    A[:] = np.arange(n)
+    transaction.commit()
+    assert {type(z) for z in A.zfile.blktab.values()} == {Blob}
+    assert len(_blob_files(path + '.blobs')) == 10
+    dbclose(root)
+
+    root = dbopen(path)
+    A = root['A']
+    z0 = wendelin_cy.pager_stats()['zerocopy_loads']
+    assert (A[:] == np.arange(n)).all()
+    assert wendelin_cy.pager_stats()['zerocopy_loads'] - z0 == 10
+    dbclose(root)
+
+
+def test_plain_filestorage_reads_blob_blocks_beside_it(tmp_path):
+    path = str(tmp_path / 'db.fs')
+    root = dbopen(path)
+    root['A'] = A = ZBigArray((4 * BS // 8,), np.int64, blksize=BS)
+    transaction.commit()
+    A[:] = 7
+    transaction.commit()
+    dbclose(root)
+    # FileStorage(path), as a user who does not know about the blob
+    # directory would open it: the blocks are still found, in path.blobs
+    db = ZODB.DB(FileStorage(path, read_only=True))
+    c = Conn(db)
+    assert (c.root['A'][:] == 7).all()
+    c.close()
+    db.close()
+    # without that directory: a clear error at the entry point
+    os.rename(path + '.blobs', path + '.elsewhere')
+    db = ZODB.DB(FileStorage(path, read_only=True))
+    c = Conn(db)
+    A = c.root['A']
+    with pytest.raises(wendelin_cy.LoadError, match='blob directory'):
+        A._fileh.prefault(0, 1)
+    c.close()
+    db.close()
+
+
+def test_readonly_dbopen_does_not_create_a_blob_directory(tmp_path):
+    path = str(tmp_path / 'old.fs')
+    db = ZODB.DB(FileStorage(path))         # a database made without blobs
+    db.close()
+    root = dbopen('file://%s?read_only=1' % path)
+    dbclose(root)
+    assert not os.path.exists(path + '.blobs')
+    other = str(tmp_path / 'here')
+    root = dbopen('file://%s?blobstorage_dir=%s' % (path, other))
+    root['A'] = A = ZBigArray((BS // 8,), np.int64, blksize=BS)
+    transaction.commit()
+    A[:] = 1
+    transaction.commit()
+    dbclose(root)
+    assert len(_blob_files(other)) == 1
+
+
+def test_commit_makes_blob_files_durable_before_the_storage_finishes(tmp_path, monkeypatch):
+    from wendelin_cy._pager import virtmem
+    events = []
+    real_sync = virtmem.sync_filesystem
+    monkeypatch.setattr(virtmem, 'sync_filesystem',
+                        lambda fd: (events.append('sync'), real_sync(fd)))
+    real_finish = FileStorage.tpc_finish
+
+    def tpc_finish(self, *a, **kw):
+        events.append('finish')
+        return real_finish(self, *a, **kw)
+    monkeypatch.setattr(FileStorage, 'tpc_finish', tpc_finish)
+    db = file_db(str(tmp_path / 'd.fs'), blobs=True)
+    c = Conn(db)
+    c.root['A'] = A = ZBigArray((3 * BS // 8,), np.int64, blksize=BS)
+    c.commit()
+    events.clear()
+    A[:] = 5
+    c.commit()
+    assert events == ['sync', 'finish']
+    events.clear()
+    A[0] = 6                                # a small change: a ZBlk1 overlay, no blob
+    c.commit()
+    assert events == ['finish']
+    c.close()
+    db.close()
+
+
+class _FailVote:
+    """A data manager whose vote fails: the whole commit must be undone."""
+
+    def __init__(self, tm):
+        self.transaction_manager = tm
+
+    def sortKey(self):
+        return '~zzz'
+
+    def abort(self, txn):
+        pass
+
+    tpc_begin = commit = tpc_finish = tpc_abort = abort
+
+    def tpc_vote(self, txn):
+        raise RuntimeError('vote refused')
+
+
+def test_failed_commit_leaves_database_and_blob_directory_unchanged(tmp_path):
+    path = str(tmp_path / 'f.fs')
+    db = file_db(path, blobs=True)
+    c = Conn(db)
+    c.root['A'] = A = ZBigArray((4 * BS // 8,), np.int64, blksize=BS)
+    c.commit()
+    A[:] = 1
+    c.commit()
+    before = _blob_files(path + '.blobs')
+    a = A[:]
+    a[:] = 2
+    c.tm.get().join(_FailVote(c.tm))
+    with pytest.raises(RuntimeError, match='vote refused'):
+        c.commit()
+    c.abort()
+    assert (a == 1).all()                  # memory back to the database's state
+    del a
+    gc.collect()
+    assert _blob_files(path + '.blobs') == before
+    tmp = os.path.join(path + '.blobs', 'tmp')
+    assert os.listdir(tmp) == []           # no uncommitted file left behind
+    c2 = Conn(db)
+    assert (c2.root['A'][:] == 1).all()
+    c.close()
+    c2.close()
+    db.close()
+
+
+def test_other_connection_sees_rewritten_blob_block_at_its_boundary(tmp_path):
+    db = file_db(str(tmp_path / 'i.fs'), blobs=True)
+    c1, c2 = Conn(db), Conn(db)
+    c1.root['A'] = A = ZBigArray((4 * BS // 8,), np.int64, blksize=BS)
+    c1.commit()
+    A[:] = 1
+    c1.commit()
+    c2.abort()
+    b = c2.root['A'][:]
+    assert (b == 1).all()                  # blocks mapped from the blob files
+    A[BS // 8:] = 3                        # blocks 1..3 rewritten: new blobs
+    c1.commit()
+    assert (b == 1).all()                  # c2's snapshot holds until its boundary
+    c2.abort()
+    assert (b[:BS // 8] == 1).all() and (b[BS // 8:] == 3).all()
+    del b
+    c1.close()
+    c2.close()
+    db.close()
+
+
+def test_pack_keeps_current_blocks_readable(tmp_path):
+    path = str(tmp_path / 'p.fs')
+    root = dbopen(path)
+    root['A'] = A = ZBigArray((4 * BS // 8,), np.int64, blksize=BS)
+    transaction.commit()
+    for v in (1, 2, 3):
+        A[:] = v
+        transaction.commit()
+    a = A[:]
+    assert (a == 3).all()
+    nfiles = len(_blob_files(path + '.blobs'))
+    import time
+    root._p_jar.db().pack(time.time() + 1)
+    assert len(_blob_files(path + '.blobs')) < nfiles      # old revisions gone
+    assert (a == 3).all()
+    del a
+    dbclose(root)
+    root = dbopen(path)
+    assert (root['A'][:] == 3).all()
+    dbclose(root)
+
+
+def test_blob_format_needs_a_storage_with_blobs(monkeypatch):
+    from _zodb_util import mapping_db
+    monkeypatch.setenv(file_zodb.ZBLK_FMT_ENV, 'blob')
+    db = mapping_db()
+    c = Conn(db)
+    c.root['A'] = A = ZBigArray((BS // 8,), np.int64, blksize=BS)
+    c.commit()
+    A[:] = 1
+    with pytest.raises(ValueError, match="needs a storage with blobs"):
+        c.commit()
+    c.abort()
+    assert not A[:].any()
+    c.close()
+    db.close()
