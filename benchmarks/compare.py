@@ -205,6 +205,7 @@ class WcyZodb(System):
         for ext in ('', '.index', '.lock', '.tmp'):
             if os.path.exists(self.path(self.file + ext)):
                 os.unlink(self.path(self.file + ext))
+        shutil.rmtree(self.path(self.file + '.blobs'), ignore_errors=True)
         self._db()
         self.root['A'] = self.A = ZBigArray((0,), np.float64, blksize=self.blksize)
         transaction.commit()
@@ -234,7 +235,10 @@ class WcyZodb(System):
         dbclose(self.root)
 
     def nbytes_on_disk(self):
-        return os.path.getsize(self.path(self.file))
+        n = os.path.getsize(self.path(self.file))
+        for d, _, files in os.walk(self.path(self.file + '.blobs')):    # (dbopen's)
+            n += sum(os.path.getsize(os.path.join(d, f)) for f in files)
+        return n
 
     def txn_big(self, nbytes):
         import numpy as np
