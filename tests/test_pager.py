@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import wendelin_cy
 from wendelin_cy.bigfile import BigFile, WRITEOUT_STORE, WRITEOUT_MARKSTORED
@@ -872,3 +873,40 @@ def test_mapfile_short_file_reads_with_zeros_and_bad_input(tmp_path):
         MapFile(short, -4096)
     with pytest.raises(TypeError):
         MapFile(12.5)
+
+
+def test_hole_loaded_for_writing_into_recycled_memory_is_zero(budget):
+    # a hole block first touched by a write gets recycled staging memory,
+    # zeroed in place: the bytes not written must read as zeros
+    from wendelin_cy.bigfile import HOLE
+    budget(1 << 20)                       # 16 blocks: staging memory recycles
+
+    class Holes(BigFile):
+        def loadblk(self, blk, buf):
+            if blk >= 64:
+                return HOLE
+            buf[:] = bytes([0xAB]) * len(buf)
+    fh = Holes(BS).fileh_open()
+    a = u8(fh.mmap(0, 128))
+    for blk in range(64):                 # fill the pool with non-zero pages
+        assert a[blk * BS + 17] == 0xAB
+    for blk in range(64, 128):
+        a[blk * BS + 5] = 1               # a write fault on a hole block
+        assert a[blk * BS + 5] == 1
+        assert not a[blk * BS:blk * BS + 5].any() and not a[blk * BS + 6:(blk + 1) * BS].any()
+    fh.dirty_discard()
+
+
+@given(data=st.binary(max_size=3000), cs=st.integers(1, 600),
+       start=st.integers(0, 7), nz=st.lists(st.integers(0, 2999), max_size=5))
+@settings(max_examples=300, deadline=None)
+def test_zero_chunks_matches_numpy(data, cs, start, nz):
+    from wendelin_cy._pager.virtmem import zero_chunks
+    b = bytearray(len(data))              # mostly zeros, a few set bytes
+    for i in nz:
+        if i < len(b):
+            b[i] = data[i] or 1
+    v = memoryview(b)[min(start, len(b)):]
+    a = np.frombuffer(v, np.uint8)
+    want = [int(not a[i:i + cs].any()) for i in range(0, len(a), cs)]
+    assert list(zero_chunks(v, cs)) == want

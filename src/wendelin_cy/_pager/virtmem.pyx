@@ -612,8 +612,10 @@ cdef void region_remove(Region* r) noexcept nogil:
 
 # ------------------------------------------------------------ loading
 
-cdef char* acquire_slot(size_t bs) noexcept nogil:
-    """A writable staging buffer for one block, counted as resident (g_lock held)."""
+cdef char* acquire_slot(size_t bs, int* recycled=NULL) noexcept nogil:
+    """A writable staging buffer for one block, counted as resident (g_lock held).
+    *recycled: 1 if it holds the pages of an evicted block (old data), 0 if it
+    is a fresh mapping (zero, no pages yet)."""
     global g_resident, st_peak_resident, st_fresh_slots
     cdef char* slot
     reclaim(bs, bs)
@@ -622,6 +624,8 @@ cdef char* acquire_slot(size_t bs) noexcept nogil:
         if mprotect(slot, bs, PROT_RW) != 0:
             munmap(slot, bs)
             slot = NULL
+    if recycled != NULL:
+        recycled[0] = slot != NULL
     if slot == NULL:
         slot = map_aligned(bs, align_for(bs), PROT_RW)
         if slot == NULL:
@@ -780,10 +784,13 @@ def _call_loadblk(bigfile, blk, _Buf buf, int entry):
 
 
 cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
-                    PyObject** exc, int* mapfd, int64_t* mapoff) noexcept with gil:
+                    PyObject** exc, int* mapfd, int64_t* mapoff,
+                    int recycled) noexcept with gil:
     """Run loadblk into the staging slot.  When loadblk answers MapFile(path,
     offset), the file is opened here and *mapfd / *mapoff say what to map at the
-    block's address instead (the caller maps it and closes *mapfd)."""
+    block's address instead (the caller maps it and closes *mapfd).
+    recycled: 0 the slot is a fresh (zero) mapping, 1 it holds an evicted
+    block's pages, 2 that and the block is loaded to be written."""
     cdef PyObject *et
     cdef PyObject *ev
     cdef PyObject *etb
@@ -793,7 +800,14 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
     try:
         res = _call_loadblk(<object>r.bigfile, blk, buf, entry)
         if res is HOLE:
-            madvise(slot, r.blksize, MADV_DONTNEED)     # zero pages, on demand
+            if recycled == 2:
+                # about to be written (e.g. an append): zero the recycled pages
+                # in place - dropping them and faulting in new ones, which the
+                # kernel zeroes anyway, measured 2x slower in an ingest
+                with nogil:
+                    memset(slot, 0, r.blksize)
+            elif recycled:
+                madvise(slot, r.blksize, MADV_DONTNEED)     # zero pages, on demand
         elif type(res) is MapFile:
             mapfd[0] = _open_for_map(<MapFile>res, r.blksize, buf)
             mapoff[0] = (<MapFile>res).offset
@@ -834,6 +848,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     cdef int zerocopy = 0
     cdef int mapfd = -1
     cdef int64_t mapoff = 0
+    cdef int recycled = 0
     cdef int hook = 0
     cdef char* slot
     cdef int rc, spilled, prot
@@ -917,7 +932,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
             st_peak_resident = g_resident
         slot = NULL
     else:
-        slot = acquire_slot(bs)
+        slot = acquire_slot(bs, &recycled)
         if slot == NULL:
             rc = errno if errno else ENOMEM
             if spilled:
@@ -937,7 +952,8 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     elif r.direct_fd >= 0:
         rc = rw_full(r.direct_fd, slot, bs, r.direct_off + <int64_t>(blk * bs), 0)
     else:
-        rc = py_loadblk(r, blk, slot, entry, exc, &mapfd, &mapoff)
+        rc = py_loadblk(r, blk, slot, entry, exc, &mapfd, &mapoff,
+                        2 if write > 0 and recycled else recycled)
         if mapfd >= 0:
             # loadblk named a file extent (MapFile): map it instead; the slot
             # goes back, its share of g_resident now counts the mapping
@@ -2075,6 +2091,44 @@ def set_readahead(flag):
 
 def get_budget():
     return g_budget
+
+def zero_chunks(const unsigned char[::1] buf, Py_ssize_t cs):
+    """-> bytearray with one flag per cs-byte chunk of buf: 1 if it is all zeros.
+    Each chunk is scanned only up to its first nonzero byte, so dense data
+    costs a few words per chunk (a full numpy pass costs the whole buffer)."""
+    cdef Py_ssize_t n = buf.shape[0], nch, i, j, lo, hi
+    cdef const unsigned char* p
+    cdef const uint64_t* w
+    if cs <= 0:
+        raise ValueError("zero_chunks: chunk size must be > 0")
+    nch = (n + cs - 1) // cs
+    out = bytearray(nch)
+    cdef unsigned char[::1] o = out
+    if n == 0:
+        return out
+    p = &buf[0]
+    with nogil:
+        for i in range(nch):
+            lo = i * cs
+            hi = lo + cs
+            if hi > n:
+                hi = n
+            j = lo
+            # (words where aligned; bytes at the edges)
+            while j < hi and (<uintptr_t>(p + j)) % 8:
+                if p[j]:
+                    break
+                j += 1
+            else:
+                w = <const uint64_t*>(p + j)
+                while j + 8 <= hi and w[0] == 0:
+                    w += 1
+                    j += 8
+                while j < hi and p[j] == 0:
+                    j += 1
+            o[i] = j >= hi
+    return out
+
 
 def start_writeback(int fd):
     """sync_file_range(SYNC_FILE_RANGE_WRITE): start writing fd's dirty pages
