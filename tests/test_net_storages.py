@@ -28,7 +28,7 @@ root = dbopen(%r)
 root['A'] = A = ZBigArray((10,), np.int64)
 transaction.commit()
 a = A[:]
-print(repr(np.asarray(a)))    # (repr(a): ZBigArrayView([...]))
+print(repr(a))
 a[:] = np.arange(10)
 a[7] = 22
 transaction.commit()
@@ -41,7 +41,7 @@ dbclose(root)
 root = dbopen(%r)
 A = root['A']
 a = A[:]
-print(repr(np.asarray(a)))    # (repr(a): ZBigArrayView([...]))
+print(repr(a))
 print(np.mean(a))
 for i in range(2):
     A.append(np.arange(1024*1024))

@@ -63,7 +63,7 @@ def test_tutorial(tmp_path, myeven_dir, fmt):
         transaction.commit()
         print(type(A).__module__, type(A).__name__)
         a = A[:]
-        print(isinstance(a, np.ndarray), type(a).__name__, repr(np.asarray(a)))
+        print(isinstance(a, np.ndarray), type(a).__name__, repr(a))
         a[:] = np.arange(10)
         a[7] = 22
         print(repr(a))
@@ -74,8 +74,9 @@ def test_tutorial(tmp_path, myeven_dir, fmt):
     lines = out.splitlines()
     assert lines[0] == 'wendelin_cy.bigarray.array_zodb ZBigArray'
     # a ZBigArrayView: an ndarray subclass that pickles by reference
+    # its repr is the tutorial's (an ndarray's)
     assert lines[1] == 'True ZBigArrayView array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0])'
-    assert lines[2] == 'ZBigArrayView([ 0,  1,  2,  3,  4,  5,  6, 22,  8,  9])'
+    assert lines[2] == 'array([ 0,  1,  2,  3,  4,  5,  6, 22,  8,  9])'
 
     # session 2: reopen, the data is there; mean, Cython, appends
     out = run_py(IMPORTS + textwrap.dedent('''
@@ -85,7 +86,7 @@ def test_tutorial(tmp_path, myeven_dir, fmt):
         root = dbopen('test.fs')
         A = root['A']
         a = A[:]
-        print(isinstance(a, np.ndarray), type(a).__name__, repr(np.asarray(a)))
+        print(isinstance(a, np.ndarray), type(a).__name__, repr(a))
         print(np.mean(a))
         try:
             counteven([1, 2, 3])

@@ -93,6 +93,11 @@ class ZBigArrayView(np.ndarray):
             arr = arr.view(np.ndarray)
         return arr
 
+    def __repr__(self):
+        # shown as the ndarray it is (the seed tutorial's ``array([...])``),
+        # not ``ZBigArrayView([...])``: the class only changes pickling
+        return repr(self.view(np.ndarray))
+
     def copy(self, order='C'):
         """A copy in RAM: a plain ndarray (see ndarray.copy)."""
         return np.array(self, order=order, copy=True, subok=False)
