@@ -1086,11 +1086,21 @@ cdef int map_fd(Region* r, int64_t blk, int fd, int64_t off, int seq) noexcept n
     at a time, had halved it.)"""
     global st_zerocopy
     cdef char* addr = blk_addr(r, blk)
-    if seq:
+    # 2 MiB blocks at 2 MiB offsets: MADV_HUGEPAGE before populating lets the
+    # kernel read the block into one 2 MiB page cache folio and map it with one
+    # page-table entry.  Measured here, mapping 2 MiB blocks already in the page
+    # cache: 115-140 GB/s when the cache was filled that way, 7-10 GB/s when
+    # it was filled in 4 KiB pages; reading them cold: 2.1 against 1.1 GB/s.
+    cdef int huge = (r.blksize % HUGE == 0 and off % HUGE == 0
+                     and (<uintptr_t>addr) % HUGE == 0)
+    if seq or huge:
         if mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd,
                 off) == MAP_FAILED:
             return errno
-        madvise(addr, r.blksize, MADV_SEQUENTIAL)
+        if huge:
+            madvise(addr, r.blksize, MADV_HUGEPAGE)
+        if seq:
+            madvise(addr, r.blksize, MADV_SEQUENTIAL)
         # (on kernels without MADV_POPULATE_READ the pages fault in on access)
         madvise(addr, r.blksize, MADV_POPULATE_READ)
     elif mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
