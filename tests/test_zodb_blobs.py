@@ -221,3 +221,70 @@ def test_blob_format_needs_a_storage_with_blobs(monkeypatch):
     assert not A[:].any()
     c.close()
     db.close()
+
+
+def test_failed_blob_write_fails_the_commit_cleanly(tmp_path, monkeypatch):
+    # a blob file that cannot be written (disk full, say): the commit raises,
+    # the database and the blob directory are as before, abort restores the
+    # views, and the next commit works
+    path = str(tmp_path / 'w.fs')
+    db = file_db(path, blobs=True)
+    c = Conn(db)
+    c.root['A'] = A = ZBigArray((4 * BS // 8,), np.int64, blksize=BS)
+    c.commit()
+    A[:] = 1
+    c.commit()
+    before = _blob_files(path + '.blobs')
+    real = file_zodb._write_blob_file
+    calls = []
+
+    def failing(fd, vma):
+        calls.append(1)
+        if len(calls) == 3:
+            os.close(fd)
+            raise OSError(28, 'No space left on device')
+        return real(fd, vma)
+    monkeypatch.setattr(file_zodb, '_write_blob_file', failing)
+    a = A[:]
+    a[:] = 2
+    with pytest.raises(OSError, match='No space left'):
+        c.commit()
+    c.abort()
+    assert (a == 1).all()
+    monkeypatch.setattr(file_zodb, '_write_blob_file', real)
+    del a
+    gc.collect()
+    assert _blob_files(path + '.blobs') == before
+    assert os.listdir(os.path.join(path + '.blobs', 'tmp')) == []
+    c2 = Conn(db)
+    assert (c2.root['A'][:] == 1).all()
+    A[:] = 3
+    c.commit()
+    c2.abort()
+    assert (c2.root['A'][:] == 3).all()
+    c.close()
+    c2.close()
+    db.close()
+
+
+def test_savepoint_rollback_with_blob_blocks(tmp_path):
+    db = file_db(str(tmp_path / 's.fs'), blobs=True)
+    c = Conn(db)
+    c.root['A'] = A = ZBigArray((4 * BS // 8,), np.int64, blksize=BS)
+    c.commit()
+    A[:] = 1
+    c.commit()
+    a = A[:]
+    a[:BS // 8] = 2
+    sp = c.tm.savepoint()
+    a[:] = 3
+    sp.rollback()
+    assert (a[:BS // 8] == 2).all() and (a[BS // 8:] == 1).all()
+    c.commit()
+    c2 = Conn(db)
+    b = c2.root['A'][:]
+    assert (b[:BS // 8] == 2).all() and (b[BS // 8:] == 1).all()
+    del a, b
+    c.close()
+    c2.close()
+    db.close()
