@@ -191,11 +191,12 @@ from wendelin_cy.bigfile import BigFile, HOLE, MapFile, WRITEOUT_MARKSTORED, WRI
 from wendelin_cy._pager.virtmem import zero_chunks
 from wendelin_cy.bigfile._prefetch import max_ahead, storage_prefetches
 
-__all__ = ['ZBigFile', 'ZBigFileH', 'ZBlk0', 'ZBlk1', 'ZData',
+__all__ = ['ZBigFile', 'ZBigFileH', 'ZBlk0', 'ZBlk1', 'ZData', 'ZBlkSeg',
            'DEFAULT_BLKSIZE', 'CHUNKSIZE', 'ZBLK_FORMATS', 'ZBLK_FMT_ENV']
 
 DEFAULT_BLKSIZE = 2 * 1024 * 1024
 CHUNKSIZE = 32 * 1024
+SEG_BLOCKS = 32             # blocks per blob file (segment), at most
 ZBLK_FORMATS = ('ZBlk0', 'ZBlk1', 'blob', 'auto')
 ZBLK_FMT_ENV = 'WENDELIN_CY_ZBLK_FMT'
 _OSPAGE = 4096
@@ -504,6 +505,16 @@ class ZData(_BytesRecord):
     """One chunk of a ZBlk1 (b'' is an all-zero chunk)."""
 
 
+class ZBlkSeg(_ZBlkBase):
+    """Block ``index`` of a segment: a Blob whose file holds several blocks
+    written in the same commit, block i at offset i * blksize.  Never
+    modified (a change of the block stores a new object)."""
+
+    def __init__(self, seg, index):
+        self.seg = seg
+        self.index = index
+
+
 # ~~~ blob blocks
 #
 # A block may also be a plain ``ZODB.blob.Blob`` holding exactly ``blksize``
@@ -576,14 +587,30 @@ def _no_blob_dir(blob, base, d):
 _NOSUPPORT_HELPERS = {}
 
 
-def _blob_data(blob):
-    """Content of block Blob `blob` as a read-only buffer (a private mapping of
-    its file, no copy)."""
+def _blk_extent(z, bs):
+    """(path, offset) of the bytes of a block stored as a Blob (the whole
+    file) or a ZBlkSeg (its part of the segment's file); z stays a ghost."""
+    if type(z) is Blob:
+        return _blob_path(z), 0
+    if z._p_changed is None:
+        z._p_activate()
+        seg, index = z.seg, z.index
+        z._p_deactivate()
+    else:
+        seg, index = z.seg, z.index
+    return _blob_path(seg), index * bs
+
+
+def _blob_data(z, bs):
+    """Content of block Blob or ZBlkSeg `z` as a read-only buffer (a private
+    mapping of its file, no copy)."""
     import mmap
-    with open(_blob_path(blob), 'rb') as f:
-        if os.fstat(f.fileno()).st_size == 0:
+    path, off = _blk_extent(z, bs)
+    with open(path, 'rb') as f:
+        n = min(bs, os.fstat(f.fileno()).st_size - off)
+        if n <= 0:
             return b''
-        return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        return mmap.mmap(f.fileno(), n, prot=mmap.PROT_READ, offset=off)
 
 
 _BLOB_POOL = [None, None]      # (pid, executor)
@@ -597,8 +624,8 @@ def _blob_pool():
     return _BLOB_POOL[1]
 
 
-def _write_blob_file(fd, vma):
-    """Write the block mapped by `vma` into fd.
+def _write_blob_file(fd, vma, off=0):
+    """Write the block mapped by `vma` into fd at `off` (fd stays open).
 
     With O_DIRECT where the filesystem allows it: the device reads the bytes
     straight from our pages, so the page cache does not get a second copy of
@@ -611,39 +638,45 @@ def _write_blob_file(fd, vma):
     import errno
     import fcntl
     from wendelin_cy._pager.virtmem import start_writeback
-    direct = False
-    try:
-        if _O_DIRECT and len(vma) % _OSPAGE == 0:
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | _O_DIRECT)
-                direct = True
-            except OSError:
-                pass
-        with memoryview(vma) as mv:
-            view = mv.cast('B')
-            try:
-                vma.prefault()
-                retries = 0
-                while len(view):
-                    try:
-                        view = view[os.write(fd, view):]
-                    except OSError as e:
-                        if e.errno == errno.EINVAL and direct:
-                            # (a filesystem that takes the flag but not the I/O)
-                            fcntl.fcntl(fd, fcntl.F_SETFL,
-                                        fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
-                            direct = False
-                            continue
-                        if e.errno != errno.EFAULT or retries >= 100:
-                            raise
-                        retries += 1
-                        vma.prefault()
-            finally:
-                view.release()
-        if not direct:
-            start_writeback(fd)
-    finally:
-        os.close(fd)
+    direct = bool(_O_DIRECT and fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
+    with memoryview(vma) as mv:
+        view = mv.cast('B')
+        try:
+            vma.prefault()
+            retries = 0
+            while len(view):
+                try:
+                    n = os.pwrite(fd, view, off)
+                    view = view[n:]
+                    off += n
+                except OSError as e:
+                    if e.errno == errno.EINVAL and direct:
+                        # (a filesystem that takes the flag but not the I/O)
+                        fcntl.fcntl(fd, fcntl.F_SETFL,
+                                    fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+                        direct = False
+                        continue
+                    if e.errno != errno.EFAULT or retries >= 100:
+                        raise
+                    retries += 1
+                    vma.prefault()
+        finally:
+            view.release()
+    if not direct:
+        start_writeback(fd)
+
+
+def _open_blob_file(d):
+    """A new file in directory d for a blob's bytes -> (fd, path); O_DIRECT
+    where the filesystem takes it."""
+    import fcntl
+    fd, path = tempfile.mkstemp(dir=d, prefix='BUC')
+    if _O_DIRECT:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | _O_DIRECT)
+        except OSError:
+            pass
+    return fd, path
 
 
 _O_DIRECT = getattr(os, 'O_DIRECT', 0)
@@ -657,12 +690,15 @@ def _unlink_quiet(path):
 
 
 def _load_base(base, buf):
-    """buf = content of the ZBlk0 or Blob `base` (zeros after it)."""
-    if type(base) is Blob:
-        with open(_blob_path(base), 'rb') as f:
-            n = f.readinto(buf)
-        if n < len(buf):
-            _zero(buf, n, len(buf))
+    """buf = content of the ZBlk0, Blob or ZBlkSeg `base` (zeros after it)."""
+    if type(base) in (Blob, ZBlkSeg):
+        path, off = _blk_extent(base, len(buf))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if not _preadinto(fd, buf, off, max(0, min(len(buf), os.fstat(fd).st_size - off))):
+                raise ValueError('%r: short blob file %s' % (base, path))
+        finally:
+            os.close(fd)
     else:
         ZBlk0.loadblkdata(base, buf)        # (via the class: base stays a ghost)
 
@@ -881,8 +917,10 @@ class _Writeout:
         # blobs in local files the pager can map)
         self.blobs = fmt == 'blob' or (fmt == 'auto' and _blobs_local(conn))
         self.blob_dir = None    # set once a blob file was written (synced at vote)
-        self.blob_todo = []     # (blk, fd): blob files to fill from the pages
+        self.blob_todo = []     # (blk, fd, offset): blocks to write from the pages
         self.blob_futs = []     # their writes in flight
+        self.blob_fds = []      # segment files open for writing
+        self.seg = None         # (Blob, fd, number of blocks) being filled
         self.written = {}       # blk -> object now in blktab (None: hole)
         self.touched = []       # objects to turn into ghosts afterwards
         self.undo = []          # (blk, old) of blktab changes
@@ -895,17 +933,25 @@ class _Writeout:
         a commit that is at our vote, so the writes overlap the rest of the
         commit (the Connection storing the records)."""
         todo, self.blob_todo = self.blob_todo, []
+        self.seg = None
         if not todo:
             return
-        done = 0
         try:
+            # each segment file gets its size first: direct writes that extend
+            # a file are serialized by the filesystem, those inside it are not
+            size = {}
+            for blk, fd, off in todo:
+                size[fd] = max(size.get(fd, 0), off + self.fh.blksize)
+            for fd, n in size.items():
+                try:
+                    os.posix_fallocate(fd, 0, n)
+                except OSError:
+                    os.ftruncate(fd, n)
             pool = _blob_pool()
-            for blk, fd in todo:
-                self.blob_futs.append(pool.submit(_write_blob_file, fd, self.fh.mmap(blk, 1)))
-                done += 1
+            for blk, fd, off in todo:
+                self.blob_futs.append(pool.submit(_write_blob_file, fd,
+                                                  self.fh.mmap(blk, 1), off))
         except BaseException:
-            for _, fd in todo[done:]:
-                os.close(fd)
             self.wait_blobs(quiet=True)
             raise
 
@@ -919,6 +965,9 @@ class _Writeout:
                 f.result()
             except BaseException as e:
                 err = err or e
+        fds, self.blob_fds = self.blob_fds, []
+        for fd in fds:
+            os.close(fd)
         if err is not None and not quiet:
             raise err
 
@@ -1032,8 +1081,8 @@ class _ZBigFileIO(BigFile):
         self._track(blk, zblk)
         if zblk is None:
             return HOLE         # the pager maps zero pages: no 2 MiB of zeros copied
-        elif type(zblk) is Blob:
-            return MapFile(_blob_path(zblk))    # mapped, not copied
+        elif type(zblk) in (Blob, ZBlkSeg):
+            return MapFile(*_blk_extent(zblk, self.blksize))   # mapped, not copied
         else:
             # through the class: an attribute of a ghost would load its state
             type(zblk).loadblkdata(zblk, buf)
@@ -1110,7 +1159,7 @@ class _ZBigFileIO(BigFile):
         fmt = wo.fmt
         cs = _chunksize(bs)
         if fmt == 'blob':
-            if type(old) is Blob and _same(buf, _blob_data(old)):
+            if type(old) in (Blob, ZBlkSeg) and _same(buf, _blob_data(old, bs)):
                 return                  # same bytes: nothing to write
             self._newB(wo, blk, old, buf)
             return
@@ -1150,7 +1199,7 @@ class _ZBigFileIO(BigFile):
                 self._full(wo, blk, old, buf)
             else:                               # sparse
                 self._new1(wo, blk, old, buf, cs, nch, zero)
-        elif type(old) in (ZBlk0, Blob):
+        elif type(old) in (ZBlk0, Blob, ZBlkSeg):
             if len(changed) > half:
                 self._full(wo, blk, old, buf)
             else:
@@ -1225,14 +1274,25 @@ class _ZBigFileIO(BigFile):
         # commit renames it into place (Blob.open('w') would make it in the
         # system's tmp dir while the Blob has no connection, and the
         # Connection cannot be given new objects in the middle of a commit).
-        # The bytes are written once the pager's writeout is over, by
+        # The blocks written whole in one commit go, up to SEG_BLOCKS at a
+        # time, into one blob file (a segment), each block in a ZBlkSeg that
+        # names its place: one file and one blob directory per segment instead
+        # of per block (file and directory creation cost about as much as
+        # writing the 2 MiB here, and a big array would make millions of
+        # files).  The bytes are written once the pager's writeout is over, by
         # _Writeout.write_blobs, on two threads.
-        fd, path = tempfile.mkstemp(dir=d, prefix='BUC')
-        new = Blob()
-        new._p_blob_uncommitted = path      # (what Blob.open('w') would set)
-        weakref.finalize(new, _unlink_quiet, path)  # if never committed
+        seg = wo.seg
+        if seg is None or seg[2] >= SEG_BLOCKS:
+            fd, path = _open_blob_file(d)
+            wo.blob_fds.append(fd)
+            sblob = Blob()
+            sblob._p_blob_uncommitted = path    # (what Blob.open('w') would set)
+            weakref.finalize(sblob, _unlink_quiet, path)    # if never committed
+            seg = wo.seg = [sblob, fd, 0]
+        new = ZBlkSeg(seg[0], seg[2])
+        wo.blob_todo.append((blk, seg[1], seg[2] * len(buf)))
+        seg[2] += 1
         wo.blob_dir = d
-        wo.blob_todo.append((blk, fd))
         self._set(wo, blk, new, old)
 
     def _rewrite0(self, wo, blk, old, buf):
@@ -1393,12 +1453,13 @@ def _diff(buf, old, cs, nch):
         return [i for i in range(nch) if not zero[i]], zero, same_base
     elif type(old) is ZBlk0:
         odata = _loaddata(old)
-    elif type(old) is Blob:
-        odata = _blob_data(old)
+    elif type(old) in (Blob, ZBlkSeg):
+        odata = _blob_data(old, n)
     elif type(old) is ZBlk1:
         if old.base is not None:
             base = old.base
-            base_data = _blob_data(base) if type(base) is Blob else _loaddata(base)
+            base_data = (_blob_data(base, n) if type(base) in (Blob, ZBlkSeg)
+                         else _loaddata(base))
         overlay = dict(old.chunktab.items())
     for i in range(nch):
         lo, hi = i * cs, min((i + 1) * cs, n)
