@@ -27,17 +27,22 @@ Two record formats hold the bytes of one block:
            This is how ``auto`` turns a small change of a big ZBlk0 block into
            a write of a few chunks instead of the whole block.
 
-``blob``   a plain ``ZODB.blob.Blob`` holding the ``blksize`` bytes, for storages
-           that keep blobs in local files (a FileStorage with a blob
-           directory, as ``dbopen(path)`` opens it; ``ZODB.blob.BlobStorage``).
-           The pager maps the blob's file (``MapFile``): a load copies nothing
-           and costs one small record load, an ``open`` and an ``mmap``; a
-           commit writes the bytes once, into the blob's own file, with no
-           pickling and no second write through the storage's data file.  A
-           Blob in ``blktab`` is never rewritten: each change stores a new one
-           (so invalidation goes through ``blktab``, see below).  At vote the
-           files written are made durable (one ``syncfs``), as FileStorage
-           makes its own data file durable with ``fsync``.
+``blob``   the bytes in a file of a plain ``ZODB.blob.Blob``, for storages that
+           keep blobs in local files (a FileStorage with a blob directory, as
+           ``dbopen(path)`` opens it; ``ZODB.blob.BlobStorage``).  The blocks
+           one commit writes whole share such files, up to ``SEG_BLOCKS`` per
+           file (a segment), block i of a segment at offset i * blksize, each
+           block a small ``ZBlkSeg`` record naming its segment and place (a
+           Blob holding exactly one block is read too).  The pager maps the
+           file (``MapFile``): a load copies nothing and costs two small
+           record loads, an ``open`` and an ``mmap``; a commit writes the bytes
+           once, with ``O_DIRECT`` straight from the pages, with no pickling
+           and no second write through the storage's data file.  Segments and
+           ZBlkSegs are never rewritten: each change stores new ones (so
+           invalidation goes through ``blktab``, see below); a segment's file
+           stays until no ZBlkSeg refers to it and the database is packed.
+           At vote the files written are made durable (one ``syncfs``), as
+           FileStorage makes its own data file durable with ``fsync``.
 
 Which one is written is chosen per block at commit by the format, taken from
 (first that is set) the ``zblk_fmt`` argument of ``fileh_open``, the
@@ -47,7 +52,8 @@ Which one is written is chosen per block at commit by the format, taken from
 * ``ZBlk0``: always a ZBlk0 (rewritten in place when it already is one);
 * ``ZBlk1``: always a ZBlk1 without base (updated chunk by chunk when it
   already is one, converted with one full write otherwise);
-* ``blob``: always a new Blob (an error if the storage has no blobs);
+* ``blob``: always a new ZBlkSeg in a new segment (an error if the storage
+  has no blobs);
 * ``auto`` looks at what changed, chunk by chunk, against what is stored: a
   new block that is mostly filled, or a block of which more than half of the
   chunks changed (appends, full rewrites), becomes a ZBlk0; otherwise only the
@@ -56,9 +62,9 @@ Which one is written is chosen per block at commit by the format, taken from
   into a ZBlk0.  Small writes stay small, and blocks written whole read at
   ZBlk0 speed; a block grown by many small appends stays a ZBlk1, as each
   append writes only its own chunks (its reads cost one load per chunk).
-  Where the storage keeps blobs in local files, ``auto`` writes a Blob
-  wherever it would write a whole ZBlk0, and small changes of a Blob block
-  go into a ZBlk1 over it as base.  ZEO and RelStorage clients would first
+  Where the storage keeps blobs in local files, ``auto`` writes a segment
+  block wherever it would write a whole ZBlk0, and small changes of such a
+  block go into a ZBlk1 over it as base.  ZEO and RelStorage clients would first
   copy each blob into a local cache file, so there ``auto`` keeps ZBlk0.
 
 Finding the changed chunks costs, at commit, one read of the stored version
@@ -72,8 +78,8 @@ Invariant used for invalidation: every change of the content of block ``blk``
 either modifies the object ``blktab[blk]`` itself (ZBlk1 bumps its own ``rev``
 whenever a chunk changes, so chunk objects need no watching), or changes which
 object ``blktab[blk]`` is (new block, deleted block, other format) and then
-also bumps ``ZBigFile.rev``.  A ZBlk0 or Blob that serves as base is never modified,
-and a Blob is never modified at all.
+also bumps ``ZBigFile.rev``.  A ZBlk0, Blob or ZBlkSeg that serves as base is
+never modified, and Blobs and ZBlkSegs are never modified at all.
 
 Loading: one copy in RAM
 ------------------------
