@@ -910,3 +910,28 @@ def test_zero_chunks_matches_numpy(data, cs, start, nz):
     a = np.frombuffer(v, np.uint8)
     want = [int(not a[i:i + cs].any()) for i in range(0, len(a), cs)]
     assert list(zero_chunks(v, cs)) == want
+
+
+def test_sequential_scan_gets_warm_staging_blocks_within_budget(budget):
+    # a scan whose blocks come through loadblk: the readahead thread makes
+    # staging memory ready ahead of it (faulted in), never beyond the budget
+    import time
+    budget(4 << 20)                       # 64 blocks of 64 KiB
+
+    class Seq(BigFile):
+        def loadblk(self, blk, buf):
+            buf[:] = bytes([blk % 251]) * len(buf)
+
+        def prefetch(self, blk, n):
+            return None
+    fh = Seq(BS).fileh_open()
+    a = u8(fh.mmap(0, 256))
+    w0 = wendelin_cy.pager_stats()['warm_slots']
+    for blk in range(256):
+        assert a[blk * BS] == blk % 251 and a[(blk + 1) * BS - 1] == blk % 251
+        time.sleep(0.0005)                # (the readahead thread gets a turn)
+        st = wendelin_cy.pager_stats()
+        assert st['resident'] + st['pool'] <= (4 << 20) + BS, st
+    assert wendelin_cy.pager_stats()['warm_slots'] > w0
+    for blk in range(256):                # and every block reads right again
+        assert a[blk * BS + 7] == blk % 251
