@@ -16,7 +16,7 @@ import transaction
 from wendelin_cy.bigarray.array_zodb import ZBigArray
 from wendelin_cy.lib.zodb import dbopen, dbclose
 
-FORMATS = ['ZBlk0', 'ZBlk1', 'auto']
+FORMATS = ['ZBlk0', 'ZBlk1', 'blob', 'auto']   # ('auto' = blob on dbopen's FileStorage)
 BLKSIZE = 2 * MiB
 CHUNK = 8 * MiB                     # ingest: append + commit of 8 MiB
 INGEST = 64 * MiB
