@@ -1028,8 +1028,6 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     st_loads += 1
     if not entry and not spilled:
         ra_on_load(r, blk, &ra_start, &ra_n)
-        if ra_n and not zerocopy and not r.last_mapped:
-            ra_warm(bs, ra_n)
     notify()
     unlock()
     if ra_n:
@@ -1410,6 +1408,13 @@ cdef void _run_prefetch(Region* r, int64_t start, int64_t n) noexcept:
             extents = (<object>r.bigfile).prefetch(start, n)
             if extents:
                 _queue_extents(r, extents)
+            elif not r.last_mapped:
+                # the blocks will be copied in by loadblk on the faulting
+                # thread: have their staging memory made ready meanwhile
+                # (extents are read into slots by the readahead thread itself)
+                lock()
+                ra_warm(r.blksize, n)
+                unlock()
         except BaseException as e:          # readahead is advice: never fatal
             if r.has_prefetch == 1:         # (said once per handle)
                 r.has_prefetch = 2
