@@ -40,6 +40,16 @@ def _env():
     return env
 
 
+def _run_threads(work):
+    """work(t) in NTHREADS threads; each must finish (or the test says deadlock)."""
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(NTHREADS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(240)
+        assert not th.is_alive(), 'deadlock: a thread did not finish'
+
+
 def _wait_for(pred, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -207,12 +217,7 @@ def test_threads_with_own_connections(tmp_path):
             errors.append((t, traceback.format_exc()))
             raise
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(NTHREADS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(240)
-        assert not th.is_alive(), 'deadlock: a thread did not finish'
+    _run_threads(work)
     assert not errors, errors[0][1]
     # generations seen of each array never go backwards in one thread
     for t in range(NTHREADS):
@@ -279,12 +284,7 @@ def test_threads_write_rows_of_one_array(tmp_path):
             errors.append(traceback.format_exc())
             raise
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(NTHREADS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(240)
-        assert not th.is_alive(), 'deadlock: a thread did not finish'
+    _run_threads(work)
     assert not errors, errors[0]
     root = db.open().root()
     S = root['S'][:]

@@ -26,6 +26,18 @@ def _blob_files(d):
     return sorted(out)
 
 
+def _ones(path):
+    """A FileStorage with blobs at path and a connection to it holding A, 4
+    blocks committed as ones -> (db, conn, A)."""
+    db = file_db(path, blobs=True)
+    c = Conn(db)
+    c.root['A'] = A = ZBigArray((4 * BS // 8,), np.int64, blksize=BS)
+    c.commit()
+    A[:] = 1
+    c.commit()
+    return db, c, A
+
+
 def test_dbopen_stores_full_blocks_as_mapped_blobs(tmp_path):
     path = str(tmp_path / 'db.fs')
     root = dbopen(path)
@@ -140,12 +152,7 @@ class _FailVote:
 
 def test_failed_commit_leaves_database_and_blob_directory_unchanged(tmp_path):
     path = str(tmp_path / 'f.fs')
-    db = file_db(path, blobs=True)
-    c = Conn(db)
-    c.root['A'] = A = ZBigArray((4 * BS // 8,), np.int64, blksize=BS)
-    c.commit()
-    A[:] = 1
-    c.commit()
+    db, c, A = _ones(path)
     before = _blob_files(path + '.blobs')
     a = A[:]
     a[:] = 2
@@ -167,13 +174,8 @@ def test_failed_commit_leaves_database_and_blob_directory_unchanged(tmp_path):
 
 
 def test_other_connection_sees_rewritten_blob_block_at_its_boundary(tmp_path):
-    db = file_db(str(tmp_path / 'i.fs'), blobs=True)
-    c1, c2 = Conn(db), Conn(db)
-    c1.root['A'] = A = ZBigArray((4 * BS // 8,), np.int64, blksize=BS)
-    c1.commit()
-    A[:] = 1
-    c1.commit()
-    c2.abort()
+    db, c1, A = _ones(str(tmp_path / 'i.fs'))
+    c2 = Conn(db)
     b = c2.root['A'][:]
     assert (b == 1).all()                  # blocks mapped from the blob files
     A[BS // 8:] = 3                        # blocks 1..3 rewritten: new blobs
@@ -230,12 +232,7 @@ def test_failed_blob_write_fails_the_commit_cleanly(tmp_path, monkeypatch):
     # the database and the blob directory are as before, abort restores the
     # views, and the next commit works
     path = str(tmp_path / 'w.fs')
-    db = file_db(path, blobs=True)
-    c = Conn(db)
-    c.root['A'] = A = ZBigArray((4 * BS // 8,), np.int64, blksize=BS)
-    c.commit()
-    A[:] = 1
-    c.commit()
+    db, c, A = _ones(path)
     before = _blob_files(path + '.blobs')
     real = file_zodb._write_blob_file
     calls = []
@@ -269,12 +266,7 @@ def test_failed_blob_write_fails_the_commit_cleanly(tmp_path, monkeypatch):
 
 
 def test_savepoint_rollback_with_blob_blocks(tmp_path):
-    db = file_db(str(tmp_path / 's.fs'), blobs=True)
-    c = Conn(db)
-    c.root['A'] = A = ZBigArray((4 * BS // 8,), np.int64, blksize=BS)
-    c.commit()
-    A[:] = 1
-    c.commit()
+    db, c, A = _ones(str(tmp_path / 's.fs'))
     a = A[:]
     a[:BS // 8] = 2
     sp = c.tm.savepoint()

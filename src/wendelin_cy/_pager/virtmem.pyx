@@ -1302,25 +1302,34 @@ cdef void warm_slots(size_t bs, int64_t want) noexcept nogil:
 
 cdef void ra_warm(size_t bs, int64_t n) noexcept nogil:
     """Ask the readahead thread for n warm staging blocks (g_lock held)."""
+    if n > 0 and g_npool < WARMMAX:
+        ra_push(NULL, n, -2, 0, <int64_t>bs, 0)
+
+cdef int ra_push(Region* r, int64_t blk, int fd, int64_t off, int64_t n,
+                 uint64_t gen) noexcept nogil:
+    """Append a request to the readahead thread's queue, starting the thread
+    the first time (g_lock held).  0, or -1 if the queue is full or the
+    thread cannot be started."""
     global g_raq_len, g_ra_started
     cdef pthread_t th
     cdef RAReq* q
-    if n <= 0 or g_raq_len >= RA_QMAX or g_npool >= WARMMAX:
-        return
+    if g_raq_len >= RA_QMAX:
+        return -1
     if not g_ra_started:
         if pthread_create(&th, NULL, ra_main, NULL) != 0:
-            return
+            return -1
         pthread_detach(th)
         g_ra_started = 1
     q = &g_raq[(g_raq_head + g_raq_len) % RA_QMAX]
-    q.r = NULL
-    q.blk = n
-    q.fd = -2
-    q.off = 0
-    q.n = <int64_t>bs
-    q.gen = 0
+    q.r = r
+    q.blk = blk
+    q.fd = fd
+    q.off = off
+    q.n = n
+    q.gen = gen
     g_raq_len += 1
     pthread_cond_broadcast(&g_ra_cond)
+    return 0
 
 cdef int read_exact(int fd, char* buf, int64_t n, int64_t off) noexcept nogil:
     cdef ssize_t k
@@ -1338,28 +1347,13 @@ cdef int read_exact(int fd, char* buf, int64_t n, int64_t off) noexcept nogil:
 
 cdef int ra_queue(Region* r, int64_t blk, int fd, int64_t off, int64_t n) noexcept nogil:
     """Queue one extent for the readahead thread (g_lock held)."""
-    global g_raq_len, g_ra_started
-    cdef pthread_t th
-    cdef RAReq* q
-    if r.forked or g_raq_len >= RA_QMAX or r.closed or blk < 0 or blk >= r.nblk:
+    if r.forked or r.closed or blk < 0 or blk >= r.nblk:
         return -1
     if r.pages[blk] != NULL:
         return 0
-    if not g_ra_started:
-        if pthread_create(&th, NULL, ra_main, NULL) != 0:
-            return -1
-        pthread_detach(th)
-        g_ra_started = 1
-    q = &g_raq[(g_raq_head + g_raq_len) % RA_QMAX]
-    q.r = r
-    q.blk = blk
-    q.fd = fd
-    q.off = off
-    q.n = n
-    q.gen = r.gen
-    g_raq_len += 1
+    if ra_push(r, blk, fd, off, n, r.gen) != 0:
+        return -1
     r.busy += 1
-    pthread_cond_broadcast(&g_ra_cond)
     return 0
 
 cdef void ra_forget(Region* r) noexcept nogil:

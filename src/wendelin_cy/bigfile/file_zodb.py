@@ -32,8 +32,8 @@ Two record formats hold the bytes of one block:
            ``dbopen(path)`` opens it; ``ZODB.blob.BlobStorage``).  The blocks
            one commit writes whole share such files, up to ``SEG_BLOCKS`` per
            file (a segment), block i of a segment at offset i * blksize, each
-           block a small ``ZBlkSeg`` record naming its segment and place (a
-           Blob holding exactly one block is read too).  The pager maps the
+           block a small ``ZBlkSeg`` record naming its segment and place.
+           The pager maps the
            file (``MapFile``): a load copies nothing and costs two small
            record loads, an ``open`` and an ``mmap``; a commit writes the bytes
            once, with ``O_DIRECT`` straight from the pages, with no pickling
@@ -78,8 +78,8 @@ Invariant used for invalidation: every change of the content of block ``blk``
 either modifies the object ``blktab[blk]`` itself (ZBlk1 bumps its own ``rev``
 whenever a chunk changes, so chunk objects need no watching), or changes which
 object ``blktab[blk]`` is (new block, deleted block, other format) and then
-also bumps ``ZBigFile.rev``.  A ZBlk0, Blob or ZBlkSeg that serves as base is
-never modified, and Blobs and ZBlkSegs are never modified at all.
+also bumps ``ZBigFile.rev``.  A ZBlk0 or ZBlkSeg that serves as base is never
+modified, and ZBlkSegs and their segment Blobs are never modified at all.
 
 Loading: one copy in RAM
 ------------------------
@@ -523,14 +523,14 @@ class ZBlkSeg(_ZBlkBase):
 
 # ~~~ blob blocks
 #
-# A block may also be a plain ``ZODB.blob.Blob`` holding exactly ``blksize``
-# bytes: the storage keeps its bytes in a file of its own (FileStorage: one file
-# in the blob directory, written once at commit, renamed into place), and the
-# pager maps that file (MapFile): a load copies nothing, and a commit writes the
-# bytes once, with no pickling.  A Blob in ``blktab`` is never rewritten: every
-# change stores a new Blob (so the invalidation invariant holds through
-# ``blktab`` and ``ZBigFile.rev``; Blob cannot be subclassed to get our
-# ``_p_invalidate``).  Used where the storage keeps blobs on a local
+# A block may also be a ZBlkSeg: its bytes are part of the file of a plain
+# ``ZODB.blob.Blob`` (a segment), which the storage keeps in a file of its own
+# (FileStorage: one file in the blob directory, written once at commit,
+# renamed into place), and the pager maps that part (MapFile): a load copies
+# nothing, and a commit writes the bytes once, with no pickling.  Neither is
+# ever rewritten: every change stores new ones (so the invalidation invariant
+# holds through ``blktab`` and ``ZBigFile.rev``; Blob cannot be subclassed to
+# get our ``_p_invalidate``).  Used where the storage keeps blobs on a local
 # filesystem: see _blobs_local.
 
 def _blob_path(blob):
@@ -594,10 +594,8 @@ _NOSUPPORT_HELPERS = {}
 
 
 def _blk_extent(z, bs):
-    """(path, offset) of the bytes of a block stored as a Blob (the whole
-    file) or a ZBlkSeg (its part of the segment's file); z stays a ghost."""
-    if type(z) is Blob:
-        return _blob_path(z), 0
+    """(path, offset) of the bytes of block ZBlkSeg `z` (its part of the
+    segment's file); z stays a ghost."""
     if z._p_changed is None:
         z._p_activate()
         seg, index = z.seg, z.index
@@ -608,8 +606,8 @@ def _blk_extent(z, bs):
 
 
 def _blob_data(z, bs):
-    """Content of block Blob or ZBlkSeg `z` as a read-only buffer (a private
-    mapping of its file, no copy)."""
+    """Content of block ZBlkSeg `z` as a read-only buffer (a private mapping
+    of its file, no copy)."""
     import mmap
     path, off = _blk_extent(z, bs)
     with open(path, 'rb') as f:
@@ -696,8 +694,8 @@ def _unlink_quiet(path):
 
 
 def _load_base(base, buf):
-    """buf = content of the ZBlk0, Blob or ZBlkSeg `base` (zeros after it)."""
-    if type(base) in (Blob, ZBlkSeg):
+    """buf = content of the ZBlk0 or ZBlkSeg `base` (zeros after it)."""
+    if type(base) is ZBlkSeg:
         path, off = _blk_extent(base, len(buf))
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -1087,7 +1085,7 @@ class _ZBigFileIO(BigFile):
         self._track(blk, zblk)
         if zblk is None:
             return HOLE         # the pager maps zero pages: no 2 MiB of zeros copied
-        elif type(zblk) in (Blob, ZBlkSeg):
+        elif type(zblk) is ZBlkSeg:
             return MapFile(*_blk_extent(zblk, self.blksize))   # mapped, not copied
         else:
             # through the class: an attribute of a ghost would load its state
@@ -1165,7 +1163,7 @@ class _ZBigFileIO(BigFile):
         fmt = wo.fmt
         cs = _chunksize(bs)
         if fmt == 'blob':
-            if type(old) in (Blob, ZBlkSeg) and _same(buf, _blob_data(old, bs)):
+            if type(old) is ZBlkSeg and _same(buf, _blob_data(old, bs)):
                 return                  # same bytes: nothing to write
             self._newB(wo, blk, old, buf)
             return
@@ -1205,7 +1203,7 @@ class _ZBigFileIO(BigFile):
                 self._full(wo, blk, old, buf)
             else:                               # sparse
                 self._new1(wo, blk, old, buf, cs, nch, zero)
-        elif type(old) in (ZBlk0, Blob, ZBlkSeg):
+        elif type(old) in (ZBlk0, ZBlkSeg):
             if len(changed) > half:
                 self._full(wo, blk, old, buf)
             else:
@@ -1257,8 +1255,8 @@ class _ZBigFileIO(BigFile):
         self._set(wo, blk, new, old)
 
     def _full(self, wo, blk, old, buf):
-        """auto: the block is written whole -> a Blob where the storage maps
-        them, else a ZBlk0 (rewritten in place if it is one)."""
+        """auto: the block is written whole -> a ZBlkSeg where the storage maps
+        blobs, else a ZBlk0 (rewritten in place if it is one)."""
         if wo.blobs:
             self._newB(wo, blk, old, buf)
         elif type(old) is ZBlk0:
@@ -1267,8 +1265,8 @@ class _ZBigFileIO(BigFile):
             self._new0(wo, blk, old, buf)
 
     def _newB(self, wo, blk, old, buf):
-        """blktab[blk] = a new Blob with the bytes of the page (written to its
-        file now: no copy stays in RAM)."""
+        """blktab[blk] = a new ZBlkSeg in this commit's segment, with the
+        bytes of the page (written by write_blobs: no copy stays in RAM)."""
         jar = self._zfile._p_jar
         d = _blob_storage_dir(jar) if jar is not None else None
         if d is None:
@@ -1459,13 +1457,12 @@ def _diff(buf, old, cs, nch):
         return [i for i in range(nch) if not zero[i]], zero, same_base
     elif type(old) is ZBlk0:
         odata = _loaddata(old)
-    elif type(old) in (Blob, ZBlkSeg):
+    elif type(old) is ZBlkSeg:
         odata = _blob_data(old, n)
     elif type(old) is ZBlk1:
         if old.base is not None:
             base = old.base
-            base_data = (_blob_data(base, n) if type(base) in (Blob, ZBlkSeg)
-                         else _loaddata(base))
+            base_data = _blob_data(base, n) if type(base) is ZBlkSeg else _loaddata(base)
         overlay = dict(old.chunktab.items())
     for i in range(nch):
         lo, hi = i * cs, min((i + 1) * cs, n)
@@ -1846,9 +1843,10 @@ class ZBigFileH:
 
     def tpc_vote(self, txn):
         wo = self._wo
-        if txn is self._txn and wo is not None:
-            wo.wait_blobs()
-        if txn is self._txn and wo is not None and wo.blob_dir is not None:
+        if txn is not self._txn or wo is None:
+            return
+        wo.wait_blobs()
+        if wo.blob_dir is not None:
             # the blob files of this commit (renamed into the blob directory
             # by the storage since) are durable before anyone finishes: one
             # syncfs for all of them and their directory entries
