@@ -99,3 +99,47 @@ def test_big_budget_does_not_load_twice(zeo_server, sent, budget):
     budget(1 << 30)
     s, blocks, _ = _scan(zeo_server.uri, sent)
     assert len(blocks) == NBLK, '%d requests for %d blocks' % (len(blocks), NBLK)
+
+
+from storages import net_storage, pg_cluster  # noqa: E402,F401
+
+
+def test_blocks_read_ahead_are_of_the_scanning_connection_snapshot(net_storage, budget):
+    """The reader thread loads blocks ahead of a scan and the pager places
+    them; another connection's commit in the middle of the scan must not
+    show (RelStorage: records newer than the snapshot are not used), and at
+    the next boundary it must."""
+    from wendelin_cy.bigfile import file_zodb
+    _fill(net_storage.uri)
+    old = np.random.default_rng(1).integers(0, 256, NBLK * BS, dtype=np.uint8)
+    budget(64 * BS)
+    db = ZODB.DB(dbstoropen(net_storage.uri)[0])
+    try:
+        tm1, tm2 = transaction.TransactionManager(), transaction.TransactionManager()
+        c1, c2 = db.open(transaction_manager=tm1), db.open(transaction_manager=tm2)
+        A1 = c1.root()['A']
+        a = A1[:]
+        assert a[0] == old[0]                    # c1's snapshot is taken
+        A2 = c2.root()['A']
+        A2[5 * BS:10 * BS] = 7                   # blocks 5..9 change
+        tm2.commit()
+        s0 = wendelin_cy.pager_stats()
+        h0 = file_zodb._READER.hits
+        for lo in range(0, len(a), BS):          # a slow consumer: the reader gets ahead
+            assert np.array_equal(a[lo:lo + BS], old[lo:lo + BS]), 'block %d' % (lo // BS)
+            time.sleep(0.02)
+        s1 = wendelin_cy.pager_stats()
+        assert (s1['readahead_loads'] - s0['readahead_loads']) + (file_zodb._READER.hits - h0) > 0
+        tm1.abort()                              # boundary: the commit shows now
+        a = A1[:]
+        new = old.copy()
+        new[5 * BS:10 * BS] = 7
+        for lo in range(0, len(a), BS):
+            assert np.array_equal(a[lo:lo + BS], new[lo:lo + BS]), 'block %d' % (lo // BS)
+        del a
+        _close_handles_of(c1)
+        _close_handles_of(c2)
+        c1.close()
+        c2.close()
+    finally:
+        db.close()

@@ -754,6 +754,96 @@ def test_prefetch_extents_are_read_ahead_by_the_pager(tmp_path):
     os.close(fd)
 
 
+class _Futures(BigFile):
+    """Blocks b hold bytes b+1; prefetch() answers with futures the test
+    completes itself (blocks asked for: .pending)."""
+
+    def __init__(self, nblk):
+        BigFile.__init__(self, BS)
+        self.nblk = nblk
+        self.loads = []
+        self.pending = {}
+
+    @staticmethod
+    def data(blk):
+        return bytes([blk + 1]) * BS
+
+    def loadblk(self, blk, buf):
+        self.loads.append(blk)
+        buf[:] = self.data(blk)
+
+    def prefetch(self, blk, n):
+        from concurrent.futures import Future
+        out = []
+        for b in range(blk, min(blk + n, self.nblk)):
+            if b not in self.pending:
+                self.pending[b] = Future()
+                out.append((b, self.pending[b]))
+        return out
+
+
+def test_prefetch_futures_become_pages_in_the_completing_thread():
+    f = _Futures(32)
+    fh = f.fileh_open()
+    a = u8(fh.mmap(0, 32))
+    s0 = wendelin_cy.pager_stats()
+    a[0], a[BS]                                 # sequential: blocks ahead asked for
+    assert f.loads == [0, 1] and 2 in f.pending
+    # completed in another thread, with a memoryview (and a short block: zeros follow)
+    t = threading.Thread(target=f.pending[2].set_result,
+                         args=(memoryview(f.data(2))[: BS - 10],))
+    t.start()
+    t.join()
+    assert wendelin_cy.pager_stats()["readahead_loads"] == s0["readahead_loads"] + 1
+    assert a[2 * BS] == 3 and a[3 * BS - 11] == 3 and not a[3 * BS - 10: 3 * BS].any()
+    assert f.loads == [0, 1]                    # block 2 never went through loadblk
+    assert wendelin_cy.pager_stats()["readahead_hits"] == s0["readahead_hits"] + 1
+    # results that are not a block are ignored: the fault loads the block itself
+    f.pending[3].set_result(None)
+    f.pending[4].set_exception(OSError("lost"))
+    f.pending[5].set_result(bytes(BS + 1))      # too long
+    f.pending[6].cancel()
+    assert [a[b * BS] for b in (3, 4, 5, 6)] == [4, 5, 6, 7]
+    assert f.loads == [0, 1, 3, 4, 5, 6]
+
+
+def test_prefetch_futures_of_a_changed_block_are_dropped():
+    f = _Futures(32)
+    fh = f.fileh_open()
+    a = u8(fh.mmap(0, 32))
+    a[0], a[BS]
+    fut = f.pending[2]
+    a[10 * BS] = 9                              # a write: contents may have changed
+    fut.set_result(bytes([99]) * BS)            # data from before the write
+    assert a[2 * BS] == 3                       # loaded anew, not the stale future
+    assert 2 in f.loads
+    fh.dirty_discard()
+
+
+def test_prefetch_futures_completed_after_close_are_ignored():
+    f = _Futures(32)
+    fh = f.fileh_open()
+    a = u8(fh.mmap(0, 32))
+    a[0], a[BS]
+    futs = list(f.pending.values())
+    del a
+    fh.close()
+    for fut in futs:
+        fut.set_result(f.data(0))               # nothing to place them in: no crash
+    assert all(fut.done() for fut in futs)
+
+
+def test_prefetch_future_with_a_bad_block_number_is_reported(capfd):
+    from concurrent.futures import Future
+
+    class Bad(BigFile_RAM):
+        def prefetch(self, blk, n):
+            return [(-1, Future())]
+    a = u8(Bad(BS).fileh_open().mmap(0, 8))
+    assert [int(a[b * BS]) for b in range(8)] == [0] * 8
+    assert capfd.readouterr().err.count("ValueError: prefetch: bad (blk, future)") == 1
+
+
 def test_loadblk_may_return_hole(budget):
     from wendelin_cy.bigfile import HOLE
     budget(1 << 20)                       # recycled staging memory holds old data

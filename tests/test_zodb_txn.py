@@ -721,9 +721,12 @@ def test_savepoint_through_old_view_only(db):
 
 
 @pytest.mark.parametrize('raw', [True, False])
-def test_load_path(db, fmt, monkeypatch, raw):
+def test_load_path(db, fmt, monkeypatch, raw, request):
     """ZBlk payloads are read straight from the record (no object activated,
     no unpickled copy); the fallback through the object gives the same."""
+    from wendelin_cy._pager import virtmem
+    virtmem.set_readahead(False)       # every block through loadblk: the path counted
+    request.addfinalizer(lambda: virtmem.set_readahead(True))
     if not raw:
         monkeypatch.setattr(file_zodb, '_raw_payload', lambda obj: None)
     c1 = Conn(db)

@@ -38,6 +38,7 @@ from .posix cimport *
 cimport cython
 
 import os as _os
+import weakref as _weakref
 import sys as _sys
 import time as _time
 import traceback as _traceback
@@ -1159,7 +1160,9 @@ cdef void ra_on_load(Region* r, int64_t blk, int64_t* start, int64_t* n) noexcep
         end = blk + 1 + w
         if end > r.nblk:
             end = r.nblk
-        if r.ra_next < end:
+        # top the window up when half of it or less is left ahead: one call
+        # asks for several blocks (for a storage, one batch of requests)
+        if r.ra_next < end and (r.ra_next - blk - 1) * 2 <= w:
             start[0] = r.ra_next
             n[0] = end - r.ra_next
             r.ra_next = end
@@ -1193,8 +1196,54 @@ cdef int g_ra_started = 0
 cdef int64_t g_ra_inflight = 0
 cdef uint64_t st_ra_loads = 0, st_ra_hits = 0, st_ra_dropped = 0, st_warm_slots = 0
 
+cdef Page* ra_begin(Region* r, int64_t blk, uint64_t gen, char** slot) noexcept nogil:
+    """Start loading block blk ahead (g_lock held): a LOADING page owned by this
+    thread and a staging slot for it; NULL if the request is stale (the block
+    has a page, the generation moved), the handle is closed, or readahead
+    already holds its share of the budget."""
+    global st_ra_dropped
+    cdef Page* p
+    if (r.closed or r.forked or gen != r.gen or blk < 0 or blk >= r.nblk
+            or r.pages[blk] != NULL
+            or (g_ra_inflight + 1) * <int64_t>r.blksize * 2 > <int64_t>g_budget):
+        st_ra_dropped += 1
+        return NULL
+    p = page_new(r, blk)
+    if p == NULL:
+        return NULL
+    p.state = PG_LOADING
+    p.loader = pthread_self()
+    slot[0] = acquire_slot(r.blksize)
+    if slot[0] == NULL:
+        page_free(p)
+        return NULL
+    return p
+
+cdef void ra_finish(Region* r, Page* p, char* slot, uint64_t gen, int rc) noexcept nogil:
+    """The staging slot of a block read ahead is filled (rc == 0) or not
+    (g_lock held): place it PROT_NONE, or drop it (a fault will load, and
+    report, the block itself)."""
+    global g_ra_inflight, st_ra_loads, st_ra_dropped
+    if rc == 0 and (r.closed or gen != r.gen):
+        rc = E_CLOSED
+    if rc == 0:
+        rc = place(r, p, slot, PROT_NONE)
+    if rc != 0:
+        release_slot(slot, r.blksize)
+        page_free(p)
+        st_ra_dropped += 1
+    else:
+        p.state = PG_LOADED
+        p.ra = 1
+        p.referenced = 1
+        clock_add(p)
+        g_ra_inflight += 1
+        st_ra_loads += 1
+    notify()
+
+
 cdef void* ra_main(void* arg) noexcept nogil:
-    global g_raq_head, g_raq_len, g_ra_inflight, st_ra_loads, st_ra_dropped
+    global g_raq_head, g_raq_len
     cdef sigset_t all_
     cdef RAReq q
     cdef Region* r
@@ -1220,21 +1269,8 @@ cdef void* ra_main(void* arg) noexcept nogil:
         r = q.r
         if r == NULL:
             continue
-        if (r.closed or q.gen != r.gen or q.blk >= r.nblk or r.pages[q.blk] != NULL
-                or (g_ra_inflight + 1) * <int64_t>r.blksize * 2 > <int64_t>g_budget):
-            st_ra_dropped += 1
-            r.busy -= 1
-            notify()
-            continue
-        p = page_new(r, q.blk)
+        p = ra_begin(r, q.blk, q.gen, &slot)
         if p == NULL:
-            r.busy -= 1
-            continue
-        p.state = PG_LOADING
-        p.loader = pthread_self()
-        slot = acquire_slot(r.blksize)
-        if slot == NULL:
-            page_free(p)
             r.busy -= 1
             notify()
             continue
@@ -1243,21 +1279,7 @@ cdef void* ra_main(void* arg) noexcept nogil:
         if rc == 0 and <size_t>q.n < r.blksize:
             memset(slot + q.n, 0, r.blksize - q.n)
         lock()
-        if rc == 0 and (r.closed or q.gen != r.gen):
-            rc = E_CLOSED
-        if rc == 0:
-            rc = place(r, p, slot, PROT_NONE)
-        if rc != 0:
-            release_slot(slot, r.blksize)
-            page_free(p)            # a fault will load (and report) it itself
-            st_ra_dropped += 1
-        else:
-            p.state = PG_LOADED
-            p.ra = 1
-            p.referenced = 1
-            clock_add(p)
-            g_ra_inflight += 1
-            st_ra_loads += 1
+        ra_finish(r, p, slot, q.gen, rc)
         r.busy -= 1
         notify()
     return NULL
@@ -1376,9 +1398,27 @@ cdef void ra_advise(Region* r, int64_t start, int64_t n) noexcept nogil:
         call_prefetch(r, start, n)
 
 cdef _queue_extents(Region* r, extents):
+    """Queue what prefetch() answered: extents (blk, fd, offset, nbytes), read
+    by the readahead thread, and (blk, future) pairs, placed when the future
+    completes, with the block's bytes, in whichever thread completes it."""
     cdef int64_t blk, off, n
     cdef int fd
+    cdef uint64_t gen
+    fh = None
     for e in extents:
+        if len(e) == 2:
+            blk, fut = e
+            if blk < 0 or blk >= r.nblk or not callable(getattr(fut, "add_done_callback", None)):
+                raise ValueError("prefetch: bad (blk, future) %r" % (e,))
+            if fh is None:
+                fh = _weakref.ref(<object>r.fileh)
+            lock()
+            gen = r.gen
+            skip = r.pages[blk] != NULL or r.closed or r.forked
+            unlock()
+            if not skip:
+                fut.add_done_callback(_RAPlace.new(fh, blk, gen))
+            continue
         blk, fd, off, n = e
         if n < 0 or n > <int64_t>r.blksize or off < 0 or fd < 0:
             raise ValueError("prefetch: bad extent %r" % (e,))
@@ -1387,6 +1427,36 @@ cdef _queue_extents(Region* r, extents):
         unlock()
         if rc != 0:
             break
+
+
+cdef class _RAPlace:
+    """Done-callback of a future prefetch() answered for one block: its
+    result (bytes-like, or None) becomes the block's page, PROT_NONE like a
+    block read ahead from a file, if nothing changed the block's generation
+    meanwhile."""
+    cdef object fh
+    cdef int64_t blk
+    cdef uint64_t gen
+
+    @staticmethod
+    cdef _RAPlace new(fh, int64_t blk, uint64_t gen):
+        cdef _RAPlace c = _RAPlace.__new__(_RAPlace)
+        c.fh = fh
+        c.blk = blk
+        c.gen = gen
+        return c
+
+    def __call__(self, fut):
+        try:
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            data = fut.result()
+            fh = self.fh()
+            if data is not None and fh is not None:
+                (<BigFileH>fh)._ra_place(self.blk, self.gen, data)
+        except BaseException as e:          # readahead is advice: never fatal
+            _report_ignored("placing block %d read ahead" % self.blk, e)
+
 
 cdef void call_prefetch(Region* r, int64_t start, int64_t n) noexcept nogil:
     with gil:
@@ -1405,7 +1475,10 @@ cdef void _run_prefetch(Region* r, int64_t start, int64_t n) noexcept:
             elif not r.last_mapped:
                 # the blocks will be copied in by loadblk on the faulting
                 # thread: have their staging memory made ready meanwhile
-                # (extents are read into slots by the readahead thread itself)
+                # (extents are read into slots by the readahead thread
+                # itself; futures are copied in by the thread completing
+                # them - warming memory for them too only competed with it
+                # for the CPU: measured slower on 2 cores)
                 lock()
                 ra_warm(r.blksize, n)
                 unlock()
@@ -1568,7 +1641,11 @@ cdef class BigFile:
     soon load blocks [blk, blk+n); start fetching them in the background, or
     return their extents ``[(blk, fd, offset, nbytes), ...]`` (where each
     block's bytes lie in a file; the rest of the block reads as zeros) for the
-    pager's readahead thread to read into RAM.  It is advice: errors are
+    pager's readahead thread to read into RAM, or ``[(blk, future), ...]``:
+    a ``concurrent.futures.Future`` (loading in a thread of the BigFile's
+    own) whose result is the block's bytes (or None), which the pager copies
+    into the block, in the thread that completes the future, as long as the
+    block was not touched, written or invalidated meanwhile.  It is advice: errors are
     reported once and ignored.  Instead of filling ``buf``, loadblk may return
     ``HOLE`` (all zeros) or ``MapFile(path, offset)`` (the block is that part
     of an immutable file: mapped without a copy).  loadblk may
@@ -1702,6 +1779,37 @@ cdef class BigFileH:
         if self.r == NULL:
             raise ValueError("file handle is closed")
         return self.r
+
+    cdef _ra_place(self, int64_t blk, uint64_t gen, data):
+        """Make `data` (the bytes of block blk, read ahead at generation gen;
+        shorter: zeros follow) the block's page, unless it is stale."""
+        cdef Region* r = self.r
+        cdef Page* p
+        cdef char* slot = NULL
+        cdef const unsigned char[::1] src = memoryview(data).cast("B")
+        cdef size_t n = src.shape[0]
+        cdef const unsigned char* sp = &src[0] if n else NULL
+        if r == NULL or n > r.blksize:
+            return
+        lock()                  # (the GIL is held: close() cannot free r now)
+        r.busy += 1
+        unlock()
+        with nogil:
+            lock()
+            p = ra_begin(r, blk, gen, &slot)
+            unlock()
+            if p != NULL:
+                if n:
+                    memcpy(slot, sp, n)
+                if n < r.blksize:
+                    memset(slot + n, 0, r.blksize - n)
+                lock()
+                ra_finish(r, p, slot, gen, 0)
+                unlock()
+            lock()
+            r.busy -= 1
+            notify()
+            unlock()
 
     cdef int _grow(self, int64_t nblk) except -1:
         """Extend the reservation in place to hold nblk blocks."""
@@ -2214,6 +2322,20 @@ def zero_chunks(const unsigned char[::1] buf, Py_ssize_t cs):
                     j += 1
             o[i] = j >= hi
     return out
+
+
+def copy_into(unsigned char[::1] dst, const unsigned char[::1] src):
+    """dst[:len(src)] = src, and zeros after it, without the GIL (another
+    thread - a storage's reader, say - runs meanwhile).  ValueError if src is
+    longer than dst."""
+    cdef size_t n = src.shape[0], m = dst.shape[0]
+    if n > m:
+        raise ValueError("%d bytes do not fit in %d" % (n, m))
+    with nogil:
+        if n:
+            memcpy(&dst[0], &src[0], n)
+        if n < m:
+            memset(&dst[0] + n, 0, m - n)
 
 
 def start_writeback(int fd):

@@ -180,10 +180,12 @@ connection).  The pure-Python ``persistent`` pickle cache does not call
 import collections
 import gc
 import os
+import functools
 import pickletools
 import tempfile
 import threading
 import weakref
+from concurrent.futures import wait as _futures_wait
 
 import numpy as np
 import transaction as _transaction
@@ -194,7 +196,7 @@ from persistent import Persistent
 from ZODB.blob import Blob
 
 from wendelin_cy.bigfile import BigFile, HOLE, MapFile, WRITEOUT_MARKSTORED, WRITEOUT_STORE
-from wendelin_cy._pager.virtmem import zero_chunks
+from wendelin_cy._pager.virtmem import copy_into, zero_chunks
 from wendelin_cy.bigfile._prefetch import max_ahead, storage_prefetches
 
 __all__ = ['ZBigFile', 'ZBigFileH', 'ZBlk0', 'ZBlk1', 'ZData', 'ZBlkSeg',
@@ -230,6 +232,9 @@ def _fill(buf, off, data, end):
     if n > end - off:
         raise ValueError('corrupt block record: %d bytes of data for a %d-byte slot'
                          % (n, end - off))
+    if end - off >= _NOGIL_COPY:
+        copy_into(memoryview(buf)[off:end], data)   # (a reader thread runs meanwhile)
+        return
     if n:
         buf[off:off + n] = data
     if off + n < end:
@@ -237,6 +242,7 @@ def _fill(buf, off, data, end):
 
 
 _zeros_cache = memoryview(b'')
+_NOGIL_COPY = 256 * 1024     # bytes: copies at least this long release the GIL
 
 
 def _zero(buf, start, end):
@@ -360,9 +366,16 @@ def _raw_payload(obj):
     storage = getattr(jar, '_storage', None)
     if storage is None:
         return None
-    p = _READER.take(storage, obj._p_oid)
-    if p is None:
-        p, _ = storage.load(obj._p_oid)
+    view = _READER.take(storage, jar.db().storage, obj._p_oid)
+    if view is not None:
+        return view
+    p, _ = storage.load(obj._p_oid)
+    return _payload_view(p)
+
+
+def _payload_view(p):
+    """The bytes payload of record `p` of a _BytesRecord, as a memoryview
+    into it, or None if the record is not the plain pickle expected."""
     span = _payload_span(p)
     if span is None or not _payload_tail_ok(p[span[0] + span[1]:]):
         return None
@@ -997,23 +1010,76 @@ class _Writeout:
 # ``loadBefore`` from another thread (RelStorage's per-connection instances)
 # are not read ahead.
 
-def _local_reader_ok(base):
-    # (FileStorage blocks are read straight into the page: see _fs_extent)
+def _reader_kind(base):
+    """How our reader thread may load records of (base) storage `base` at a
+    connection's snapshot from another thread, or None if it may not:
+
+    * 'before': ``base.loadBefore(oid, start)`` - thread-safe in ZEO's
+      ClientStorage, MappingStorage and DemoStorage (FileStorage blocks are
+      read into the page by the pager's own thread instead: see _fs_extent);
+    * 'rel': RelStorage, whose per-connection instances must not be shared
+      between threads: the thread loads through an instance of its own, at a
+      snapshot at least as new as the connection's, and keeps a record only
+      if it was written at or before the connection's snapshot (then it is
+      the very record the connection would load)."""
     mod = type(base).__module__ or ''
-    return mod.startswith(('ZODB.MappingStorage', 'ZODB.DemoStorage'))
+    if mod.startswith(('ZODB.MappingStorage', 'ZODB.DemoStorage')) or storage_prefetches(base):
+        return 'before'
+    if mod.startswith('relstorage.') and hasattr(base, 'new_instance'):
+        return 'rel'
+    return None
+
+
+def _snapshot(inst, kind):
+    """The snapshot of a connection's storage instance, as `kind` needs it."""
+    if kind == 'rel':
+        return getattr(inst, 'highest_visible_tid', None) or None      # an int
+    return getattr(inst, '_start', None)                    # MVCC adapter: a tid
+
+
+class _RelView:
+    """The reader thread's own instance of a RelStorage.  Closing the storage
+    (from another thread) closes it too, but waits for a load in progress:
+    a database connection closed under a running query can crash (SQLite)."""
+
+    def __init__(self, base):
+        self.base = base
+        self.lock = threading.Lock()
+        self.closed = False
+        self.tid = 0
+        self.inst = inst = base.new_instance()
+        close = inst.close
+
+        def close_after_load():
+            with self.lock:
+                self.closed = True
+                close()
+        inst.close = close_after_load
+        if getattr(base, '_closed', False):     # closed while we made it
+            inst.close()
 
 
 class _Reader:
-    """One background thread reading records ahead; at most ``MAX`` kept."""
+    """One background thread loading block records ahead of a sequential scan,
+    at the scanning connection's snapshot.
 
-    MAX = 16
+    ``ask`` returns a Future per record, whose result is the block's payload
+    (a memoryview into the record) or None.  The pager places each result as
+    the block's page when it completes, in this thread (see BigFile.prefetch):
+    the scan then finds the block in RAM, while the next record is loading.  A
+    fault that comes first ``take``s the future and waits for it instead of
+    loading the record a second time.  Only requests in flight are kept
+    (at most ``MAX``): a finished one belongs to the pager."""
+
+    MAX = 32
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._futures = collections.OrderedDict()   # (id(inst), start, oid) -> Future
+        self._futures = {}          # (id(inst), snapshot, oid) -> Future, in flight
         self._pool = None
         self._pid = None
-        self.hits = 0           # records handed over to a load
+        self._rel = {}              # id(RelStorage) -> [base, its instance for us, tid]
+        self.hits = 0               # records handed over to a load
 
     def _executor(self):
         if self._pool is None or self._pid != os.getpid():    # (not across fork)
@@ -1021,39 +1087,107 @@ class _Reader:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix='wendelin_cy-readahead')
             self._pid = os.getpid()
             self._futures.clear()
+            self._rel = {}
         return self._pool
 
-    def ask(self, inst, oids):
-        start = getattr(inst, '_start', None)
-        base = getattr(inst, '_storage', None)
-        if start is None or base is None:
-            return
+    def ask(self, inst, base, oids):
+        """Futures for the payloads of records `oids` at the snapshot of
+        connection storage `inst` (over base storage `base`); fewer (maybe
+        none) if this storage is not read in a thread, or enough are in
+        flight."""
+        kind = _reader_kind(base)
+        snap = _snapshot(inst, kind) if kind else None
+        if snap is None:
+            return []
+        out, new = [], []
         with self._lock:
             pool = self._executor()
             for oid in oids:
-                key = (id(inst), start, oid)
-                if key in self._futures:
-                    continue
-                self._futures[key] = pool.submit(base.loadBefore, oid, start)
-                while len(self._futures) > self.MAX:
-                    self._futures.popitem(last=False)
+                key = (id(inst), snap, oid)
+                fut = self._futures.get(key)
+                if fut is None:
+                    if len(self._futures) >= self.MAX:
+                        break
+                    fut = pool.submit(self._load, kind, base, snap, oid)
+                    self._futures[key] = fut
+                    new.append((key, fut))
+                out.append(fut)
+        for key, fut in new:        # (called at once if done: not under _lock)
+            fut.add_done_callback(functools.partial(self._done, key))
+        return out
 
-    def take(self, inst, oid):
+    def _done(self, key, fut):
+        with self._lock:
+            if self._futures.get(key) is fut:
+                del self._futures[key]
+
+    def _load(self, kind, base, snap, oid):
+        """(Reader thread.)  The payload of record oid at snapshot snap, or None."""
+        try:
+            if kind == 'rel':
+                p = self._rel_load(base, snap, oid)
+            elif not getattr(base, 'is_connected', lambda: True)():
+                return None     # (ZEO: closed, or a lost server: the fault waits, bounded)
+            else:
+                r = base.loadBefore(oid, snap)
+                p = r[0] if r else None
+            return None if p is None else _payload_view(p)
+        except Exception:
+            return None         # the fault's own load will say what is wrong
+
+    def _rel_load(self, base, snap, oid):
+        if getattr(base, '_closed', False):
+            self._rel.pop(id(base), None)
+            return None
+        v = self._rel.get(id(base))
+        if v is None or v.base is not base:
+            v = self._rel[id(base)] = _RelView(base)
+        with v.lock:            # (closing the storage waits for this load)
+            if v.closed:
+                return None
+            if v.tid < snap:    # move our view up to (at least) snap
+                v.inst.sync()
+                v.inst.poll_invalidations()
+                v.tid = v.inst.highest_visible_tid or 0
+                if v.tid < snap:
+                    return None
+            p, serial = v.inst.load(oid)
+        if int.from_bytes(serial, 'big') > snap:
+            return None                 # changed since the connection's snapshot
+        return p
+
+    def forget(self, inst):
+        """Cancel the reads for `inst` not started yet (its handles closed)."""
+        with self._lock:
+            keys = [k for k in self._futures if k[0] == id(inst)]
+            futs = [self._futures.pop(k) for k in keys]
+        for fut in futs:
+            fut.cancel()
+
+    def take(self, inst, base, oid):
+        """The payload of record oid if it is being read ahead for `inst`'s
+        snapshot (waiting for it, GIL released), else None."""
         if not self._futures:
             return None
-        key = (id(inst), getattr(inst, '_start', None), oid)
+        kind = _reader_kind(base)
+        if kind is None:
+            return None
+        key = (id(inst), _snapshot(inst, kind), oid)
         with self._lock:
             fut = self._futures.pop(key, None)
         if fut is None:
             return None
-        try:
-            r = fut.result()            # (waits, GIL released, if still reading)
-        except Exception:
-            return None                 # the normal load will say what is wrong
-        if r is None:
+        connected = getattr(base, 'is_connected', None)
+        while not fut.done():
+            _futures_wait([fut], timeout=0.05)
+            if connected is not None and not fut.done() and not connected():
+                return None     # a lost server: the fault's own load waits, bounded
+        if fut.cancelled() or fut.exception() is not None:
             return None
-        self.hits += 1
-        return r[0]
+        r = fut.result()
+        if r is not None:
+            self.hits += 1
+        return r
 
 
 _READER = _Reader()
@@ -1106,8 +1240,10 @@ class _ZBigFileIO(BigFile):
 
         FileStorage: answer with where their payloads lie in the data file;
         the pager's own thread reads them into RAM (see _fs_extent).  ZEO:
-        Connection.prefetch (asynchronous, into the client cache).  Storages
-        where another thread may call loadBefore: our reader thread."""
+        Connection.prefetch (asynchronous, into the client cache), then, as
+        for the other storages our reader thread can read (see _reader_kind),
+        futures of the payloads, which the pager copies into place in that
+        thread, off the scan's own."""
         zfile = self._zfile
         conn = zfile._p_jar
         if conn is None or not getattr(conn, 'opened', None):
@@ -1133,11 +1269,15 @@ class _ZBigFileIO(BigFile):
             return extents
         oids = [z._p_oid for _, z in todo]
         if storage_prefetches(base):
-            if getattr(base, 'is_connected', lambda: True)():   # (no tasks for a dead server)
-                conn.prefetch(oids)
-        elif _local_reader_ok(base):
-            _READER.ask(conn._storage, oids)
-        return None
+            if not getattr(base, 'is_connected', lambda: True)():
+                return None             # (no tasks for a dead server)
+            conn.prefetch(oids)         # all in flight at once, into ZEO's cache
+        futs = _READER.ask(conn._storage, base, oids)
+        out = []
+        for (b, z), fut in zip(todo, futs):
+            self._track(b, z)           # (as for extents, above)
+            out.append((b, fut))
+        return out or None
 
     def _track(self, blk, zblk):
         old = self._loaded.get(blk)
@@ -1576,6 +1716,9 @@ class ZBigFileH:
         self._fh.close()
         self._io._handles.discard(self)
         self._unregister_synch()
+        conn = self._conn()
+        if conn is not None and not self._io._handles:
+            _READER.forget(getattr(conn, '_storage', None))    # (reads ahead nobody waits for)
 
     def __repr__(self):
         return '<ZBigFileH of %r%s>' % (self.zfile, ' (closed)' if self._fh.closed else '')
