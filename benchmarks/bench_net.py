@@ -18,17 +18,25 @@ For each storage (servers started here, on 127.0.0.1):
           ``Connection.prefetch``); ``scan-w4``: budget 32 MiB, readahead
           window 4 blocks (what fits in ZEO's 20 MB client cache);
           ``scan-nora``: readahead off;
-* ratio:  scan / best raw (ratio-w4: scan-w4 / best raw), each the best of --repeat runs ("warm": the server's
+* ratio:  scan / the faster of raw and raw+pf of the same repeat (ratio-w4:
+          scan-w4 / the same), the median over --repeat repeats; the MiB/s
+          columns are each the best of the repeats ("warm": the server's
           files are in the OS page cache after the ingest; the client's
           caches are new for every run).
 
 ``zeo-rtt`` runs ZEO behind ``DelayProxy`` (--rtt ms per round trip) to show
 what latency costs and what prefetch wins back.
+
+Opening ZEO sets glibc's malloc thresholds for the whole process
+(``wendelin_cy.lib.malloc``), so every storage after it runs with them, the
+storage's own loads as well as the scans; ``WENDELIN_CY_MALLOC=default``
+keeps glibc's defaults throughout.
 """
 
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -188,12 +196,16 @@ def run(kind, mib, repeat, rtt, tmp):
                     ('scan-nora', lambda: scan(uri, False, 1 << 30))]
         if zeo:
             variants += [('raw+pf', lambda: raw_load(uri, PF_WINDOW))]
+        runs = []
         for _ in range(repeat):
-            for name, f in variants:
-                r[name] = max(r.get(name, 0), f())
-        best = max(r['raw'], r.get('raw+pf', 0))
-        r['ratio'] = r['scan'] / best
-        r['ratio-w4'] = r['scan-w4'] / best
+            one = {name: f() for name, f in variants}
+            runs.append(one)
+            for name, v in one.items():
+                r[name] = max(r.get(name, 0), v)
+        # each repeat's scans against the same repeat's best raw load; median
+        own = [max(x['raw'], x.get('raw+pf', 0)) for x in runs]
+        r['ratio'] = statistics.median(x['scan'] / o for x, o in zip(runs, own))
+        r['ratio-w4'] = statistics.median(x['scan-w4'] / o for x, o in zip(runs, own))
         print('%-9s ' % kind + '  '.join(
             '%s %s' % (k, ('%.2f' % v) if k.startswith('ratio') else '%.0f MiB/s' % v)
             for k, v in r.items()), flush=True)
@@ -212,8 +224,10 @@ def main():
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix='wcy-bench-net-')
     try:
-        print('array %d MiB in 2 MiB blocks; best of %d; zeo-rtt: %.1f ms round trip'
-              % (args.mib, args.repeat, args.rtt))
+        from wendelin_cy.lib import malloc
+        print('array %d MiB in 2 MiB blocks; best of %d; zeo-rtt: %.1f ms round trip; '
+              'malloc: %s' % (args.mib, args.repeat, args.rtt,
+                              malloc._why_not() or 'tuned when ZEO opens'))
         for kind in args.storages.split(','):
             run(kind, args.mib, args.repeat, args.rtt, tmp)
     finally:

@@ -104,12 +104,19 @@ def test_big_budget_does_not_load_twice(zeo_server, sent, budget):
 from storages import net_storage, pg_cluster  # noqa: E402,F401
 
 
-def test_blocks_read_ahead_are_of_the_scanning_connection_snapshot(net_storage, budget):
-    """The reader thread loads blocks ahead of a scan and the pager places
-    them; another connection's commit in the middle of the scan must not
-    show (RelStorage: records newer than the snapshot are not used), and at
-    the next boundary it must."""
+def test_blocks_read_ahead_are_of_the_scanning_connection_snapshot(net_storage, budget,
+                                                                   monkeypatch):
+    """Blocks are read ahead of a scan (ZEO: Connection.prefetch; RelStorage:
+    our reader thread, and the pager places them); another connection's
+    commit in the middle of the scan must not show (RelStorage: records
+    newer than the snapshot are not used), and at the next boundary it
+    must."""
     from wendelin_cy.bigfile import file_zodb
+    from ZEO.ClientStorage import ClientStorage
+    prefetched = []
+    orig = ClientStorage.prefetch
+    monkeypatch.setattr(ClientStorage, 'prefetch',
+                        lambda self, oids, tid: (prefetched.extend(oids), orig(self, oids, tid))[1])
     _fill(net_storage.uri)
     old = np.random.default_rng(1).integers(0, 256, NBLK * BS, dtype=np.uint8)
     budget(64 * BS)
@@ -129,7 +136,11 @@ def test_blocks_read_ahead_are_of_the_scanning_connection_snapshot(net_storage, 
             assert np.array_equal(a[lo:lo + BS], old[lo:lo + BS]), 'block %d' % (lo // BS)
             time.sleep(0.02)
         s1 = wendelin_cy.pager_stats()
-        assert (s1['readahead_loads'] - s0['readahead_loads']) + (file_zodb._READER.hits - h0) > 0
+        if net_storage.kind == 'zeo':
+            assert len(prefetched) >= NBLK // 2
+        else:
+            assert (s1['readahead_loads'] - s0['readahead_loads']
+                    + file_zodb._READER.hits - h0) > 0
         tm1.abort()                              # boundary: the commit shows now
         a = A1[:]
         new = old.copy()

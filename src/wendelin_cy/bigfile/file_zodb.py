@@ -1014,16 +1014,19 @@ def _reader_kind(base):
     """How our reader thread may load records of (base) storage `base` at a
     connection's snapshot from another thread, or None if it may not:
 
-    * 'before': ``base.loadBefore(oid, start)`` - thread-safe in ZEO's
-      ClientStorage, MappingStorage and DemoStorage (FileStorage blocks are
-      read into the page by the pager's own thread instead: see _fs_extent);
+    * 'before': ``base.loadBefore(oid, start)`` - MappingStorage and
+      DemoStorage (FileStorage blocks are read into the page by the pager's
+      own thread instead: see _fs_extent; ZEO's client has a thread of its
+      own that receives what Connection.prefetch asked for: one more Python
+      thread loading from its cache only competed for the GIL - measured
+      0.81-0.88x against 0.84-0.90x the storage's own loads without it);
     * 'rel': RelStorage, whose per-connection instances must not be shared
       between threads: the thread loads through an instance of its own, at a
       snapshot at least as new as the connection's, and keeps a record only
       if it was written at or before the connection's snapshot (then it is
       the very record the connection would load)."""
     mod = type(base).__module__ or ''
-    if mod.startswith(('ZODB.MappingStorage', 'ZODB.DemoStorage')) or storage_prefetches(base):
+    if mod.startswith(('ZODB.MappingStorage', 'ZODB.DemoStorage')):
         return 'before'
     if mod.startswith('relstorage.') and hasattr(base, 'new_instance'):
         return 'rel'
@@ -1126,8 +1129,6 @@ class _Reader:
         try:
             if kind == 'rel':
                 p = self._rel_load(base, snap, oid)
-            elif not getattr(base, 'is_connected', lambda: True)():
-                return None     # (ZEO: closed, or a lost server: the fault waits, bounded)
             else:
                 r = base.loadBefore(oid, snap)
                 p = r[0] if r else None
@@ -1177,11 +1178,7 @@ class _Reader:
             fut = self._futures.pop(key, None)
         if fut is None:
             return None
-        connected = getattr(base, 'is_connected', None)
-        while not fut.done():
-            _futures_wait([fut], timeout=0.05)
-            if connected is not None and not fut.done() and not connected():
-                return None     # a lost server: the fault's own load waits, bounded
+        _futures_wait([fut])            # (GIL released)
         if fut.cancelled() or fut.exception() is not None:
             return None
         r = fut.result()
@@ -1240,10 +1237,10 @@ class _ZBigFileIO(BigFile):
 
         FileStorage: answer with where their payloads lie in the data file;
         the pager's own thread reads them into RAM (see _fs_extent).  ZEO:
-        Connection.prefetch (asynchronous, into the client cache), then, as
-        for the other storages our reader thread can read (see _reader_kind),
-        futures of the payloads, which the pager copies into place in that
-        thread, off the scan's own."""
+        Connection.prefetch (asynchronous, into the client cache).
+        RelStorage and in-memory storages: futures of the payloads, read by
+        our reader thread (see _reader_kind), which the pager copies into
+        place in that thread, off the scan's own."""
         zfile = self._zfile
         conn = zfile._p_jar
         if conn is None or not getattr(conn, 'opened', None):
@@ -1269,9 +1266,9 @@ class _ZBigFileIO(BigFile):
             return extents
         oids = [z._p_oid for _, z in todo]
         if storage_prefetches(base):
-            if not getattr(base, 'is_connected', lambda: True)():
-                return None             # (no tasks for a dead server)
-            conn.prefetch(oids)         # all in flight at once, into ZEO's cache
+            if getattr(base, 'is_connected', lambda: True)():   # (no tasks for a dead server)
+                conn.prefetch(oids)     # all in flight at once, into ZEO's cache
+            return None
         futs = _READER.ask(conn._storage, base, oids)
         out = []
         for (b, z), fut in zip(todo, futs):

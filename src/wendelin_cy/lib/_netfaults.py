@@ -23,10 +23,10 @@ point after ``wait_timeout``.  A server back within that time lets the scan
 go on: the data of a snapshot does not change, so a retried load returns the
 same bytes.
 
-``storage_timeout()`` reads ``$WENDELIN_CY_STORAGE_TIMEOUT`` (seconds), meant
-as the default ``wait_timeout`` of ``dbopen('zeo://...')`` when the URI gives
-none; dbopen does not use it, nor call ``register_zeo()``, yet: call
-``register_zeo()`` once in a process that scans over ZEO.
+``storage_timeout()`` reads ``$WENDELIN_CY_STORAGE_TIMEOUT`` (seconds), the
+default ``wait_timeout`` of ``dbopen('zeo://...')`` when the URI gives none.
+``dbopen('zeo://...')`` calls ``register_zeo()``; call it yourself in a
+process that opens ``ClientStorage`` by hand and scans over it.
 """
 
 import os

@@ -15,7 +15,9 @@ URIs understood:
   else 30) -> ZEO ClientStorage opened with ``server_sync=True``, so that
   every new transaction sees everything committed before it began; loads
   inside page faults then retry ZEO's ``ClientDisconnected`` for a bounded
-  time (``wendelin_cy.lib._netfaults``);
+  time (``wendelin_cy.lib._netfaults``); the process's glibc malloc
+  thresholds are set for big records (``wendelin_cy.lib.malloc``: about 2x
+  the scan speed; ``$WENDELIN_CY_MALLOC=default`` keeps glibc's own);
 * every scheme some installed package registers with ``zodburi``
   (``postgres://``, ``mysql://``, ``sqlite://`` from RelStorage, ...);
 * ``neo://`` through NEO's client, if installed.
@@ -79,6 +81,8 @@ def _zeo(rest):
         raise ValueError('dbopen: zeo:// URI needs host:port or a socket path')
     st = ClientStorage(addr, storage=storage, server_sync=True, **kw)
     register_zeo()      # page faults retry ClientDisconnected (bounded wait)
+    from wendelin_cy.lib import malloc
+    malloc.tune()       # ZEO's client thread: no page faults per record (see there)
     return st
 
 
