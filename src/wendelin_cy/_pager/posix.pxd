@@ -37,6 +37,7 @@ cdef extern from "<sys/mman.h>" nogil:
         MADV_WILLNEED
         MADV_SEQUENTIAL
         MADV_POPULATE_READ
+        MADV_POPULATE_WRITE
         MADV_COLD
         MADV_RANDOM
     void* MAP_FAILED

@@ -1302,7 +1302,10 @@ cdef void warm_slots(size_t bs, int64_t want) noexcept nogil:
         if slot != NULL:
             if bs % HUGE == 0:
                 madvise(slot, bs, MADV_HUGEPAGE)
-            memset(slot, 0, bs)
+            # fault the pages in (the kernel zeroes them): without writing
+            # the zeros a second time where the kernel can populate
+            if madvise(slot, bs, MADV_POPULATE_WRITE) != 0:
+                touch_pages(slot, bs)
             if mprotect(slot, bs, PROT_NONE) != 0:
                 munmap(slot, bs)
                 slot = NULL
@@ -1321,6 +1324,13 @@ cdef void warm_slots(size_t bs, int64_t want) noexcept nogil:
             munmap(slot, bs)
             lock()
             return
+
+cdef void touch_pages(char* p, size_t n) noexcept nogil:
+    """Write one byte of every OS page of fresh memory p[:n]."""
+    cdef size_t i = 0
+    while i < n:
+        (<volatile char*>p)[i] = 0
+        i += OSPAGE
 
 cdef void ra_warm(size_t bs, int64_t n) noexcept nogil:
     """Ask the readahead thread for n warm staging blocks (g_lock held)."""
