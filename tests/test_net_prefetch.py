@@ -154,3 +154,44 @@ def test_blocks_read_ahead_are_of_the_scanning_connection_snapshot(net_storage, 
         c2.close()
     finally:
         db.close()
+
+
+def test_closing_a_relstorage_while_blocks_are_read_ahead(tmp_path):
+    """The reader thread loads through a RelStorage instance of its own;
+    closing the database in the middle of a scan must wait for the load in
+    progress (an SQLite connection closed under a running query crashes the
+    process), never hang, and leave later databases working."""
+    pytest.importorskip('relstorage')
+    from _zodb_util import run_py
+    d = tmp_path / 'sqlite'
+    d.mkdir()
+    uri = 'sqlite://?data_dir=%s' % d
+    _fill(uri)
+    out = run_py("""
+        import faulthandler, numpy as np, ZODB, wendelin_cy
+        from wendelin_cy.lib.zodb import dbstoropen
+        from wendelin_cy.bigfile import file_zodb
+        faulthandler.enable()
+        wendelin_cy.set_ram_budget(64 << 20)
+        BS = %d
+        for i in range(80):
+            db = ZODB.DB(dbstoropen(%r)[0])
+            c = db.open()
+            a = c.root()['A'][:]
+            k = 1 + i %% 6
+            s = sum(int(a[b * BS]) for b in range(k))      # sequential: reads ahead
+            del a
+            file_zodb._close_handles_of(c)
+            c.close()
+            db.close()                  # while the reader may be loading
+        db = ZODB.DB(dbstoropen(%r)[0])
+        c = db.open()
+        a = c.root()['A'][:]
+        print('sum', int(a.sum(dtype=np.int64)), 'hits', file_zodb._READER.hits > 0)
+        del a
+        file_zodb._close_handles_of(c)
+        c.close()
+        db.close()
+    """ % (BS, uri, uri), cwd=str(tmp_path), timeout=300)
+    want = int(np.random.default_rng(1).integers(0, 256, NBLK * BS, dtype=np.uint8).sum(dtype=np.int64))
+    assert out.split() == ['sum', str(want), 'hits', 'True']
