@@ -24,6 +24,7 @@ from wendelin_cy.bigarray import BigArray
 from wendelin_cy.bigarray.array_zodb import ZBigArray
 from wendelin_cy.bigfile.file_file import BigFile_File
 from wendelin_cy.lib.zodb import dbopen, dbclose
+from wendelin_cy.testing.servers import env_with_src
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'src')
 BS = 64 * 1024
@@ -172,3 +173,49 @@ def test_fork_child_that_reopens_the_database_can_read(tmp_path):
         print('status', os.waitstatus_to_exitcode(st))
     """, cwd=str(tmp_path))
     assert 'child sum %d' % sum(range(1000)) in r.stdout, r.stdout + r.stderr
+
+
+def test_fork_while_the_reader_lock_is_held_does_not_deadlock_the_child():
+    # a thread of the parent holds the readahead reader's lock at fork(): the
+    # child must get a reader of its own, not wait for a lock nobody frees
+    code = textwrap.dedent("""
+        import os, threading, time, numpy as np, transaction, ZODB
+        from ZODB.MappingStorage import MappingStorage
+        from wendelin_cy.bigfile import file_zodb
+        from wendelin_cy.bigarray.array_zodb import ZBigArray
+        db = ZODB.DB(MappingStorage())
+        c = db.open()
+        c.root()['A'] = A = ZBigArray((1 << 16,), np.uint8, blksize=1 << 16)
+        transaction.commit()
+        A[:] = 7
+        transaction.commit()
+        oid = A.zfile.blktab[0]._p_oid
+        held, go = threading.Event(), threading.Event()
+        def hold():
+            with file_zodb._READER._lock:
+                held.set()
+                go.wait()
+        t = threading.Thread(target=hold)
+        t.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            futs = file_zodb._READER.ask(c._storage, db.storage, [oid])
+            os._exit(0 if futs and bytes(futs[0].result(timeout=30)[:1]) == b'\\x07' else 3)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            status = -1
+        go.set()
+        t.join()
+        print('child', status)
+    """)
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       timeout=120, env=env_with_src())
+    assert r.stdout.split() == ['child', '0'], r.stdout + r.stderr

@@ -1084,6 +1084,15 @@ class _Reader:
         self._rel = {}              # id(RelStorage) -> [base, its instance for us, tid]
         self.hits = 0               # records handed over to a load
 
+    def _after_fork_in_child(self):
+        # the parent's thread, requests and database connections are not
+        # ours; its lock may have been held by a thread that is gone
+        self._lock = threading.Lock()
+        self._futures = {}
+        self._pool = None
+        self._pid = None
+        self._rel = {}
+
     def _executor(self):
         if self._pool is None or self._pid != os.getpid():    # (not across fork)
             from concurrent.futures import ThreadPoolExecutor
@@ -1188,6 +1197,7 @@ class _Reader:
 
 
 _READER = _Reader()
+os.register_at_fork(after_in_child=_READER._after_fork_in_child)
 
 
 class _ZBigFileIO(BigFile):
