@@ -150,6 +150,18 @@ class _FailVote:
         raise RuntimeError('vote refused')
 
 
+def _nothing_left_behind(db, path, before):
+    """After a failed commit: the blob files are those of before, no
+    uncommitted file is left in the blob directory's tmp, and a new
+    connection sees the committed ones.  -> that connection."""
+    gc.collect()
+    assert _blob_files(path + '.blobs') == before
+    assert os.listdir(os.path.join(path + '.blobs', 'tmp')) == []
+    c2 = Conn(db)
+    assert (c2.root['A'][:] == 1).all()
+    return c2
+
+
 def test_failed_commit_leaves_database_and_blob_directory_unchanged(tmp_path):
     path = str(tmp_path / 'f.fs')
     db, c, A = _ones(path)
@@ -162,12 +174,7 @@ def test_failed_commit_leaves_database_and_blob_directory_unchanged(tmp_path):
     c.abort()
     assert (a == 1).all()                  # memory back to the database's state
     del a
-    gc.collect()
-    assert _blob_files(path + '.blobs') == before
-    tmp = os.path.join(path + '.blobs', 'tmp')
-    assert os.listdir(tmp) == []           # no uncommitted file left behind
-    c2 = Conn(db)
-    assert (c2.root['A'][:] == 1).all()
+    c2 = _nothing_left_behind(db, path, before)
     c.close()
     c2.close()
     db.close()
@@ -251,11 +258,7 @@ def test_failed_blob_write_fails_the_commit_cleanly(tmp_path, monkeypatch):
     assert (a == 1).all()
     monkeypatch.setattr(file_zodb, '_write_blob_file', real)
     del a
-    gc.collect()
-    assert _blob_files(path + '.blobs') == before
-    assert os.listdir(os.path.join(path + '.blobs', 'tmp')) == []
-    c2 = Conn(db)
-    assert (c2.root['A'][:] == 1).all()
+    c2 = _nothing_left_behind(db, path, before)
     A[:] = 3
     c.commit()
     c2.abort()

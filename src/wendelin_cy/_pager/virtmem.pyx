@@ -1325,6 +1325,13 @@ cdef void warm_slots(size_t bs, int64_t want) noexcept nogil:
             lock()
             return
 
+cdef inline void copy_pad(char* dst, size_t m, const char* src, size_t n) noexcept nogil:
+    """dst[:m] = src[:n] followed by zeros (n <= m)."""
+    if n:
+        memcpy(dst, src, n)
+    if n < m:
+        memset(dst + n, 0, m - n)
+
 cdef void touch_pages(char* p, size_t n) noexcept nogil:
     """Write one byte of every OS page of fresh memory p[:n]."""
     cdef size_t i = 0
@@ -1809,10 +1816,7 @@ cdef class BigFileH:
             p = ra_begin(r, blk, gen, &slot)
             unlock()
             if p != NULL:
-                if n:
-                    memcpy(slot, sp, n)
-                if n < r.blksize:
-                    memset(slot + n, 0, r.blksize - n)
+                copy_pad(<char*>slot, r.blksize, <const char*>sp, n)
                 lock()
                 ra_finish(r, p, slot, gen, 0)
                 unlock()
@@ -2342,10 +2346,7 @@ def copy_into(unsigned char[::1] dst, const unsigned char[::1] src):
     if n > m:
         raise ValueError("%d bytes do not fit in %d" % (n, m))
     with nogil:
-        if n:
-            memcpy(&dst[0], &src[0], n)
-        if n < m:
-            memset(&dst[0] + n, 0, m - n)
+        copy_pad(<char*>&dst[0] if m else NULL, m, <const char*>&src[0] if n else NULL, n)
 
 
 def start_writeback(int fd):

@@ -177,10 +177,9 @@ connection).  The pure-Python ``persistent`` pickle cache does not call
 ``_p_invalidate`` of ghosts; the C implementation (the default) is required.
 """
 
-import collections
 import gc
-import os
 import functools
+import os
 import pickletools
 import tempfile
 import threading
@@ -999,16 +998,12 @@ class _Writeout:
 # ~~~ reading ahead
 #
 # The pager calls ``_ZBigFileIO.prefetch(blk, n)`` when faults walk a file in
-# order.  The records of the ZBlk0 objects of those blocks are then read by a
-# background thread, at the connection's own snapshot (``loadBefore(oid,
-# start)`` of the base storage, with the ``start`` the connection reads at),
-# while the faulting thread copies and computes: a scan overlaps storage reads
-# with the rest of the work.  The record is handed over once, to the load of
-# the same oid at the same snapshot; anything else is ignored and forgotten.
-# Storages whose prefetch is asynchronous (ZEO) are asked with
-# ``Connection.prefetch`` instead; storages that are not known to allow
-# ``loadBefore`` from another thread (RelStorage's per-connection instances)
-# are not read ahead.
+# order.  FileStorage: the extents of the records, read by the pager's own
+# thread.  ZEO: ``Connection.prefetch`` (asynchronous).  RelStorage and
+# in-memory storages: the records are loaded by a background thread of ours,
+# at the connection's own snapshot (see _reader_kind), and the pager copies
+# each into its block in that thread, while the faulting thread computes.  A
+# record is handed over at most once, to its block (or to a fault on it).
 
 def _reader_kind(base):
     """How our reader thread may load records of (base) storage `base` at a
@@ -1080,8 +1075,7 @@ class _Reader:
         self._lock = threading.Lock()
         self._futures = {}          # (id(inst), snapshot, oid) -> Future, in flight
         self._pool = None
-        self._pid = None
-        self._rel = {}              # id(RelStorage) -> [base, its instance for us, tid]
+        self._rel = {}              # id(RelStorage) -> _RelView
         self.hits = 0               # records handed over to a load
 
     def _after_fork_in_child(self):
@@ -1090,16 +1084,12 @@ class _Reader:
         self._lock = threading.Lock()
         self._futures = {}
         self._pool = None
-        self._pid = None
         self._rel = {}
 
     def _executor(self):
-        if self._pool is None or self._pid != os.getpid():    # (not across fork)
+        if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(1, thread_name_prefix='wendelin_cy-readahead')
-            self._pid = os.getpid()
-            self._futures.clear()
-            self._rel = {}
         return self._pool
 
     def ask(self, inst, base, oids):
