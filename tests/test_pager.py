@@ -887,14 +887,16 @@ def test_first_spill_with_threads_faulting_does_not_deadlock():
     assert r.stdout.split() == ["alive", "0", "True"], r.stdout + r.stderr
 
 
-def test_readers_never_see_a_block_being_evicted_as_zeros():
+def test_readers_never_see_a_block_being_evicted_as_zeros(tmp_path):
     # regression: eviction moved a block's memory away (MREMAP_DONTUNMAP) while
     # the old range was still readable: a reader saw zero pages for a moment.
     # 4 threads, own connections, 4 arrays of 4 blocks, a 4-block budget:
     # without the fix this failed 3 runs in 8.
     script = os.path.join(HERE, "scripts", "threads_evict_read.py")
-    for _ in range(2):
-        r = subprocess.run([sys.executable, script], capture_output=True, text=True,
+    for i in range(2):
+        d = tmp_path / str(i)
+        d.mkdir()
+        r = subprocess.run([sys.executable, script, str(d)], capture_output=True, text=True,
                            timeout=120, env=dict(os.environ, PYTHONPATH=SRC))
         assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-2000:]
 
