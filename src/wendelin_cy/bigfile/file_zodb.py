@@ -1000,13 +1000,14 @@ class _Writeout:
 # The pager calls ``_ZBigFileIO.prefetch(blk, n)`` when faults walk a file in
 # order.  FileStorage: the extents of the records, read by the pager's own
 # thread.  ZEO: ``Connection.prefetch`` (asynchronous).  RelStorage and
-# in-memory storages: the records are loaded by a background thread of ours,
+# in-memory storages: the records are loaded by background threads of ours,
 # at the connection's own snapshot (see _reader_kind), and the pager copies
-# each into its block in that thread, while the faulting thread computes.  A
-# record is handed over at most once, to its block (or to a fault on it).
+# each into its block in the thread that loaded it, while the faulting
+# thread computes.  A record is handed over at most once, to its block (or to
+# a fault on it).
 
 def _reader_kind(base):
-    """How our reader thread may load records of (base) storage `base` at a
+    """How our reader threads may load records of (base) storage `base` at a
     connection's snapshot from another thread, or None if it may not:
 
     * 'before': ``base.loadBefore(oid, start)`` - MappingStorage and
@@ -1036,7 +1037,7 @@ def _snapshot(inst, kind):
 
 
 class _RelView:
-    """The reader thread's own instance of a RelStorage.  Closing the storage
+    """A reader thread's own instance of a RelStorage.  Closing the storage
     (from another thread) closes it too, but waits for a load in progress:
     a database connection closed under a running query can crash (SQLite)."""
 
@@ -1058,8 +1059,12 @@ class _RelView:
 
 
 class _Reader:
-    """One background thread loading block records ahead of a sequential scan,
-    at the scanning connection's snapshot.
+    """Background threads (``WORKERS``) loading block records ahead of a
+    sequential scan, at the scanning connection's snapshot.  Two, so that one
+    loads while the other waits for the database or copies a record into its
+    block: measured against one (A/B medians, 256 MiB, 1 GiB budget), scans
+    went from 0.74 to 0.84x RelStorage-on-SQLite's own serial loads and from
+    0.96 to 1.53x PostgreSQL's.
 
     ``ask`` returns a Future per record, whose result is the block's payload
     (a memoryview into the record) or None.  The pager places each result as
@@ -1070,6 +1075,7 @@ class _Reader:
     (at most ``MAX``): a finished one belongs to the pager."""
 
     MAX = 32
+    WORKERS = 2
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -1089,7 +1095,7 @@ class _Reader:
     def _executor(self):
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix='wendelin_cy-readahead')
+            self._pool = ThreadPoolExecutor(self.WORKERS, thread_name_prefix='wendelin_cy-readahead')
         return self._pool
 
     def ask(self, inst, base, oids):
@@ -1137,11 +1143,12 @@ class _Reader:
 
     def _rel_load(self, base, snap, oid):
         if getattr(base, '_closed', False):
-            self._rel.pop(id(base), None)
+            self._rel.pop((id(base), threading.get_ident()), None)
             return None
-        v = self._rel.get(id(base))
+        key = (id(base), threading.get_ident())     # one instance per thread
+        v = self._rel.get(key)
         if v is None or v.base is not base:
-            v = self._rel[id(base)] = _RelView(base)
+            v = self._rel[key] = _RelView(base)
         with v.lock:            # (closing the storage waits for this load)
             if v.closed:
                 return None
@@ -1239,7 +1246,7 @@ class _ZBigFileIO(BigFile):
         the pager's own thread reads them into RAM (see _fs_extent).  ZEO:
         Connection.prefetch (asynchronous, into the client cache).
         RelStorage and in-memory storages: futures of the payloads, read by
-        our reader thread (see _reader_kind), which the pager copies into
+        our reader threads (see _reader_kind), which the pager copies into
         place in that thread, off the scan's own."""
         zfile = self._zfile
         conn = zfile._p_jar
