@@ -115,8 +115,12 @@ def test_blocks_read_ahead_are_of_the_scanning_connection_snapshot(net_storage, 
     from ZEO.ClientStorage import ClientStorage
     prefetched = []
     orig = ClientStorage.prefetch
-    monkeypatch.setattr(ClientStorage, 'prefetch',
-                        lambda self, oids, tid: (prefetched.extend(oids), orig(self, oids, tid))[1])
+
+    def prefetch(self, oids, tid):
+        oids = list(oids)       # (Connection.prefetch passes a generator)
+        prefetched.extend(oids)
+        return orig(self, oids, tid)
+    monkeypatch.setattr(ClientStorage, 'prefetch', prefetch)
     _fill(net_storage.uri)
     old = np.random.default_rng(1).integers(0, 256, NBLK * BS, dtype=np.uint8)
     budget(64 * BS)
