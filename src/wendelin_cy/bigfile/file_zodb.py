@@ -549,18 +549,18 @@ def _zeo_readinto(obj, buf):
                 return False
             f.flush()
             fd = f.fileno()
-            h = os.pread(fd, 35, ofs)
-            if len(h) != 35 or h[:1] != b'a' or h[5:13] != oid or h[21:29] != b'\0' * 8:
+            h = os.pread(fd, 35 + 512, ofs)     # record header, payload's head
+            if len(h) < 35 or h[:1] != b'a' or h[5:13] != oid or h[21:29] != b'\0' * 8:
                 return False
             if h[13:21] >= start or h[29:31] != b'\0\0':
                 return False
             ldata = int.from_bytes(h[31:35], 'big')
             dpos = ofs + 35
-            span = _payload_span(os.pread(fd, min(ldata, 512), dpos))
+            span = _payload_span(h[35:35 + ldata])
             if span is None:
                 return False
             i, n = span
-            if (i + n > ldata or n > len(buf) or not _payload_tail_ok(
+            if (i + n > ldata or n > len(buf) or ldata - (i + n) > 16 or not _payload_tail_ok(
                     os.pread(fd, ldata - (i + n), dpos + i + n))):
                 return False
             if not _preadinto(fd, buf, dpos + i, n):
