@@ -12,6 +12,10 @@ For each storage (servers started here, on 127.0.0.1):
           storage (``conn._storage.load(oid)``, at the connection's
           snapshot), in order - once without and, for ZEO, once with
           ``conn.prefetch()`` of the next blocks (MiB/s);
+* conn:   a fresh connection loads the same block objects as a ZODB user
+          would (``_p_activate``: unpickled, kept in the connection's cache
+          like the scan's blocks are kept within its budget), for ZEO with
+          ``Connection.prefetch`` of the next 4 (MiB/s);
 * scan:   a fresh connection sums the array through ndarray views, 8 MiB
           at a time, blocks loaded by page faults (MiB/s).  ``scan``: RAM
           budget 1 GiB, so the pager reads ahead up to 16 blocks (for ZEO:
@@ -19,7 +23,8 @@ For each storage (servers started here, on 127.0.0.1):
           window 4 blocks (what fits in ZEO's 20 MB client cache);
           ``scan-nora``: readahead off;
 * ratio:  scan / the faster of raw and raw+pf of the same repeat (ratio-w4:
-          scan-w4 / the same), the median over --repeat repeats; the MiB/s
+          scan-w4 / the same; ratio-conn: scan / conn of the same repeat),
+          the median over --repeat repeats; the MiB/s
           columns are each the best of the repeats ("warm": the server's
           files are in the OS page cache after the ingest; the client's
           caches are new for every run).
@@ -139,6 +144,36 @@ def raw_load(uri, window):
         db.close()
 
 
+def conn_load(uri, window):
+    """The block objects loaded through a connection, as a ZODB user would
+    (``_p_activate``: the record unpickled into the object, which stays in
+    the connection's cache), with ``Connection.prefetch`` of the next
+    `window` blocks where it helps (ZEO)."""
+    db = _db(uri)
+    try:
+        c = db.open()
+        A = c.root()['A']
+        zs = list(A.zfile.blktab.values())
+        oids = [z._p_oid for z in zs]
+        nbytes = 0
+        t = time.perf_counter()
+        ahead = -1
+        for i, z in enumerate(zs):
+            if window and ahead - i < (window + 1) // 2:
+                lo, hi = max(ahead + 1, i + 1), min(len(oids) - 1, i + window)
+                if lo <= hi:
+                    c.prefetch(oids[lo:hi + 1])
+                ahead = hi
+            z._p_activate()
+            nbytes += len(z._data)
+        dt = time.perf_counter() - t
+        del zs, z
+        c.close()
+        return nbytes / MiB / dt
+    finally:
+        db.close()
+
+
 def scan(uri, readahead, budget):
     wendelin_cy.set_ram_budget(budget)
     virtmem.set_readahead(readahead)
@@ -194,6 +229,7 @@ def run(kind, mib, repeat, rtt, tmp):
                     ('scan', lambda: scan(uri, True, 1 << 30)),
                     ('scan-w4', lambda: scan(uri, True, 16 * 2 * MiB)),
                     ('scan-nora', lambda: scan(uri, False, 1 << 30))]
+        variants += [('conn', lambda: conn_load(uri, PF_WINDOW if zeo else 0))]
         if zeo:
             variants += [('raw+pf', lambda: raw_load(uri, PF_WINDOW))]
         runs = []
@@ -206,6 +242,7 @@ def run(kind, mib, repeat, rtt, tmp):
         own = [max(x['raw'], x.get('raw+pf', 0)) for x in runs]
         r['ratio'] = statistics.median(x['scan'] / o for x, o in zip(runs, own))
         r['ratio-w4'] = statistics.median(x['scan-w4'] / o for x, o in zip(runs, own))
+        r['ratio-conn'] = statistics.median(x['scan'] / x['conn'] for x in runs)
         print('%-9s ' % kind + '  '.join(
             '%s %s' % (k, ('%.2f' % v) if k.startswith('ratio') else '%.0f MiB/s' % v)
             for k, v in r.items()), flush=True)
