@@ -275,38 +275,6 @@ cdef int reset_slot(char* addr, size_t size) noexcept nogil:
             return errno
     return 0
 
-# Huge pages for new staging blocks.  A 2 MiB block faulted in as one huge
-# page costs the kernel one zeroing (0.23 ms measured here) against 512 small
-# faults (0.65-0.95 ms).  But on a VM whose host takes free guest memory back
-# (free page reporting), a huge page the host no longer backs waited for the
-# host 4.4 ms here, while small pages stayed at 0.65-0.95 ms.  So the readahead
-# thread times each huge-page block it populates (warm_slots): when one takes
-# longer than small pages would, the next THP_BACKOFF new blocks use small
-# pages, then huge pages are tried again.
-
-cdef long THP_SLOW_NS = 1500000     # per 2 MiB: slower than small pages
-cdef int THP_BACKOFF = 64           # new blocks on small pages after a slow one
-cdef int g_thp_skip = 0
-cdef uint64_t st_small_slots = 0
-
-cdef inline long now_ns() noexcept nogil:
-    cdef timespec t
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return t.tv_sec * 1000000000 + t.tv_nsec
-
-cdef inline int thp_advise(char* slot, size_t bs) noexcept nogil:
-    """MADV_HUGEPAGE on a new staging block unless backing off (g_lock may or
-    may not be held: the counter is advice).  1 if advised."""
-    global g_thp_skip, st_small_slots
-    if bs % HUGE != 0:
-        return 0
-    if g_thp_skip > 0:
-        g_thp_skip -= 1
-        st_small_slots += 1
-        return 0
-    madvise(slot, bs, MADV_HUGEPAGE)
-    return 1
-
 cdef char* pool_take(size_t size) noexcept nogil:
     global g_npool, g_pool_bytes
     cdef int i
@@ -666,7 +634,8 @@ cdef char* acquire_slot(size_t bs, int* recycled=NULL) noexcept nogil:
         if slot == NULL:
             return NULL
         st_fresh_slots += 1
-        thp_advise(slot, bs)
+        if bs % HUGE == 0:
+            madvise(slot, bs, MADV_HUGEPAGE)
     g_resident += bs
     if g_resident > st_peak_resident:
         st_peak_resident = g_resident
@@ -1323,24 +1292,20 @@ cdef void warm_slots(size_t bs, int64_t want) noexcept nogil:
     ready instead of faulting in new pages block by block on its own thread:
     on this VM a first touch of fresh memory cost 4.7 ms per 2 MiB block, a
     copy into reused memory 0.5 ms."""
-    global g_npool, g_pool_bytes, st_warm_slots, g_thp_skip
+    global g_npool, g_pool_bytes, st_warm_slots
     cdef char* slot
     cdef int64_t made = 0
-    cdef int huge
-    cdef long t
     while (made < want and g_npool < WARMMAX + POOLMAX and g_npool < 16
            and pressure(bs) <= g_budget):
         unlock()
         slot = map_aligned(bs, align_for(bs), PROT_RW)
         if slot != NULL:
-            huge = thp_advise(slot, bs)
-            t = now_ns()
+            if bs % HUGE == 0:
+                madvise(slot, bs, MADV_HUGEPAGE)
             # fault the pages in (the kernel zeroes them): without writing
             # the zeros a second time where the kernel can populate
             if madvise(slot, bs, MADV_POPULATE_WRITE) != 0:
                 touch_pages(slot, bs)
-            if huge and (now_ns() - t) > THP_SLOW_NS * <long>(bs // HUGE):
-                g_thp_skip = THP_BACKOFF
             if mprotect(slot, bs, PROT_NONE) != 0:
                 munmap(slot, bs)
                 slot = NULL
@@ -2408,21 +2373,6 @@ def set_zerocopy(flag):
     global g_zerocopy
     g_zerocopy = 1 if flag else 0
 
-def _thp_policy(slow_ns=None, backoff=None):
-    """(For tests and measurements.)  Set how slow a huge-page block must be
-    to fault in (ns per 2 MiB) before new blocks use small pages, and for how
-    many; returns the old (slow_ns, backoff).  backoff=0: always huge pages.
-    A backoff in progress ends."""
-    global THP_SLOW_NS, THP_BACKOFF, g_thp_skip
-    old = (THP_SLOW_NS, THP_BACKOFF)
-    if slow_ns is not None:
-        THP_SLOW_NS = max(0, int(slow_ns))
-    if backoff is not None:
-        THP_BACKOFF = max(0, int(backoff))
-    g_thp_skip = 0
-    return old
-
-
 def set_recycle(flag):
     """Recycle evicted block memory as staging buffers (default on)."""
     global g_recycle
@@ -2456,7 +2406,7 @@ def stats():
              readahead_blocks=st_ra_blocks, zerocopy_loads=st_zerocopy,
              readahead_loads=st_ra_loads, readahead_hits=st_ra_hits,
              readahead_dropped=st_ra_dropped, readahead_inflight=g_ra_inflight,
-             warm_slots=st_warm_slots, small_page_slots=st_small_slots,
+             warm_slots=st_warm_slots,
              readahead_queued=g_raq_len,
              regions=g_nregions)
     unlock()
