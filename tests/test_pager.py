@@ -1027,3 +1027,39 @@ def test_sequential_scan_gets_warm_staging_blocks_within_budget(budget):
     assert wendelin_cy.pager_stats()['warm_slots'] > w0
     for blk in range(256):                # and every block reads right again
         assert a[blk * BS + 7] == blk % 251
+
+
+@pytest.mark.parametrize('slow_ns, backoff, small', [(0, 1000, True), (10**12, 1000, False),
+                                                     (0, 0, False)])
+def test_slow_huge_pages_make_new_blocks_use_small_pages(budget, slow_ns, backoff, small):
+    # new 2 MiB staging blocks get huge pages; when one is slower to fault in
+    # than slow_ns (a VM host taking free memory back), the next `backoff`
+    # new blocks get small pages.  slow_ns=0: every huge page is "slow".
+    import time
+    from wendelin_cy._pager import virtmem
+    B = 2 << 20
+    budget(64 * B)
+
+    class Seq(BigFile):
+        def loadblk(self, blk, buf):
+            buf[:] = bytes([blk % 251]) * len(buf)
+
+        def prefetch(self, blk, n):
+            return None
+    old = virtmem._thp_policy(slow_ns, backoff)
+    try:
+        fh = Seq(B).fileh_open()
+        a = u8(fh.mmap(0, 24))
+        s0 = wendelin_cy.pager_stats()
+        for blk in range(24):
+            assert a[blk * B] == blk % 251 and a[(blk + 1) * B - 1] == blk % 251
+            time.sleep(0.002)             # (the readahead thread gets a turn)
+        s1 = wendelin_cy.pager_stats()
+        assert s1['warm_slots'] > s0['warm_slots']
+        assert (s1['small_page_slots'] > s0['small_page_slots']) == small
+        for blk in range(24):
+            assert a[blk * B + 12345] == blk % 251
+        del a
+        fh.close()
+    finally:
+        virtmem._thp_policy(*old)

@@ -139,7 +139,12 @@ def pager_stats():
       zerocopy_loads: local-file blocks mapped from the page cache without a
       copy; readahead_blocks: blocks handed to readahead (kernel or
       BigFile.prefetch); fresh_slots: staging blocks that needed new memory (the
-      rest reuse evicted memory); pool_fail: failed recycling attempts.
+      rest reuse evicted memory); pool_fail: failed recycling attempts;
+      readahead_loads/hits/dropped/inflight/queued: blocks read ahead into RAM;
+      warm_slots: new staging blocks faulted in ahead of a scan by the pager's
+      thread; small_page_slots: new staging blocks given small pages because
+      huge pages had just been slow to fault in (a VM host taking free memory
+      back).
     """
     return _vm.stats()
 

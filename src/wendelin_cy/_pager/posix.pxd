@@ -72,6 +72,9 @@ cdef extern from "<time.h>" nogil:
     cdef struct timespec:
         long tv_sec
         long tv_nsec
+    ctypedef int clockid_t
+    enum: CLOCK_MONOTONIC
+    int clock_gettime(clockid_t clk, timespec* tp)
 
 cdef extern from "<sys/stat.h>" nogil:
     cdef struct stat_t "stat":
