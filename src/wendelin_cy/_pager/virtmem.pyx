@@ -2423,12 +2423,16 @@ def _thp_policy(slow_ns=None, backoff=None):
     many; returns the old (slow_ns, backoff).  backoff=0: always huge pages.
     A backoff in progress ends."""
     global THP_SLOW_NS, THP_BACKOFF, g_thp_skip
+    slow_ns = None if slow_ns is None else max(0, int(slow_ns))
+    backoff = None if backoff is None else max(0, int(backoff))
+    lock()
     old = (THP_SLOW_NS, THP_BACKOFF)
     if slow_ns is not None:
-        THP_SLOW_NS = max(0, int(slow_ns))
+        THP_SLOW_NS = slow_ns
     if backoff is not None:
-        THP_BACKOFF = max(0, int(backoff))
+        THP_BACKOFF = backoff
     g_thp_skip = 0
+    unlock()
     return old
 
 
