@@ -119,6 +119,23 @@ def raw_ingest(uri, nbytes):
         db.close()
 
 
+def _timed_loads(c, oids, window, load):
+    """Call load(i) for each block i in order, with ``Connection.prefetch`` of
+    the next `window` blocks (topped up when half of them are left; 0: none);
+    returns (bytes load returned in all, seconds)."""
+    nbytes = 0
+    t = time.perf_counter()
+    ahead = -1
+    for i in range(len(oids)):
+        if window and ahead - i < (window + 1) // 2:
+            lo, hi = max(ahead + 1, i + 1), min(len(oids) - 1, i + window)
+            if lo <= hi:
+                c.prefetch(oids[lo:hi + 1])
+            ahead = hi
+        nbytes += load(i)
+    return nbytes, time.perf_counter() - t
+
+
 def raw_load(uri, window):
     db = _db(uri)
     try:
@@ -126,18 +143,7 @@ def raw_load(uri, window):
         A = c.root()['A']
         oids = [z._p_oid for z in A.zfile.blktab.values()]
         st = c._storage
-        nbytes = 0
-        t = time.perf_counter()
-        ahead = -1
-        for i, oid in enumerate(oids):
-            if window and ahead - i < (window + 1) // 2:
-                lo, hi = max(ahead + 1, i + 1), min(len(oids) - 1, i + window)
-                if lo <= hi:
-                    c.prefetch(oids[lo:hi + 1])
-                ahead = hi
-            p, _ = st.load(oid)
-            nbytes += len(p)
-        dt = time.perf_counter() - t
+        nbytes, dt = _timed_loads(c, oids, window, lambda i: len(st.load(oids[i])[0]))
         c.close()
         return nbytes / MiB / dt
     finally:
@@ -154,20 +160,12 @@ def conn_load(uri, window):
         c = db.open()
         A = c.root()['A']
         zs = list(A.zfile.blktab.values())
-        oids = [z._p_oid for z in zs]
-        nbytes = 0
-        t = time.perf_counter()
-        ahead = -1
-        for i, z in enumerate(zs):
-            if window and ahead - i < (window + 1) // 2:
-                lo, hi = max(ahead + 1, i + 1), min(len(oids) - 1, i + window)
-                if lo <= hi:
-                    c.prefetch(oids[lo:hi + 1])
-                ahead = hi
-            z._p_activate()
-            nbytes += len(z._data)
-        dt = time.perf_counter() - t
-        del zs, z
+
+        def load(i):
+            zs[i]._p_activate()
+            return len(zs[i]._data)
+        nbytes, dt = _timed_loads(c, [z._p_oid for z in zs], window, load)
+        del zs
         c.close()
         return nbytes / MiB / dt
     finally:

@@ -481,17 +481,24 @@ def _fs_extent(obj):
                 return None                     # an undo back-pointer
             dpos = pos + _DATA_HDR_LEN
             fd = _fs_fd(base, f)
-        head = os.pread(fd, min(h.plen, 512), dpos)
-        span = _payload_span(head)
-        if span is None:
-            return None
-        i, n = span
-        if i + n > h.plen or not _payload_tail_ok(
-                os.pread(fd, h.plen - (i + n), dpos + i + n)):
-            return None
-        return fd, dpos + i, n
+        span = _record_payload(fd, dpos, h.plen, os.pread(fd, min(h.plen, 512), dpos))
+        return None if span is None else (fd,) + span
     except Exception:
         return None         # the generic path will load (or report) it
+
+
+def _record_payload(fd, dpos, plen, head):
+    """(offset, nbytes) of the bytes payload of the _BytesRecord record of
+    plen bytes at dpos in file fd, whose first bytes are `head`; None if it is
+    not the plain pickle expected."""
+    span = _payload_span(head)
+    if span is None:
+        return None
+    i, n = span
+    if (i + n > plen or plen - (i + n) > 16 or not _payload_tail_ok(
+            os.pread(fd, plen - (i + n), dpos + i + n))):
+        return None
+    return dpos + i, n
 
 
 def _preadinto(fd, buf, off, n):
@@ -521,7 +528,6 @@ def _preadinto(fd, buf, off, n):
 # records cached.  Anything else (a miss, a newer record, another cache
 # layout) takes the generic path, which loads from the server.
 
-_ZEO_DIRECT = True
 _zeo_direct_reads = 0       # blocks read this way (for tests)
 
 
@@ -532,8 +538,7 @@ def _zeo_readinto(obj, buf):
     inst = getattr(jar, '_storage', None)
     base = getattr(inst, '_storage', None)
     start = getattr(inst, '_start', None)
-    if (not _ZEO_DIRECT or start is None or not getattr(jar, 'opened', None)
-            or not storage_prefetches(base)):
+    if start is None or not getattr(jar, 'opened', None) or not storage_prefetches(base):
         return False
     cache = getattr(base, '_cache', None)
     if type(cache).__module__ != 'ZEO.cache':
@@ -555,15 +560,8 @@ def _zeo_readinto(obj, buf):
             if h[13:21] >= start or h[29:31] != b'\0\0':
                 return False
             ldata = int.from_bytes(h[31:35], 'big')
-            dpos = ofs + 35
-            span = _payload_span(h[35:35 + ldata])
-            if span is None:
-                return False
-            i, n = span
-            if (i + n > ldata or n > len(buf) or ldata - (i + n) > 16 or not _payload_tail_ok(
-                    os.pread(fd, ldata - (i + n), dpos + i + n))):
-                return False
-            if not _preadinto(fd, buf, dpos + i, n):
+            span = _record_payload(fd, ofs + 35, ldata, h[35:35 + ldata])
+            if span is None or span[1] > len(buf) or not _preadinto(fd, buf, *span):
                 return False
         global _zeo_direct_reads
         _zeo_direct_reads += 1
