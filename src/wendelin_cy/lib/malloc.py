@@ -11,15 +11,13 @@ than twice that threshold is free.  How those two interact depends on the
 order in which threads allocate and free, and in a scan - where the pager
 copies each record into its page while the next ones arrive - most of that
 memory went back to the kernel block after block and was faulted in afresh
-for the next one: 140,000 to 240,000 minor page faults per 256 MiB scanned
-on the ZEO client thread, against 15,000 to 60,000 for a loop that only
-loads the same records (measured on the 2-core VM of ``docs/scale-out.md``).
+for the next one, many times more minor page faults on the ZEO client thread
+than a loop that only loads the same records.
 
 With allocations of up to 4 MiB served from the heap
 (``M_MMAP_THRESHOLD``) and up to 16 MiB of free heap kept per arena before
-trimming (``M_TRIM_THRESHOLD``) those faults are gone: in the same run the
-ZEO scan went from 343 to 799 MiB/s and ZEO's own loads from 665 to 992
-MiB/s; peak RSS grew by 8 MiB.
+trimming (``M_TRIM_THRESHOLD``) those faults are gone, at the price of a few
+MiB of resident memory (the measured figures are in ``docs/scale-out.md``).
 
 What
 ----
