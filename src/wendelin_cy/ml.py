@@ -74,8 +74,9 @@ refuse, a view pickles its data instead, as any ndarray: no reachable URI
 (memory://), closed handle or connection, uncommitted changes in the view's
 blocks (the receiver must see what the sender sees), memory outside the
 mapping (copies), and ZODB storing the view inside a persistent object (a
-stored reference would point at a snapshot of the database itself; ZODB's
-pickler is recognised from the call stack, see ``_pickled_by_zodb``).  A
+stored reference would point at a snapshot of the database itself: while
+a transaction of the thread commits or holds a savepoint, the ZBigFile
+handles, which the transaction calls, say so: ``file_zodb.zodb_storing``).  A
 worker that cannot open the database raises ``DatabaseUnreachable`` while it
 unpickles its task.
 """
@@ -85,7 +86,6 @@ import bisect
 import gc
 import math
 import os
-import sys
 import threading
 import warnings
 import weakref
@@ -539,26 +539,11 @@ def _view_ref(v):
     return _make_ref(zfile, fh, jar, db, uri, v)
 
 
-def _pickled_by_zodb():
-    """True when the pickler calling us is ZODB storing an object: a view in
-    the state of a persistent object must be stored as data, not as a
-    reference to a snapshot.  (The pickler does not tell who it works for;
-    ZODB's ObjectWriter._dump is the nearest Python frame above a C pickler,
-    a few more above a pure-Python one.)"""
-    f = sys._getframe(2)
-    for _ in range(24):
-        if f is None:
-            return False
-        if f.f_globals.get('__name__') == 'ZODB.serialize':
-            return True
-        f = f.f_back
-    return False
-
-
 def _view_reduce(v):
     """ZBigArrayView.__reduce_ex__: (_open_view, (ArrayRef,)) or None (pickle
     the data).  Any failure to make the reference falls back to the data."""
-    if _pickled_by_zodb():
+    from wendelin_cy.bigfile.file_zodb import zodb_storing
+    if zodb_storing():
         return None
     try:
         ref = _view_ref(v)

@@ -1692,6 +1692,19 @@ def _diff(buf, old, cs, nch):
 
 # ~~~ handle
 
+_STORING = threading.local()
+
+
+def zodb_storing():
+    """True while a transaction of this thread that a ZBigFileH follows is
+    committing (from the synchronizers' beforeCompletion to their
+    afterCompletion) or has taken a savepoint: then ZODB is the one pickling
+    objects here, and a view in an object's state must be stored as data,
+    not as a reference to a snapshot (see wendelin_cy.ml).  Set by the
+    handles, which the transaction calls; it does not look at who calls."""
+    return getattr(_STORING, 'on', False)
+
+
 def _default_tm():
     return _transaction.manager.manager
 
@@ -1974,6 +1987,7 @@ class ZBigFileH:
 
     def beforeCompletion(self, txn):
         from transaction._transaction import Status
+        _STORING.on = True      # the Connection pickles objects from now on
         if self._fh.closed or not self._fh.isdirty():
             return
         if txn.status is not Status.ACTIVE:     # e.g. abort after a failed commit
@@ -1987,6 +2001,7 @@ class ZBigFileH:
 
     def afterCompletion(self, txn):
         from transaction._transaction import Status
+        _STORING.on = False
         if txn.status is Status.COMMITTING:
             # the two-phase commit failed: the pages stay dirty, and we stay
             # joined, until the abort that must follow
@@ -2081,6 +2096,9 @@ class ZBigFileH:
         # the pages stay dirty; the abort that must follow discards them
 
     def savepoint(self):
+        # the Connection pickles changed objects for the savepoint, maybe
+        # after us: views pickle as data until the transaction ends
+        _STORING.on = True
         return _Savepoint(self)     # (a no-op one if the handle moved away)
 
 
