@@ -1,0 +1,167 @@
+# ----------------------------------------------------------------- module API
+
+def set_budget(nbytes):
+    """Set the process-wide RAM budget (bytes) and reclaim down to it now."""
+    global g_budget
+    cdef size_t n
+    nbytes = _index(nbytes, "nbytes")
+    if nbytes <= 0 or nbytes >= (1 << 64):
+        raise ValueError("RAM budget must be positive and below 2**64 bytes, got %d"
+                         % nbytes)
+    n = nbytes                  # (converted before the lock: no exception under it)
+    lock()
+    g_budget = n
+    reclaim(0, 0)
+    unlock()
+
+def set_readahead(flag):
+    """Enable (default) or disable readahead of sequential scans."""
+    global g_ra_enabled
+    g_ra_enabled = 1 if flag else 0
+
+def get_budget():
+    return g_budget
+
+def zero_chunks(const unsigned char[::1] buf, Py_ssize_t cs):
+    """-> bytearray with one flag per cs-byte chunk of buf: 1 if it is all zeros.
+    Each chunk is scanned only up to its first nonzero byte, so dense data
+    costs a few words per chunk (a full numpy pass costs the whole buffer)."""
+    cdef Py_ssize_t n = buf.shape[0], nch, i, j, lo, hi
+    cdef const unsigned char* p
+    cdef const uint64_t* w
+    if cs <= 0:
+        raise ValueError("zero_chunks: chunk size must be > 0")
+    nch = (n + cs - 1) // cs
+    out = bytearray(nch)
+    cdef unsigned char[::1] o = out
+    if n == 0:
+        return out
+    p = &buf[0]
+    with nogil:
+        for i in range(nch):
+            lo = i * cs
+            hi = lo + cs
+            if hi > n:
+                hi = n
+            j = lo
+            # (words where aligned; bytes at the edges)
+            while j < hi and (<uintptr_t>(p + j)) % 8:
+                if p[j]:
+                    break
+                j += 1
+            else:
+                w = <const uint64_t*>(p + j)
+                while j + 8 <= hi and w[0] == 0:
+                    w += 1
+                    j += 8
+                while j < hi and p[j] == 0:
+                    j += 1
+            o[i] = j >= hi
+    return out
+
+
+def copy_into(unsigned char[::1] dst, const unsigned char[::1] src):
+    """dst[:len(src)] = src, and zeros after it, without the GIL (another
+    thread - a storage's reader, say - runs meanwhile).  ValueError if src is
+    longer than dst."""
+    cdef size_t n = src.shape[0], m = dst.shape[0]
+    if n > m:
+        raise ValueError("%d bytes do not fit in %d" % (n, m))
+    with nogil:
+        copy_pad(<char*>&dst[0] if m else NULL, m, <const char*>&src[0] if n else NULL, n)
+
+
+def start_writeback(int fd):
+    """sync_file_range(SYNC_FILE_RANGE_WRITE): start writing fd's dirty pages
+    to disk now, without waiting (so that a later fsync/syncfs has less to
+    wait for).  Advice: errors are ignored."""
+    with nogil:
+        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+
+
+def sync_filesystem(int fd):
+    """syncfs(2): write out everything cached of the filesystem holding fd (data
+    and metadata, renames included), in one call."""
+    cdef int rc
+    with nogil:
+        rc = syncfs(fd)
+    if rc != 0:
+        raise OSError(errno, _os.strerror(errno))
+
+
+def set_zerocopy(flag):
+    """Map local-file blocks straight from the page cache (default on) instead
+    of copying them with pread."""
+    global g_zerocopy
+    g_zerocopy = 1 if flag else 0
+
+def _thp_policy(slow_ns=None, backoff=None):
+    """(For tests and measurements.)  Set how slow a huge-page block must be
+    to fault in (ns per 2 MiB) before new blocks use small pages, and for how
+    many; returns the old (slow_ns, backoff).  backoff=0: always huge pages.
+    A backoff in progress ends."""
+    global THP_SLOW_NS, THP_BACKOFF, g_thp_skip
+    slow_ns = None if slow_ns is None else max(0, int(slow_ns))
+    backoff = None if backoff is None else max(0, int(backoff))
+    lock()
+    old = (THP_SLOW_NS, THP_BACKOFF)
+    if slow_ns is not None:
+        THP_SLOW_NS = slow_ns
+    if backoff is not None:
+        THP_BACKOFF = backoff
+    g_thp_skip = 0
+    unlock()
+    return old
+
+
+def set_recycle(flag):
+    """Recycle evicted block memory as staging buffers (default on)."""
+    global g_recycle
+    g_recycle = 1 if flag else 0
+
+def set_scratch_dir(path):
+    """Where the scratch file for spilled dirty blocks is made (an unnamed
+    O_TMPFILE; the directory's filesystem must support it)."""
+    global g_scratch_dir_c
+    cdef bytes b = _os.fsencode(path)
+    cdef char* c = <char*>malloc(len(b) + 1)
+    cdef char* old
+    if c == NULL:
+        raise MemoryError()
+    memcpy(c, <char*>b, len(b))
+    c[len(b)] = 0
+    lock()
+    old = g_scratch_dir_c
+    g_scratch_dir_c = c
+    unlock()
+    free(old)
+
+def stats():
+    lock()
+    d = dict(budget=g_budget, resident=g_resident, dirty=g_dirty, spilled=g_spilled,
+             pool=g_pool_bytes, faults=st_faults, soft_faults=st_soft, loads=st_loads,
+             evictions=st_evictions, writeouts=st_writeouts, spills=st_spills,
+             unspills=st_unspills, demotions=st_demotions, overshoots=st_overshoots,
+             load_errors=st_load_errors, peak_resident=st_peak_resident,
+             fresh_slots=st_fresh_slots, pool_fail=st_pool_fail,
+             readahead_blocks=st_ra_blocks, zerocopy_loads=st_zerocopy,
+             readahead_loads=st_ra_loads, readahead_hits=st_ra_hits,
+             readahead_dropped=st_ra_dropped, readahead_inflight=g_ra_inflight,
+             warm_slots=st_warm_slots, small_page_slots=st_small_slots,
+             readahead_queued=g_raq_len,
+             regions=g_nregions)
+    unlock()
+    return d
+
+def reset_peak():
+    global st_peak_resident
+    lock()
+    st_peak_resident = g_resident
+    unlock()
+
+def _addr_in_pager(uintptr_t addr):
+    cdef Region* r
+    lock()
+    r = region_find(addr)
+    unlock()
+    return r != NULL
