@@ -89,12 +89,6 @@ def sync_filesystem(int fd):
         raise OSError(errno, _os.strerror(errno))
 
 
-def set_zerocopy(flag):
-    """Map local-file blocks straight from the page cache (default on) instead
-    of copying them with pread."""
-    global g_zerocopy
-    g_zerocopy = 1 if flag else 0
-
 def _thp_policy(slow_ns=None, backoff=None):
     """(For tests and measurements.)  Set how slow a huge-page block must be
     to fault in (ns per 2 MiB) before new blocks use small pages, and for how
@@ -113,11 +107,6 @@ def _thp_policy(slow_ns=None, backoff=None):
     unlock()
     return old
 
-
-def set_recycle(flag):
-    """Recycle evicted block memory as staging buffers (default on)."""
-    global g_recycle
-    g_recycle = 1 if flag else 0
 
 def set_scratch_dir(path):
     """Where the scratch file for spilled dirty blocks is made (an unnamed
@@ -152,16 +141,3 @@ def stats():
              regions=g_nregions)
     unlock()
     return d
-
-def reset_peak():
-    global st_peak_resident
-    lock()
-    st_peak_resident = g_resident
-    unlock()
-
-def _addr_in_pager(uintptr_t addr):
-    cdef Region* r
-    lock()
-    r = region_find(addr)
-    unlock()
-    return r != NULL

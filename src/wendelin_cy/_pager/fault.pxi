@@ -82,8 +82,7 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
             return ENOMEM
     p.state = PG_LOADING
     p.loader = pthread_self()
-    zerocopy = (not spilled and r.direct_fd >= 0 and g_zerocopy
-                and direct_covers(r, blk))
+    zerocopy = not spilled and r.direct_fd >= 0 and direct_covers(r, blk)
     if zerocopy:
         # local file, block entirely inside it: map the page cache pages of the
         # block privately, read-only (no copy at all; a write makes the kernel

@@ -68,7 +68,7 @@ cdef int _open_for_map(MapFile m, size_t bs, _Buf buf) except? -2:
     fd = _os.open(m.path, _os.O_RDONLY | _os.O_CLOEXEC)
     try:
         size = _os.fstat(fd).st_size
-        if size >= m.offset + <int64_t>bs and g_zerocopy:
+        if size >= m.offset + <int64_t>bs:
             return fd
         mv = memoryview(buf)
         try:

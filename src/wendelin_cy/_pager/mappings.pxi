@@ -107,7 +107,7 @@ cdef int page_unmap(Page* p) noexcept nogil:
         # compete with the readahead the scan needs); without memory pressure
         # they stay cached
         madvise(addr, bs, MADV_COLD)
-    if g_recycle and g_npool < POOLMAX and not p.filemap:
+    if g_npool < POOLMAX and not p.filemap:
         slot = map_aligned(bs, align_for(bs), PROT_NONE)
         # MREMAP_DONTUNMAP leaves the old range mapped but empty: with read
         # permission left on it, another thread reading there meanwhile would

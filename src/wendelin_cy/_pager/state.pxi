@@ -99,7 +99,6 @@ cdef char* g_pool[16]
 cdef size_t g_pool_size[16]
 cdef int g_npool = 0
 cdef int g_overshoot_warned = 0
-cdef int g_recycle = 1
 cdef Page* g_last_loaded = NULL     # never the victim of the next reclaim
 
 # statistics (counts)
@@ -108,7 +107,6 @@ cdef uint64_t st_writeouts = 0, st_spills = 0, st_unspills = 0, st_overshoots = 
 cdef uint64_t st_load_errors = 0, st_demotions = 0
 cdef size_t st_peak_resident = 0
 cdef uint64_t st_fresh_slots = 0, st_pool_fail = 0, st_zerocopy = 0
-cdef int g_zerocopy = 1
 
 # scratch file for spilled dirty pages
 cdef int g_scratch_fd = -1

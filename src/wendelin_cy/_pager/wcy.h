@@ -41,7 +41,6 @@ static inline int wcy_fault_again(uintptr_t addr) {
     if (wcy_tls_fault_addr == addr) return ++wcy_tls_fault_count;
     wcy_tls_fault_addr = addr; wcy_tls_fault_count = 1; return 1;
 }
-static inline void wcy_fault_done(void) { wcy_tls_fault_addr = 0; wcy_tls_fault_count = 0; }
 
 /* 1: the faulting access was a write; 0: a read; -1: unknown on this arch
  * (the pager then learns it from a second fault on a read-only block). */
