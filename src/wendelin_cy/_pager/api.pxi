@@ -1,4 +1,14 @@
-# ----------------------------------------------------------------- Python API
+# api.pxi: the Python classes BigFile, BigFileH (a file handle: one Region)
+# and VMA (a window of a handle, exporting a buffer), and the translation of
+# pager error codes into Python exceptions.  These are the entry points: they
+# hold the GIL and take g_lock only around C-level work.
+
+cdef int64_t DEFAULT_RESERVE_BYTES = 64 << 30   # address space of a handle (no memory)
+cdef int64_t RESERVE_MIN_BLOCKS = 64            # ... but room for this many blocks
+cdef int64_t USER_ADDRESS_SPACE = 1 << 47       # x86-64 / arm64 user space: 128 TiB
+cdef int64_t BLKSIZE_MAX = 1 << 30              # 1 GiB
+cdef int64_t BLOCKS_MAX = 1 << 40               # block numbers of a mapping, prefault
+cdef int64_t RA_MAX_LIMIT = 1 << 20             # BigFile.readahead_max is clamped to it
 
 _LOADERR_CLASSES = {}
 
@@ -84,7 +94,7 @@ cdef class BigFile:
         if blksize <= 0 or blksize % OSPAGE:
             raise ValueError("blksize must be a positive multiple of the page size (%d), "
                              "got %d" % (OSPAGE, blksize))
-        if blksize > (1 << 30):
+        if blksize > BLKSIZE_MAX:
             raise ValueError("blksize must be at most 1 GiB, got %d" % blksize)
         self.blksize = blksize
 
@@ -108,7 +118,7 @@ cdef class BigFile:
 def _default_reserve():
     v = _os.environ.get("WENDELIN_CY_VMA_RESERVE")
     if not v:
-        return 64 << 30
+        return DEFAULT_RESERVE_BYTES
     from wendelin_cy.ram import parse_size
     return parse_size(v)
 
@@ -141,11 +151,11 @@ cdef class BigFileH:
             raise ValueError("%r: BigFile.__init__(blksize) was not called" % (bigfile,))
         bs = bigfile.blksize
         if reserve is None:
-            reserve = max(DEFAULT_RESERVE, bs * 64)
+            reserve = max(DEFAULT_RESERVE, bs * RESERVE_MIN_BLOCKS)
         reserve = _index(reserve, "reserve")
         if reserve <= 0:
             raise ValueError("reserve must be positive")
-        if reserve > (1 << 47):
+        if reserve > USER_ADDRESS_SPACE:
             raise MemoryError("cannot reserve %d bytes of address space (the user address "
                               "space is 128 TiB)" % reserve)
         size = ((<size_t>reserve + bs - 1) // bs) * bs
@@ -177,7 +187,7 @@ cdef class BigFileH:
         r.last_load = -2
         r.has_prefetch = 1 if callable(getattr(bigfile, "prefetch", None)) else 0
         ra_max = getattr(bigfile, "readahead_max", None)
-        r.ra_max = max(0, min(int(ra_max), 1 << 20)) if ra_max else 0
+        r.ra_max = max(0, min(int(ra_max), RA_MAX_LIMIT)) if ra_max else 0
         lock()
         rc = region_insert(r)
         unlock()
@@ -261,7 +271,7 @@ cdef class BigFileH:
         pglen = _index(pglen, "pglen")
         if pgoffset < 0 or pglen < 0:
             raise ValueError("pgoffset and pglen must be >= 0")
-        if pgoffset + pglen > (1 << 40):
+        if pgoffset + pglen > BLOCKS_MAX:
             raise ValueError("mapping too large")
         install_handler()
         if pgoffset + pglen > r.nblk:
@@ -340,7 +350,6 @@ cdef class BigFileH:
         """STORE: bigfile.storeblk() every dirty block (in block order);
         MARKSTORED: make them clean and write-protected again.  If storeblk raises,
         nothing is marked stored and the exception propagates."""
-        global g_dirty, g_spilled, st_writeouts
         cdef Region* r = self._region()
         cdef Page* p
         cdef Page** pv
@@ -348,30 +357,13 @@ cdef class BigFileH:
         cdef size_t bs = r.blksize
         cdef bytes tmp
         cdef _Buf b
-        if flags & ~3 or flags == 0:
+        if flags & ~(WRITEOUT_STORE | WRITEOUT_MARKSTORED) or flags == 0:
             raise ValueError("invalid writeout flags %r" % flags)
         lock()
-        p = r.plist
-        while p != NULL:
-            if p.dirty and p.state != PG_LOADING:
-                n += 1
-            p = p.rnext
-        pv = <Page**>malloc((n + 1) * sizeof(Page*))
-        if pv == NULL:
-            unlock()
-            raise MemoryError()
-        r.gen += 1
-        p = r.plist
-        while p != NULL:
-            if p.dirty and p.state != PG_LOADING:
-                pv[i] = p
-                i += 1
-                p.pin += 1
-                p.writing = 1
-                if p.state == PG_LOADED:
-                    set_prot(p, PROT_RO)      # a concurrent write faults, clears .writing
-            p = p.rnext
+        pv = writeout_begin(r, &n)
         unlock()
+        if pv == NULL:
+            raise MemoryError()
         qsort(pv, n, sizeof(Page*), cmp_page_blk)
         try:
             if flags & WRITEOUT_STORE:
@@ -405,32 +397,12 @@ cdef class BigFileH:
                         mv.release()
         except BaseException:
             lock()
-            for i in range(n):
-                pv[i].pin -= 1
-                pv[i].writing = 0
+            writeout_abort(pv, n)
             unlock()
             free(pv)
             raise
         lock()
-        for i in range(n):
-            p = pv[i]
-            p.pin -= 1
-            if flags & WRITEOUT_MARKSTORED and p.writing:
-                if p.state == PG_LOADED:
-                    p.dirty = 0
-                    r.ndirty -= 1
-                    g_dirty -= bs
-                    set_prot(p, PROT_RO if p.prot != PROT_NONE else PROT_NONE)
-                elif p.state == PG_SPILLED:
-                    p.writing = 0
-                    p.dirty = 1          # page_drop accounts ndirty
-                    page_drop(p)
-                    st_writeouts += 1
-                    continue
-            elif p.state == PG_LOADED and p.writing and p.prot == PROT_RO:
-                set_prot(p, PROT_RW)     # still dirty: writable again
-            p.writing = 0
-            st_writeouts += 1
+        writeout_done(pv, n, flags & WRITEOUT_MARKSTORED)
         unlock()
         free(pv)
 
@@ -506,7 +478,7 @@ cdef class BigFileH:
         calling loadblk directly: its exceptions propagate normally."""
         start = _index(start, "start")
         stop = _index(stop, "stop")
-        if start < 0 or stop < start or stop > (1 << 40):
+        if start < 0 or stop < start or stop > BLOCKS_MAX:
             raise ValueError("prefault: need 0 <= start <= stop, got [%d, %d)" % (start, stop))
         self._prefault(start, stop, 1 if write else 0)
 
@@ -586,7 +558,7 @@ cdef object _index(x, name):
 
 
 _ADVICE = {"normal": ADV_NORMAL, "sequential": ADV_SEQUENTIAL, "random": ADV_RANDOM,
-           "willneed": 3, "dontneed": 4}
+           "willneed": ADV_WILLNEED, "dontneed": ADV_DONTNEED}
 
 
 cdef class VMA:

@@ -1,3 +1,28 @@
+# load.pxi: loading a block.  A load runs in three steps around g_lock:
+#   load_begin   (g_lock held)  this thread becomes the block's loader: the
+#                Page goes LOADING, a staging slot is taken (or, for a block
+#                mapped from a file, its share of the budget)
+#   load_fill    (g_lock free)  the bytes arrive: from the scratch file, the
+#                BigFile's fd (pread, or mapped from the page cache), or
+#                loadblk (with the GIL), which may answer HOLE or MapFile
+#   load_finish  (g_lock held)  the slot is moved to the block's address in
+#                one mremap, the Page goes LOADED; on failure load_undo puts
+#                everything back
+# The fault handler and the Python entry points share them (pager_access,
+# fault.pxi).
+
+# What a staging slot holds when loadblk is called (py_loadblk's `recycled`)
+cdef enum:
+    SLOT_FRESH = 0              # a fresh mapping: zeros, no pages yet
+    SLOT_RECYCLED = 1           # the pages of an evicted block (old data)
+    SLOT_RECYCLED_WRITE = 2     # that, and the block is loaded to be written
+
+cdef struct Load:
+    Page* p
+    char* slot          # the staging slot being filled; NULL once mapped from a file
+    int spilled         # the data comes back from the scratch file
+    int mapped          # the block is mapped from a file's page cache (zero-copy)
+    int recycled        # SLOT_*
 
 cdef class _Buf:
     """Exports raw memory as a buffer for the duration of one callback."""
@@ -129,8 +154,7 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
     """Run loadblk into the staging slot.  When loadblk answers MapFile(path,
     offset), the file is opened here and *mapfd / *mapoff say what to map at the
     block's address instead (the caller maps it and closes *mapfd).
-    recycled: 0 the slot is a fresh (zero) mapping, 1 it holds an evicted
-    block's pages, 2 that and the block is loaded to be written."""
+    recycled: SLOT_*, what the slot holds."""
     cdef PyObject *et
     cdef PyObject *ev
     cdef PyObject *etb
@@ -140,10 +164,10 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
     try:
         res = _call_loadblk(<object>r.bigfile, blk, buf, entry)
         if res is HOLE:
-            if recycled == 2:
+            if recycled == SLOT_RECYCLED_WRITE:
                 # about to be written (e.g. an append): zero the recycled pages
                 # in place - dropping them and faulting in new ones, which the
-                # kernel zeroes anyway, measured 2x slower in an ingest
+                # kernel zeroes anyway, is slower (docs/benchmarks.md)
                 with nogil:
                     memset(slot, 0, r.blksize)
             elif recycled:
@@ -175,27 +199,6 @@ def _report_fault_error(bigfile, blk, exc):
         pass
 
 
-cdef void call_dirty_hook(Region* r) noexcept nogil:
-    """Tell the binding (e.g. ZODB: join the transaction) that the handle just
-    became dirty.  Runs in the faulting thread, with the GIL; an exception is
-    reported and ignored (the write itself must go on)."""
-    with gil:
-        _run_hook(r)
-
-cdef void _run_hook(Region* r) noexcept:
-    cdef PyObject *et
-    cdef PyObject *ev
-    cdef PyObject *etb
-    PyErr_Fetch(&et, &ev, &etb)
-    if r.dirty_hook != NULL and not r.closed:
-        hook = <object>r.dirty_hook
-        try:
-            hook()
-        except BaseException as e:
-            _report_ignored("exception in dirty hook %r" % (hook,), e)
-    PyErr_Restore(et, ev, etb)
-
-
 def _report_ignored(what, e):
     """A callback from inside the pager failed where nothing can be raised
     (a fault, or advice): say so on stderr and go on."""
@@ -222,22 +225,20 @@ cdef int map_fd(Region* r, int64_t blk, int fd, int64_t off, int seq,
     """Map block blk of a local file from the page cache (g_lock not held).
     In a sequential run the mapping is marked MADV_SEQUENTIAL before it is
     populated, so that a cold read goes through the kernel's sequential
-    readahead (large, asynchronous windows) rather than read-around: measured
-    in a 768 MiB cgroup, cold, this doubled the scan rate, to numpy.memmap's.
-    (Asking the kernel for the next blocks with posix_fadvise(WILLNEED), 2 MiB
-    at a time, had halved it.)"""
+    readahead (large, asynchronous windows) rather than read-around: cold
+    scans under a memory cgroup limit then run as fast as numpy.memmap's.
+    (Asking the kernel for the next blocks with posix_fadvise(WILLNEED), one
+    block at a time, made them slower.)  Figures: docs/benchmarks.md."""
     global st_zerocopy
     cdef char* addr = blk_addr(r, blk)
     # 2 MiB blocks at 2 MiB offsets: MADV_HUGEPAGE before populating lets the
     # kernel read the block into one 2 MiB page cache folio and map it with one
-    # page-table entry.  Measured here, mapping 2 MiB blocks already in the page
-    # cache: 115-140 GB/s when the cache was filled that way, 7-10 GB/s when
-    # it was filled in 4 KiB pages; reading them cold: 2.1 against 1.1 GB/s.
+    # page-table entry: mapping such blocks again later, and reading them
+    # cold, is many times faster than with a cache filled in 4 KiB pages.
     #
     # blockwise (MapFile: a file of many blocks, each mapped on its own): the
     # kernel's asynchronous readahead for the next block of the file would
-    # fill the cache in small folios (mapping them again later: 12-16 GB/s
-    # against 84-147 with 2 MiB folios, measured on 32-block files); with
+    # fill the cache in small folios (slow to map again later); with
     # MADV_RANDOM each block is read by itself, as one 2 MiB folio.
     cdef int huge = (r.blksize % HUGE == 0 and off % HUGE == 0
                      and (<uintptr_t>addr) % HUGE == 0)
@@ -258,3 +259,132 @@ cdef int map_fd(Region* r, int64_t blk, int fd, int64_t off, int seq,
         return errno
     st_zerocopy += 1
     return 0
+
+
+cdef inline int in_seq_run(Region* r, int64_t blk) noexcept nogil:
+    """Is loading blk part of a sequential scan (readahead is worth it)?"""
+    return (g_ra_enabled and r.advice != ADV_RANDOM
+            and (r.advice == ADV_SEQUENTIAL or blk == r.last_load + 1))
+
+cdef int load_begin(Load* ld, Region* r, int64_t blk, Page* p) noexcept nogil:
+    """Make this thread the loader of block blk, absent (p == NULL) or SPILLED
+    (g_lock held).  0, or an error with nothing changed."""
+    cdef size_t bs = r.blksize
+    cdef int rc
+    if r.forked and r.direct_fd < 0 and p == NULL:
+        return E_FORKED
+    ld.spilled = p != NULL
+    ld.recycled = SLOT_FRESH
+    ld.slot = NULL
+    if p == NULL:
+        p = page_new(r, blk)
+        if p == NULL:
+            return ENOMEM
+    ld.p = p
+    p.state = PG_LOADING
+    p.loader = pthread_self()
+    ld.mapped = not ld.spilled and r.direct_fd >= 0 and direct_covers(r, blk)
+    if ld.mapped:
+        # local file, block entirely inside it: map the page cache pages of the
+        # block privately, read-only (no copy at all; a write makes the kernel
+        # copy just the 4 KiB page touched).  One mmap(MAP_FIXED) replaces the
+        # PROT_NONE slot atomically, and what shows is the file's content.
+        reclaim(bs, 0)
+        resident_add(bs)
+        return 0
+    ld.slot = acquire_slot(bs, &ld.recycled)
+    if ld.slot == NULL:
+        rc = errno if errno else ENOMEM
+        if ld.spilled:
+            p.state = PG_SPILLED
+        else:
+            page_free(p)
+        notify()
+        return rc
+    return 0
+
+cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
+                   PyObject** exc) noexcept nogil:
+    """Bring the block's bytes into the slot, or map them (g_lock not held:
+    the LOADING page is this thread's).  0 or an error code."""
+    cdef size_t bs = r.blksize
+    cdef int mapfd = -1
+    cdef int64_t mapoff = 0
+    cdef int rc
+    if ld.mapped:
+        return map_direct(r, blk, in_seq_run(r, blk))
+    if ld.spilled:
+        return rw_full(g_scratch_fd, ld.slot, bs, ld.p.spill, 0)
+    if r.direct_fd >= 0:
+        return rw_full(r.direct_fd, ld.slot, bs, r.direct_off + <int64_t>(blk * bs), 0)
+    rc = py_loadblk(r, blk, ld.slot, entry, exc, &mapfd, &mapoff,
+                    SLOT_RECYCLED_WRITE if write > 0 and ld.recycled else ld.recycled)
+    if mapfd >= 0:
+        # loadblk named a file extent (MapFile): map it instead; the slot
+        # goes back, its share of g_resident now counts the mapping
+        if rc == 0:
+            rc = map_fd(r, blk, mapfd, mapoff, in_seq_run(r, blk), 1)
+        close(mapfd)
+        if rc == 0:
+            munmap(ld.slot, bs)
+            ld.slot = NULL
+            ld.mapped = 1
+        else:
+            reset_slot(blk_addr(r, blk), bs)
+    r.last_mapped = mapfd >= 0 and rc == 0
+    return rc
+
+cdef int load_finish(Load* ld, Region* r, int write, int rc) noexcept nogil:
+    """The fill returned rc (g_lock held): on success put the block at its
+    address with the protection the access needs and make it LOADED; else
+    undo the load.  Returns rc, or the error placing it."""
+    global g_last_loaded, st_loads
+    cdef Page* p = ld.p
+    cdef int prot
+    if rc == 0 and r.closed:
+        rc = E_CLOSED
+    if rc == 0:
+        if ld.spilled:
+            prot = PROT_RW if (write > 0 or not p.writing) else PROT_RO
+            if write > 0:
+                p.writing = 0
+        else:
+            prot = PROT_RW if write > 0 else PROT_RO
+        if ld.mapped:
+            p.filemap = 1
+            p.prot = PROT_RO
+            rc = set_prot(p, prot)
+        else:
+            rc = place(r, p, ld.slot, prot)
+    if rc != 0:
+        load_undo(ld, r, rc)
+        return rc
+    if ld.spilled:
+        page_unspilled(p)
+    p.state = PG_LOADED
+    p.referenced = 1
+    clock_add(p)
+    g_last_loaded = p
+    st_loads += 1
+    return 0
+
+cdef void load_undo(Load* ld, Region* r, int rc) noexcept nogil:
+    """The load failed with rc (g_lock held): give the memory back; a spilled
+    block stays SPILLED (unless its handle is closed), a new one goes absent."""
+    global g_resident, st_load_errors
+    cdef Page* p = ld.p
+    cdef size_t bs = r.blksize
+    if ld.mapped:
+        reset_slot(blk_addr(r, p.blk), bs)
+        g_resident -= bs
+    elif rc == E_BUFKEPT:
+        g_resident -= bs          # somebody holds it: leak, never unmap
+    else:
+        release_slot(ld.slot, bs)
+    if ld.spilled:
+        p.state = PG_SPILLED      # the data is still in the scratch file
+        if r.closed:
+            page_drop(p)
+    else:
+        page_free(p)
+    st_load_errors += 1

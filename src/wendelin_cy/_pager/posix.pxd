@@ -14,6 +14,7 @@ cdef extern from "<errno.h>" nogil:
         EEXIST
         EINVAL
         EFAULT
+        EIO
 
 cdef extern from "<string.h>" nogil:
     char* strerror(int errnum)

@@ -1,4 +1,4 @@
-# ------------------------------------------------------------ readahead
+# readahead.pxi: loading blocks ahead of a sequential scan.
 #
 # Sequential access is detected per region (a fault loads block k right after it
 # loaded k-1, or madvise('sequential')).  For a local file the block is then
@@ -8,11 +8,15 @@
 
 cdef int g_ra_enabled = 1
 cdef uint64_t st_ra_blocks = 0
+cdef enum:
+    RA_WINDOW_MAX = 16          # blocks asked for ahead, at most
+    RA_WINDOW_SHARE = 4         # ... and at most 1/4 of the budget
+    RA_INFLIGHT_SHARE = 2       # blocks read ahead, not touched yet: <= 1/2 of it
 
 cdef int64_t ra_window(Region* r) noexcept nogil:
-    cdef int64_t w = <int64_t>(g_budget // (4 * r.blksize))
-    if w > 16:
-        w = 16
+    cdef int64_t w = <int64_t>(g_budget // (RA_WINDOW_SHARE * r.blksize))
+    if w > RA_WINDOW_MAX:
+        w = RA_WINDOW_MAX
     if r.ra_max > 0 and w > r.ra_max:
         w = r.ra_max
     return w
@@ -23,11 +27,11 @@ cdef void ra_on_load(Region* r, int64_t blk, int64_t* start, int64_t* n) noexcep
     global st_ra_blocks
     cdef int64_t w, end
     n[0] = 0
-    if r.advice == ADV_RANDOM or not g_ra_enabled or r.direct_fd >= 0 or not r.has_prefetch:
-        r.last_load = blk
+    if r.direct_fd >= 0 or not r.has_prefetch or not in_seq_run(r, blk):
+        r.last_load = blk       # (a local file: the kernel reads ahead, map_fd)
         return
     w = ra_window(r)
-    if w > 0 and (r.advice == ADV_SEQUENTIAL or blk == r.last_load + 1):
+    if w > 0:
         if r.ra_next <= blk or r.ra_next > blk + 1 + 2 * w:
             r.ra_next = blk + 1
         end = blk + 1 + w
@@ -42,6 +46,15 @@ cdef void ra_on_load(Region* r, int64_t blk, int64_t* start, int64_t* n) noexcep
             st_ra_blocks += n[0]
     r.last_load = blk
 
+cdef inline void ra_hit(Region* r, Page* p, int64_t* start, int64_t* n) noexcept nogil:
+    """The first touch of block p, read ahead (g_lock held): it counts as the
+    scan's load of it, and moves the window on (see ra_on_load)."""
+    global g_ra_inflight, st_ra_hits
+    p.ra = 0
+    g_ra_inflight -= 1
+    st_ra_hits += 1
+    ra_on_load(r, p.blk, start, n)
+
 # Readahead into RAM: prefetch() may answer with the extents of the blocks
 # ahead, [(blk, fd, offset, nbytes), ...] -- where their bytes lie in some file
 # (e.g. the payload of a ZODB record in a FileStorage).  One background thread
@@ -53,15 +66,17 @@ cdef void ra_on_load(Region* r, int64_t blk, int64_t* start, int64_t* n) noexcep
 # found).
 
 cdef struct RAReq:
-    Region* r
-    int64_t blk
-    int fd
+    Region* r           # NULL: dropped (its handle closed)
+    int64_t blk         # fd == RAQ_WARM: how many slots to warm
+    int fd              # where the extent lies, or RAQ_WARM
     int64_t off
-    int64_t n
+    int64_t n           # fd == RAQ_WARM: their size
     uint64_t gen
 
-cdef int RA_QMAX = 64
-cdef RAReq g_raq[64]
+cdef enum:
+    RA_QMAX = 64        # requests queued for the readahead thread, at most
+    RAQ_WARM = -2       # RAReq.fd of a request to warm staging slots (ra_warm)
+cdef RAReq g_raq[RA_QMAX]
 cdef int g_raq_head = 0
 cdef int g_raq_len = 0
 cdef pthread_cond_t g_ra_cond
@@ -78,7 +93,8 @@ cdef Page* ra_begin(Region* r, int64_t blk, uint64_t gen, char** slot) noexcept 
     cdef Page* p
     if (r.closed or r.forked or gen != r.gen or blk < 0 or blk >= r.nblk
             or r.pages[blk] != NULL
-            or (g_ra_inflight + 1) * <int64_t>r.blksize * 2 > <int64_t>g_budget):
+            or (g_ra_inflight + 1) * <int64_t>r.blksize * RA_INFLIGHT_SHARE
+               > <int64_t>g_budget):
         st_ra_dropped += 1
         return NULL
     p = page_new(r, blk)
@@ -136,7 +152,7 @@ cdef void* ra_main(void* arg) noexcept nogil:
         q = g_raq[g_raq_head]
         g_raq_head = (g_raq_head + 1) % RA_QMAX
         g_raq_len -= 1
-        if q.fd == -2:
+        if q.fd == RAQ_WARM:
             warm_slots(<size_t>q.n, q.blk)
             continue
         r = q.r
@@ -162,15 +178,15 @@ cdef void warm_slots(size_t bs, int64_t want) noexcept nogil:
     blocks, their pages already faulted in, into the pool, as long as that
     fits in the budget without evicting anything.  A scan whose blocks come
     through loadblk (ZEO, RelStorage, ...) then copies into memory that is
-    ready instead of faulting in new pages block by block on its own thread:
-    on this VM a first touch of fresh memory cost 4.7 ms per 2 MiB block, a
-    copy into reused memory 0.5 ms."""
-    global g_npool, g_pool_bytes, st_warm_slots, g_thp_skip
+    ready instead of faulting in new pages block by block on its own thread
+    (a first touch of fresh memory costs several times a copy into memory
+    already faulted in: docs/benchmarks.md)."""
+    global st_warm_slots, g_thp_skip
     cdef char* slot
     cdef int64_t made = 0
     cdef int huge, slow
     cdef long t
-    while (made < want and g_npool < WARMMAX + POOLMAX and g_npool < 16
+    while (made < want and g_npool < WARMMAX + POOLMAX and g_npool < POOL_CAP
            and pressure(bs) <= g_budget):
         huge = thp_want(bs)
         slow = 0
@@ -193,11 +209,8 @@ cdef void warm_slots(size_t bs, int64_t want) noexcept nogil:
             g_thp_skip = THP_BACKOFF
         if slot == NULL:
             return
-        if g_npool < 16 and pressure(bs) <= g_budget:
-            g_pool[g_npool] = slot
-            g_pool_size[g_npool] = bs
-            g_npool += 1
-            g_pool_bytes += bs
+        if g_npool < POOL_CAP and pressure(bs) <= g_budget:
+            pool_put(slot, bs)
             st_warm_slots += 1
             made += 1
         else:
@@ -223,7 +236,7 @@ cdef void touch_pages(char* p, size_t n) noexcept nogil:
 cdef void ra_warm(size_t bs, int64_t n) noexcept nogil:
     """Ask the readahead thread for n warm staging blocks (g_lock held)."""
     if n > 0 and g_npool < WARMMAX:
-        ra_push(NULL, n, -2, 0, <int64_t>bs, 0)
+        ra_push(NULL, n, RAQ_WARM, 0, <int64_t>bs, 0)
 
 cdef int ra_push(Region* r, int64_t blk, int fd, int64_t off, int64_t n,
                  uint64_t gen) noexcept nogil:
@@ -261,7 +274,7 @@ cdef int read_exact(int fd, char* buf, int64_t n, int64_t off) noexcept nogil:
                 continue
             return errno
         if k == 0:
-            return EIO_()
+            return EIO
         done += k
     return 0
 
@@ -376,7 +389,7 @@ cdef void _run_prefetch(Region* r, int64_t start, int64_t n) noexcept:
                 # (extents are read into slots by the readahead thread
                 # itself; futures are copied in by the thread completing
                 # them - warming memory for them too only competed with it
-                # for the CPU: measured slower on 2 cores)
+                # for the CPU, and was slower on 2 cores)
                 lock()
                 ra_warm(r.blksize, n)
                 unlock()
@@ -385,3 +398,15 @@ cdef void _run_prefetch(Region* r, int64_t start, int64_t n) noexcept:
                 r.has_prefetch = 2
                 _report_ignored("%r.prefetch failed" % (<object>r.bigfile,), e)
     PyErr_Restore(et, ev, etb)
+
+cdef void ra_after_fork() noexcept nogil:
+    """In a fork()ed child (from atfork_child): the readahead thread is not
+    there; forget its queue."""
+    global g_raq_len, g_ra_started
+    cdef int i
+    pthread_cond_init(&g_ra_cond, NULL)
+    for i in range(g_raq_len):
+        if g_raq[(g_raq_head + i) % RA_QMAX].r != NULL:
+            g_raq[(g_raq_head + i) % RA_QMAX].r.busy -= 1
+    g_raq_len = 0
+    g_ra_started = 0

@@ -1,4 +1,12 @@
-# ---------------------------------------------------------------- CLOCK ring
+# reclaim.pxi: keeping within the RAM budget.  LOADED pages are on one CLOCK
+# ring (all regions together); reclaim() sweeps it when a load needs room:
+# referenced pages are demoted to PROT_NONE (their next touch is a soft fault
+# that sets the bit again), unreferenced clean ones are evicted, dirty ones
+# spilled to the scratch file only when clean ones do not suffice.
+
+cdef Page* g_hand = NULL        # the CLOCK hand: next page to look at
+cdef int64_t g_nclock = 0       # pages on the ring
+
 
 cdef void clock_add(Page* p) noexcept nogil:
     global g_hand, g_nclock
@@ -26,8 +34,6 @@ cdef void clock_del(Page* p) noexcept nogil:
     p.next = NULL
     g_nclock -= 1
 
-# ----------------------------------------------------------------- reclaim
-
 cdef inline size_t pressure(size_t need) noexcept nogil:
     return g_resident + g_pool_bytes + need
 
@@ -36,7 +42,7 @@ cdef void reclaim(size_t need, size_t bs) noexcept nogil:
     over LOADED pages.  A referenced page is demoted to PROT_NONE (its next touch
     costs one soft fault and marks it referenced again); an unreferenced clean page
     is evicted; dirty pages are spilled only when clean ones do not suffice."""
-    global g_hand, st_evictions, st_demotions, g_resident, st_overshoots, g_overshoot_warned
+    global g_hand, st_demotions, st_overshoots
     cdef int pass_
     cdef int64_t scanned, limit
     cdef Page* p
@@ -48,12 +54,8 @@ cdef void reclaim(size_t need, size_t bs) noexcept nogil:
         scanned = 0
         limit = g_nclock + 1 if pass_ == 0 else 2 * g_nclock + 2
         while g_hand != NULL and scanned < limit:
-            eff = need
-            if need and g_npool > 0:
-                for i in range(g_npool):
-                    if g_pool_size[i] == bs:
-                        eff = 0
-                        break
+            # a pooled slot of the size asked for is already counted
+            eff = 0 if need and pool_has(bs) else need
             if pressure(eff) <= g_budget:
                 return
             p = g_hand
@@ -70,11 +72,7 @@ cdef void reclaim(size_t need, size_t bs) noexcept nogil:
                 if pass_ == 1:
                     page_spill(p)
                 continue
-            clock_del(p)
-            page_unmap(p)
-            g_resident -= p.region.blksize
-            st_evictions += 1
-            page_free(p)
+            page_drop(p)            # clean: evicted
     if need == 0 or pressure(need) > g_budget:
         pool_drain()
     if pressure(need) > g_budget and need:

@@ -1,4 +1,17 @@
-# ----------------------------------------------------------------- scratch
+# scratch.pxi: the scratch file, where dirty blocks are parked (SPILLED) when
+# clean ones do not free enough of the budget.  It is an unnamed O_TMPFILE in
+# set_scratch_dir()'s directory, opened on the first spill; its slots are
+# block-sized and reused.
+
+cdef int g_scratch_fd = -1
+cdef int64_t g_scratch_end = 0
+cdef int64_t* g_scratch_free = NULL     # free offsets (all slots of one size class)
+cdef size_t* g_scratch_free_sz = NULL
+cdef int g_nscratch_free = 0
+cdef int g_capscratch_free = 0
+cdef char* g_scratch_dir_c = NULL       # malloc'd; replaced under g_lock
+cdef enum:
+    SCRATCH_FREE_GROW = 16              # free-list entries added at a time
 
 cdef int scratch_open() noexcept nogil:
     """Open the scratch file (g_lock held): no GIL may be taken here, a thread
@@ -33,15 +46,15 @@ cdef void scratch_release(int64_t off, size_t size) noexcept nogil:
     if off < 0:
         return
     if g_nscratch_free == g_capscratch_free:
-        nf = <int64_t*>realloc(g_scratch_free, (g_capscratch_free * 2 + 16) * sizeof(int64_t))
+        nf = <int64_t*>realloc(g_scratch_free, (g_capscratch_free * 2 + SCRATCH_FREE_GROW) * sizeof(int64_t))
         if nf == NULL:
             return            # leak the slot: harmless
         g_scratch_free = nf
-        nsz = <size_t*>realloc(g_scratch_free_sz, (g_capscratch_free * 2 + 16) * sizeof(size_t))
+        nsz = <size_t*>realloc(g_scratch_free_sz, (g_capscratch_free * 2 + SCRATCH_FREE_GROW) * sizeof(size_t))
         if nsz == NULL:
             return
         g_scratch_free_sz = nsz
-        g_capscratch_free = g_capscratch_free * 2 + 16
+        g_capscratch_free = g_capscratch_free * 2 + SCRATCH_FREE_GROW
     g_scratch_free[g_nscratch_free] = off
     g_scratch_free_sz[g_nscratch_free] = size
     g_nscratch_free += 1
@@ -61,14 +74,11 @@ cdef int rw_full(int fd, char* buf, size_t size, int64_t off, int write) noexcep
             return errno
         if n == 0:
             if write:
-                return EIO_()
+                return EIO
             memset(buf + done, 0, size - done)
             return 0
         done += n
     return 0
-
-cdef inline int EIO_() noexcept nogil:
-    return 5
 
 cdef int page_spill(Page* p) noexcept nogil:
     """Park a dirty LOADED page in the scratch file (g_lock held).  Writers fault
@@ -94,3 +104,14 @@ cdef int page_spill(Page* p) noexcept nogil:
     g_spilled += r.blksize
     st_spills += 1
     return 0
+
+cdef void page_unspilled(Page* p) noexcept nogil:
+    """The SPILLED block p is back in RAM, still dirty (g_lock held): free its
+    scratch slot."""
+    global g_spilled, g_dirty, st_unspills
+    cdef size_t bs = p.region.blksize
+    scratch_release(p.spill, bs)
+    p.spill = -1
+    g_spilled -= bs
+    g_dirty += bs
+    st_unspills += 1

@@ -1,13 +1,29 @@
-# ----------------------------------------------------------------------------
-# constants
+# state.pxi: the pager's data structures, its global state and its one lock.
+#
+# Invariants (all under g_lock unless said otherwise)
+# * Every open file handle (BigFileH) owns one Region: an anonymous address
+#   range reserved PROT_NONE, 2 MiB aligned, big enough that the file can grow
+#   in place.  Block blk of a handle lives at base + blk*blksize and nowhere
+#   else, so all windows (VMA objects, ndarray views) of one handle share memory.
+# * A block has at most one Page; no Page means "not in RAM".  What states a
+#   Page goes through, and who moves it, is the table at the top of blocks.pxi.
+# * Blocks appear at their address only complete: they are filled in a private
+#   staging mapping and moved into place with one mremap(MREMAP_FIXED) (or
+#   mapped from a file with one mmap(MAP_FIXED)), so no thread can observe a
+#   half-loaded block.
+# * g_resident + g_pool_bytes stays within g_budget except when everything
+#   resident is pinned or loading; then the overshoot is counted in the stats.
+#
+# Lock order: the GIL before g_lock, everywhere.  Python code is never run
+# while g_lock is held: a Python callback could fault on mapped memory and
+# re-enter.  A fault that happens while this thread holds g_lock is a bug of
+# the pager and is passed on to the previous handler (it crashes with a
+# traceback, never hangs).
+
+# ----------------------------------------------------------------- constants
 
 WRITEOUT_STORE = 1
 WRITEOUT_MARKSTORED = 2
-
-cdef enum:
-    PG_LOADING = 1
-    PG_LOADED = 2
-    PG_SPILLED = 3
 
 cdef enum:
     PROT_RO = 1          # PROT_READ
@@ -21,18 +37,19 @@ cdef enum:
     E_FORKED = -4        # Python loadblk in a forked child
     E_BUFKEPT = -5       # loadblk kept a reference to its buffer
 
+# Region.advice (VMA.madvise); WILLNEED and DONTNEED act at once, never stored
 cdef enum:
     ADV_NORMAL = 0
     ADV_SEQUENTIAL = 1
     ADV_RANDOM = 2
+    ADV_WILLNEED = 3
+    ADV_DONTNEED = 4
 
-cdef size_t HUGE = 2 * 1024 * 1024
-cdef int POOLMAX = 2         # evicted blocks kept for reuse
-cdef int WARMMAX = 8         # fresh staging blocks made ahead of a scan (<= 16 in all)
-cdef size_t OSPAGE = 4096
+cdef size_t HUGE = 2 * 1024 * 1024      # a huge page (x86-64, arm64 with 4 KiB pages)
+cdef size_t OSPAGE = 4096               # the small page; blksize is a multiple of it
+cdef size_t DEFAULT_BUDGET = 1024 * 1024 * 1024
 
-# ----------------------------------------------------------------------------
-# data structures
+# ----------------------------------------------------------- data structures
 
 cdef struct Region
 cdef struct Page
@@ -40,13 +57,13 @@ cdef struct Page
 cdef struct Page:
     Region* region
     int64_t blk
-    int state
-    int dirty
-    int prot
-    int referenced
-    int pin
+    int state            # PG_* (blocks.pxi)
+    int dirty            # changed since loaded or written out (mark_dirty/mark_clean)
+    int prot             # PROT_NONE, PROT_RO or PROT_RW: what is mapped now
+    int referenced       # CLOCK reference bit
+    int pin              # > 0: being written out, reclaim leaves it alone
     int writing          # being written out; a write fault clears it
-    int filemap          # mapped straight from the BigFile's fd (zero-copy)
+    int filemap          # mapped straight from a file's page cache (zero-copy)
     int ra               # loaded ahead, not touched yet (PROT_NONE: its first
                          # touch is a soft fault that moves the window on)
     int64_t spill        # byte offset in the scratch file, or -1
@@ -63,7 +80,7 @@ cdef struct Region:
     int64_t nblk
     Page** pages
     Page* plist          # head of the region's page list
-    PyObject* bigfile    # strong reference, dropped when the region is freed
+    PyObject* bigfile    # borrowed: the BigFileH keeps it alive while not closed
     PyObject* fileh      # borrowed: for diagnostics only, valid while not closed
     int direct_fd        # >= 0: blocks are pread() from this fd without the GIL
     int64_t direct_off
@@ -83,42 +100,33 @@ cdef struct Region:
                          # out, discarded, invalidated): queued readahead of an
                          # older generation is dropped
 
-cdef pthread_mutex_t g_lock
-cdef pthread_cond_t g_cond
-cdef Region** g_regions = NULL
-cdef int g_nregions = 0
-cdef int g_capregions = 0
-cdef Page* g_hand = NULL
-cdef int64_t g_nclock = 0
-cdef size_t g_budget = 1024 * 1024 * 1024
-cdef size_t g_resident = 0
-cdef size_t g_dirty = 0
-cdef size_t g_spilled = 0
-cdef size_t g_pool_bytes = 0
-cdef char* g_pool[16]
-cdef size_t g_pool_size[16]
-cdef int g_npool = 0
-cdef int g_overshoot_warned = 0
+# ---------------------------------------------- the budget and what counts
+
+cdef size_t g_budget = DEFAULT_BUDGET
+cdef size_t g_resident = 0          # bytes of LOADED and LOADING blocks
+cdef size_t g_dirty = 0             # of those, bytes of dirty LOADED blocks
+cdef size_t g_spilled = 0           # bytes of SPILLED blocks (in the scratch file)
 cdef Page* g_last_loaded = NULL     # never the victim of the next reclaim
 
-# statistics (counts)
+# statistics (counts), read by stats() (control.pxi)
 cdef uint64_t st_faults = 0, st_soft = 0, st_loads = 0, st_evictions = 0
 cdef uint64_t st_writeouts = 0, st_spills = 0, st_unspills = 0, st_overshoots = 0
 cdef uint64_t st_load_errors = 0, st_demotions = 0
 cdef size_t st_peak_resident = 0
 cdef uint64_t st_fresh_slots = 0, st_pool_fail = 0, st_zerocopy = 0
 
-# scratch file for spilled dirty pages
-cdef int g_scratch_fd = -1
-cdef int64_t g_scratch_end = 0
-cdef int64_t* g_scratch_free = NULL     # free offsets (all slots of one size class)
-cdef size_t* g_scratch_free_sz = NULL
-cdef int g_nscratch_free = 0
-cdef int g_capscratch_free = 0
-cdef char* g_scratch_dir_c = NULL     # malloc'd; replaced under g_lock
+cdef inline void resident_add(size_t bs) noexcept nogil:
+    """bs more bytes are in RAM for a block (g_lock held)."""
+    global g_resident, st_peak_resident
+    g_resident += bs
+    if g_resident > st_peak_resident:
+        st_peak_resident = g_resident
 
-# ----------------------------------------------------------------------------
-# locking
+# ------------------------------------------------------------------- locking
+
+cdef pthread_mutex_t g_lock
+cdef pthread_cond_t g_cond
+cdef uint64_t g_change_seq = 0       # bumped by every notify()
 
 cdef inline void lock() noexcept nogil:
     pthread_mutex_lock(&g_lock)
@@ -128,13 +136,18 @@ cdef inline void unlock() noexcept nogil:
     wcy_lockdepth_add(-1)
     pthread_mutex_unlock(&g_lock)
 
-cdef uint64_t g_change_seq = 0       # bumped by every notify()
-
 cdef inline void notify() noexcept nogil:
     """A page changed state (g_lock held): wake the waiters."""
     global g_change_seq
     g_change_seq += 1
     pthread_cond_broadcast(&g_cond)
+
+cdef inline void wait_seq(uint64_t seq) noexcept nogil:
+    """Sleep on g_cond (g_lock held) until notify() moved past seq."""
+    wcy_lockdepth_add(-1)
+    while g_change_seq == seq:
+        pthread_cond_wait(&g_cond, &g_lock)
+    wcy_lockdepth_add(1)
 
 cdef void wait_change() noexcept nogil:
     """Wait for any page state change.  Called and returns with g_lock held.
@@ -148,18 +161,14 @@ cdef void wait_change() noexcept nogil:
         unlock()
         ts = PyEval_SaveThread()
         lock()
-        wcy_lockdepth_add(-1)
-        while g_change_seq == seq:
-            pthread_cond_wait(&g_cond, &g_lock)
-        wcy_lockdepth_add(1)
+        wait_seq(seq)
         unlock()
         PyEval_RestoreThread(ts)
         lock()
     else:
-        wcy_lockdepth_add(-1)
-        while g_change_seq == seq:
-            pthread_cond_wait(&g_cond, &g_lock)
-        wcy_lockdepth_add(1)
+        wait_seq(seq)
+
+# fork(): the child gets g_lock in a known state (free) and no readahead thread
 
 cdef void atfork_prepare() noexcept nogil:
     pthread_mutex_lock(&g_lock)
@@ -168,15 +177,9 @@ cdef void atfork_parent() noexcept nogil:
     pthread_mutex_unlock(&g_lock)
 
 cdef void atfork_child() noexcept nogil:
-    global g_raq_len, g_ra_started
     cdef int i
     pthread_mutex_init(&g_lock, NULL)
     pthread_cond_init(&g_cond, NULL)
-    pthread_cond_init(&g_ra_cond, NULL)
-    for i in range(g_raq_len):          # the thread is not in the child
-        if g_raq[(g_raq_head + i) % RA_QMAX].r != NULL:
-            g_raq[(g_raq_head + i) % RA_QMAX].r.busy -= 1
-    g_raq_len = 0
-    g_ra_started = 0
+    ra_after_fork()
     for i in range(g_nregions):         # handles of the parent: its connections
         g_regions[i].forked = 1
