@@ -219,13 +219,6 @@ cdef void warm_slots(size_t bs, int64_t want) noexcept nogil:
             lock()
             return
 
-cdef inline void copy_pad(char* dst, size_t m, const char* src, size_t n) noexcept nogil:
-    """dst[:m] = src[:n] followed by zeros (n <= m)."""
-    if n:
-        memcpy(dst, src, n)
-    if n < m:
-        memset(dst + n, 0, m - n)
-
 cdef void touch_pages(char* p, size_t n) noexcept nogil:
     """Write one byte of every OS page of fresh memory p[:n]."""
     cdef size_t i = 0

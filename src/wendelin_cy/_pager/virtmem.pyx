@@ -1,28 +1,29 @@
 # cython: language_level=3
 """The pager core: userspace virtual memory over fixed-size blocks of a BigFile.
 
-Invariants (all under ``g_lock`` unless said otherwise)
--------------------------------------------------------
-* Every open file handle (BigFileH) owns one *region*: an anonymous address range
-  reserved PROT_NONE, 2 MiB aligned, big enough that the file can grow in place.
-  Block ``blk`` of a handle lives at ``base + blk*blksize`` and nowhere else, so all
-  windows (VMA objects, ndarray views) of one handle share memory.
-* A block has at most one ``Page``.  Its state is LOADING (a thread is filling a
-  private staging mapping), LOADED (mapped at its address) or SPILLED (dirty data
-  parked in the scratch file to respect the budget).  No Page means "not in RAM".
-* A LOADED page's protection says what the next access costs: PROT_NONE after the
-  CLOCK hand demoted it (one soft fault marks it referenced again), PROT_READ when
-  clean (or dirty while being written out), PROT_READ|PROT_WRITE when dirty.
-* Blocks appear at their address only complete: they are loaded into a staging
-  mapping and moved into place with one ``mremap(MREMAP_FIXED)``, so no thread can
-  observe a half-loaded block.
-* ``g_resident + g_pool_bytes`` stays within ``g_budget`` except when everything
-  resident is pinned or loading; then the overshoot is counted in the stats.
+One translation unit; each concept lives in an included file:
 
-Lock order: the GIL before ``g_lock``, everywhere.  Python code is never run while
-``g_lock`` is held: a Python callback could fault on mapped memory and re-enter.
-A fault that happens while this thread holds ``g_lock`` is a bug of the pager and
-is passed on to the previous handler (it crashes with a traceback, never hangs).
+  state.pxi      data structures (Region, Page), global state, the lock;
+                 the invariants and the lock order
+  blocks.pxi     block states (the table of transitions), dirty tracking,
+                 writeout of dirty blocks
+  mappings.pxi   the address space: regions, staging slots and their pool
+  scratch.pxi    the scratch file that spilled dirty blocks are parked in
+  reclaim.pxi    the RAM budget: CLOCK over resident blocks, reclaim
+  load.pxi       loading a block: staging, loadblk, HOLE, MapFile, mapping
+                 local files from the page cache
+  readahead.pxi  sequential scans: prefetch(), the readahead thread
+  fault.pxi      the SIGSEGV handler and pager_access, the fault path
+  memutil.pxi    GIL-free byte helpers for the storage layers
+  api.pxi        BigFile, BigFileH, VMA
+  control.pxi    the budget and other knobs, stats()
+
+The fault path (fault.pxi, then load.pxi):
+  on_sigsegv     address -> region, else chain to the previous handler
+  pager_access   by block state: LOADED -> access_loaded (protection, dirty);
+                 LOADING -> wait for its loader; absent or SPILLED -> load:
+  load_begin     (locked) become the loader, take a staging slot
+  load_fill      (unlocked) fill it;  load_finish (locked) mremap it into place
 """
 
 from libc.stdint cimport uintptr_t, int64_t, uint64_t
@@ -52,17 +53,18 @@ cdef extern from "Python.h":
     void PyErr_SetInterrupt()
 
 include "state.pxi"
-include "mappings.pxi"
 include "blocks.pxi"
+include "mappings.pxi"
 include "scratch.pxi"
 include "reclaim.pxi"
 include "load.pxi"
 include "readahead.pxi"
 include "fault.pxi"
+include "memutil.pxi"
 include "api.pxi"
 include "control.pxi"
 
-
+# module init: the lock, fork safety, the handler
 pthread_mutex_init(&g_lock, NULL)
 pthread_cond_init(&g_cond, NULL)
 pthread_cond_init(&g_ra_cond, NULL)
