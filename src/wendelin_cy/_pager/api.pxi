@@ -377,7 +377,7 @@ cdef class BigFileH:
                             tmp = PyBytes_FromStringAndSize(NULL, bs)
                         lock()
                         if p.state == PG_SPILLED:     # may have been reloaded meanwhile
-                            rc = rw_full(g_scratch_fd, PyBytes_AS_STRING(tmp), bs, p.spill, 0)
+                            rc = rw_full(g_scratch_fd, PyBytes_AS_STRING(tmp), bs, p.spill, IO_READ)
                             unlock()
                             if rc:
                                 raise OSError(rc, "reading scratch file: " + _os.strerror(rc))

@@ -314,9 +314,10 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
     if ld.mapped:
         return map_direct(r, blk, in_seq_run(r, blk))
     if ld.spilled:
-        return rw_full(g_scratch_fd, ld.slot, bs, ld.p.spill, 0)
+        return rw_full(g_scratch_fd, ld.slot, bs, ld.p.spill, IO_READ)
     if r.direct_fd >= 0:
-        return rw_full(r.direct_fd, ld.slot, bs, r.direct_off + <int64_t>(blk * bs), 0)
+        return rw_full(r.direct_fd, ld.slot, bs, r.direct_off + <int64_t>(blk * bs),
+                       IO_READ)
     rc = py_loadblk(r, blk, ld.slot, entry, exc, &mapfd, &mapoff,
                     SLOT_RECYCLED_WRITE if write > 0 and ld.recycled else ld.recycled)
     if mapfd >= 0:

@@ -143,6 +143,14 @@ cdef size_t g_pool_size[POOL_CAP]
 cdef int g_npool = 0
 cdef size_t g_pool_bytes = 0
 
+cdef inline int index_of_size(const size_t* sizes, int n, size_t size) noexcept nogil:
+    """First i < n with sizes[i] == size, or -1 (the pool, the scratch free list)."""
+    cdef int i
+    for i in range(n):
+        if sizes[i] == size:
+            return i
+    return -1
+
 cdef inline void pool_put(char* slot, size_t size) noexcept nogil:
     """Keep slot (PROT_NONE) for reuse; the caller checked g_npool < POOL_CAP."""
     global g_npool, g_pool_bytes
@@ -152,25 +160,21 @@ cdef inline void pool_put(char* slot, size_t size) noexcept nogil:
     g_pool_bytes += size
 
 cdef inline int pool_has(size_t size) noexcept nogil:
-    cdef int i
-    for i in range(g_npool):
-        if g_pool_size[i] == size:
-            return 1
-    return 0
+    return index_of_size(g_pool_size, g_npool, size) >= 0
 
 cdef char* pool_take(size_t size) noexcept nogil:
+    """A pooled slot of `size` bytes (PROT_NONE), or NULL."""
     global g_npool, g_pool_bytes
-    cdef int i
+    cdef int i = index_of_size(g_pool_size, g_npool, size)
     cdef char* p
-    for i in range(g_npool):
-        if g_pool_size[i] == size:
-            p = g_pool[i]
-            g_npool -= 1
-            g_pool[i] = g_pool[g_npool]
-            g_pool_size[i] = g_pool_size[g_npool]
-            g_pool_bytes -= size
-            return p
-    return NULL
+    if i < 0:
+        return NULL
+    p = g_pool[i]
+    g_npool -= 1
+    g_pool[i] = g_pool[g_npool]         # (the last one fills the gap)
+    g_pool_size[i] = g_pool_size[g_npool]
+    g_pool_bytes -= size
+    return p
 
 cdef void pool_drain() noexcept nogil:
     global g_npool, g_pool_bytes

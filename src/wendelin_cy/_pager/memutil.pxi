@@ -1,5 +1,32 @@
-# memutil.pxi: byte-level helpers the storage layers call on large buffers,
-# without the GIL (another thread, e.g. a storage's reader, runs meanwhile).
+# memutil.pxi: byte-level helpers: whole-range file I/O for the pager, and
+# the helpers the storage layers call on large buffers without the GIL
+# (another thread, e.g. a storage's reader, runs meanwhile).
+
+cdef enum:
+    IO_READ = 0         # pread; past the end of the file reads zeros (holes)
+    IO_WRITE = 1        # pwrite all of it
+    IO_READ_EXACT = 2   # pread all of it; the end of the file is EIO
+
+cdef int rw_full(int fd, char* buf, size_t size, int64_t off, int mode) noexcept nogil:
+    """pread/pwrite the whole range (mode: IO_*); 0 or errno."""
+    cdef ssize_t n
+    cdef size_t done = 0
+    while done < size:
+        if mode == IO_WRITE:
+            n = pwrite(fd, buf + done, size - done, off + done)
+        else:
+            n = pread(fd, buf + done, size - done, off + done)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if n == 0:
+            if mode != IO_READ:
+                return EIO
+            memset(buf + done, 0, size - done)
+            return 0
+        done += n
+    return 0
 
 cdef inline void copy_pad(char* dst, size_t m, const char* src, size_t n) noexcept nogil:
     """dst[:m] = src[:n] followed by zeros (n <= m)."""

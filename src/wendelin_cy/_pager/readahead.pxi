@@ -164,7 +164,7 @@ cdef void* ra_main(void* arg) noexcept nogil:
             notify()
             continue
         unlock()
-        rc = read_exact(q.fd, slot, q.n, q.off)
+        rc = rw_full(q.fd, slot, q.n, q.off, IO_READ_EXACT)
         if rc == 0 and <size_t>q.n < r.blksize:
             memset(slot + q.n, 0, r.blksize - q.n)
         lock()
@@ -255,20 +255,6 @@ cdef int ra_push(Region* r, int64_t blk, int fd, int64_t off, int64_t n,
     q.gen = gen
     g_raq_len += 1
     pthread_cond_broadcast(&g_ra_cond)
-    return 0
-
-cdef int read_exact(int fd, char* buf, int64_t n, int64_t off) noexcept nogil:
-    cdef ssize_t k
-    cdef int64_t done = 0
-    while done < n:
-        k = pread(fd, buf + done, n - done, off + done)
-        if k < 0:
-            if errno == EINTR:
-                continue
-            return errno
-        if k == 0:
-            return EIO
-        done += k
     return 0
 
 cdef int ra_queue(Region* r, int64_t blk, int fd, int64_t off, int64_t n) noexcept nogil:

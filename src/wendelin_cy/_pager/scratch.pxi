@@ -25,16 +25,16 @@ cdef int scratch_open() noexcept nogil:
     return 0 if g_scratch_fd >= 0 else -1
 
 cdef int64_t scratch_alloc(size_t size) noexcept nogil:
+    """Offset of a free slot of `size` bytes: a released one, else at the end."""
     global g_scratch_end, g_nscratch_free
-    cdef int i
+    cdef int i = index_of_size(g_scratch_free_sz, g_nscratch_free, size)
     cdef int64_t off
-    for i in range(g_nscratch_free):
-        if g_scratch_free_sz[i] == size:
-            off = g_scratch_free[i]
-            g_nscratch_free -= 1
-            g_scratch_free[i] = g_scratch_free[g_nscratch_free]
-            g_scratch_free_sz[i] = g_scratch_free_sz[g_nscratch_free]
-            return off
+    if i >= 0:
+        off = g_scratch_free[i]
+        g_nscratch_free -= 1
+        g_scratch_free[i] = g_scratch_free[g_nscratch_free]
+        g_scratch_free_sz[i] = g_scratch_free_sz[g_nscratch_free]
+        return off
     off = g_scratch_end
     g_scratch_end += size
     return off
@@ -59,27 +59,6 @@ cdef void scratch_release(int64_t off, size_t size) noexcept nogil:
     g_scratch_free_sz[g_nscratch_free] = size
     g_nscratch_free += 1
 
-cdef int rw_full(int fd, char* buf, size_t size, int64_t off, int write) noexcept nogil:
-    """pread/pwrite the whole range; 0 or errno.  A short read zero-fills (holes)."""
-    cdef ssize_t n
-    cdef size_t done = 0
-    while done < size:
-        if write:
-            n = pwrite(fd, buf + done, size - done, off + done)
-        else:
-            n = pread(fd, buf + done, size - done, off + done)
-        if n < 0:
-            if errno == EINTR:
-                continue
-            return errno
-        if n == 0:
-            if write:
-                return EIO
-            memset(buf + done, 0, size - done)
-            return 0
-        done += n
-    return 0
-
 cdef int page_spill(Page* p) noexcept nogil:
     """Park a dirty LOADED page in the scratch file (g_lock held).  Writers fault
     on it (we make it read-only first) and wait for us on g_lock."""
@@ -91,7 +70,7 @@ cdef int page_spill(Page* p) noexcept nogil:
     if set_prot(p, PROT_RO) != 0:
         return -1
     off = scratch_alloc(r.blksize)
-    if rw_full(g_scratch_fd, blk_addr(r, p.blk), r.blksize, off, 1) != 0:
+    if rw_full(g_scratch_fd, blk_addr(r, p.blk), r.blksize, off, IO_WRITE) != 0:
         scratch_release(off, r.blksize)
         return -1
     clock_del(p)
