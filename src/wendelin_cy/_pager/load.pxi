@@ -51,7 +51,8 @@ cdef _Buf mkbuf(char* ptr, size_t size, int readonly):
 # cannot be propagated); settable by storage bindings (e.g. ZEO disconnects)
 TRANSIENT_ERRORS = (InterruptedError, BlockingIOError, TimeoutError, ConnectionError)
 LOAD_RETRIES = 3
-LOAD_RETRY_DELAY = 0.05
+LOAD_RETRY_DELAY = 0.05        # seconds before the first retry ...
+LOAD_RETRY_BACKOFF = 4         # ... and each next one waits this many times longer
 
 
 class _Hole:
@@ -135,7 +136,7 @@ def _call_loadblk(bigfile, blk, _Buf buf, int entry):
                 attempt += 1
                 if entry or attempt > LOAD_RETRIES:
                     raise
-                _time.sleep(LOAD_RETRY_DELAY * (4 ** (attempt - 1)))
+                _time.sleep(LOAD_RETRY_DELAY * (LOAD_RETRY_BACKOFF ** (attempt - 1)))
     finally:
         try:
             mv.release()

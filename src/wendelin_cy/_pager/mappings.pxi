@@ -104,6 +104,7 @@ cdef int reset_slot(char* addr, size_t size) noexcept nogil:
 # (small pages for all of them made SQLite scans slower).  The figures are in
 # docs/benchmarks.md, "Figures behind pager design choices".
 
+cdef long NS_PER_S = 1000000000
 cdef long THP_SLOW_NS = 1500000     # per 2 MiB: slower than small pages
 cdef int THP_BACKOFF = 8            # new blocks on small pages after a slow one
 cdef int g_thp_skip = 0
@@ -112,7 +113,7 @@ cdef uint64_t st_small_slots = 0
 cdef inline long now_ns() noexcept nogil:
     cdef timespec t
     clock_gettime(CLOCK_MONOTONIC, &t)
-    return t.tv_sec * 1000000000 + t.tv_nsec
+    return t.tv_sec * NS_PER_S + t.tv_nsec
 
 cdef inline int thp_want(size_t bs) noexcept nogil:
     """Should a new staging block of bs bytes get huge pages (g_lock held)?"""

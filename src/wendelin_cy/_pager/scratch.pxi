@@ -21,7 +21,8 @@ cdef int scratch_open() noexcept nogil:
         return 0
     if g_scratch_dir_c == NULL:
         return -1
-    g_scratch_fd = open(g_scratch_dir_c, O_RDWR | O_TMPFILE | O_EXCL | O_CLOEXEC, 0o600)
+    g_scratch_fd = open(g_scratch_dir_c, O_RDWR | O_TMPFILE | O_EXCL | O_CLOEXEC,
+                        0o600)             # (owner only; it is never linked)
     return 0 if g_scratch_fd >= 0 else -1
 
 cdef int64_t scratch_alloc(size_t size) noexcept nogil:
