@@ -1,4 +1,5 @@
 """Build wendelin_cy: the Cython pager core plus the pure-Python layers."""
+import glob
 import os
 
 from setuptools import Extension, setup
@@ -14,7 +15,10 @@ pager = os.path.join("src", "wendelin_cy", "_pager")
 ext = Extension(
     "wendelin_cy._pager.virtmem",
     sources=[os.path.join(pager, "virtmem.pyx" if cythonize else "virtmem.c")],
-    depends=[os.path.join(pager, "wcy.h"), os.path.join(pager, "posix.pxd")],
+    # virtmem.pyx is one translation unit made of the .pxi files it includes:
+    # editing any of them rebuilds it
+    depends=[os.path.join(pager, "wcy.h"), os.path.join(pager, "posix.pxd")]
+    + sorted(glob.glob(os.path.join(pager, "*.pxi"))),
     include_dirs=[pager],
     define_macros=[("_GNU_SOURCE", "1")],
     extra_compile_args=["-O2", "-Wno-unused-function"],

@@ -14,6 +14,7 @@ cdef extern from "<errno.h>" nogil:
         EEXIST
         EINVAL
         EFAULT
+        EIO
 
 cdef extern from "<string.h>" nogil:
     char* strerror(int errnum)
@@ -137,7 +138,6 @@ cdef extern from "wcy.h" nogil:
     void wcy_lockdepth_add(int d)
     int wcy_chain_again(uintptr_t addr)
     int wcy_fault_again(uintptr_t addr)
-    void wcy_fault_done()
     int wcy_fault_is_write(void* uc)
     void wcy_call_handler(const sigaction_t* sa, int sig, siginfo_t* si, void* uc)
     int wcy_handler_is_default(const sigaction_t* sa)

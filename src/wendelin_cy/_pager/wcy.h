@@ -41,25 +41,32 @@ static inline int wcy_fault_again(uintptr_t addr) {
     if (wcy_tls_fault_addr == addr) return ++wcy_tls_fault_count;
     wcy_tls_fault_addr = addr; wcy_tls_fault_count = 1; return 1;
 }
-static inline void wcy_fault_done(void) { wcy_tls_fault_addr = 0; wcy_tls_fault_count = 0; }
+
+/* x86-64: the page-fault error code's bit "the access was a write" */
+#define WCY_X86_PF_WRITE 0x2
+/* arm64: the signal frame's record of the exception syndrome (ESR_EL1), its
+ * header (magic, size: 4 bytes each), and the data abort's "write not read" bit */
+#define WCY_ARM64_ESR_MAGIC 0x45535201u
+#define WCY_ARM64_CTX_HEADER 8
+#define WCY_ARM64_ESR_WNR (1u << 6)
 
 /* 1: the faulting access was a write; 0: a read; -1: unknown on this arch
  * (the pager then learns it from a second fault on a read-only block). */
 static inline int wcy_fault_is_write(void *ucv) {
 #if defined(__x86_64__)
     ucontext_t *uc = (ucontext_t *)ucv;
-    return (uc->uc_mcontext.gregs[REG_ERR] & 0x2) ? 1 : 0;
+    return (uc->uc_mcontext.gregs[REG_ERR] & WCY_X86_PF_WRITE) ? 1 : 0;
 #elif defined(__aarch64__)
     ucontext_t *uc = (ucontext_t *)ucv;
     unsigned char *p = (unsigned char *)uc->uc_mcontext.__reserved;
     unsigned char *end = p + sizeof(uc->uc_mcontext.__reserved);
-    while (p + 8 <= end) {
+    while (p + WCY_ARM64_CTX_HEADER <= end) {
         uint32_t magic, size;
         memcpy(&magic, p, 4); memcpy(&size, p + 4, 4);
         if (magic == 0 || size == 0) break;
-        if (magic == 0x45535201u /* ESR_MAGIC */ && p + 16 <= end) {
-            uint64_t esr; memcpy(&esr, p + 8, 8);
-            return (esr & (1u << 6)) ? 1 : 0;   /* WnR */
+        if (magic == WCY_ARM64_ESR_MAGIC && p + WCY_ARM64_CTX_HEADER + 8 <= end) {
+            uint64_t esr; memcpy(&esr, p + WCY_ARM64_CTX_HEADER, 8);
+            return (esr & WCY_ARM64_ESR_WNR) ? 1 : 0;
         }
         p += size;
     }

@@ -1,0 +1,392 @@
+# load.pxi: loading a block.  A load runs in three steps around g_lock:
+#   load_begin   (g_lock held)  this thread becomes the block's loader: the
+#                Page goes LOADING, a staging slot is taken (or, for a block
+#                mapped from a file, its share of the budget)
+#   load_fill    (g_lock free)  the bytes arrive: from the scratch file, the
+#                BigFile's fd (pread, or mapped from the page cache), or
+#                loadblk (with the GIL), which may answer HOLE or MapFile
+#   load_finish  (g_lock held)  the slot is moved to the block's address in
+#                one mremap, the Page goes LOADED; on failure load_undo puts
+#                everything back
+# The fault handler and the Python entry points share them (pager_access,
+# fault.pxi).
+
+# What a staging slot holds when loadblk is called (py_loadblk's `recycled`)
+cdef enum:
+    SLOT_FRESH = 0              # a fresh mapping: zeros, no pages yet
+    SLOT_RECYCLED = 1           # the pages of an evicted block (old data)
+    SLOT_RECYCLED_WRITE = 2     # that, and the block is loaded to be written
+
+cdef struct Load:
+    Page* p
+    char* slot          # the staging slot being filled; NULL once mapped from a file
+    int spilled         # the data comes back from the scratch file
+    int mapped          # the block is mapped from a file's page cache (zero-copy)
+    int recycled        # SLOT_*
+
+cdef class _Buf:
+    """Exports raw memory as a buffer for the duration of one callback."""
+    cdef char* ptr
+    cdef Py_ssize_t size
+    cdef int readonly
+    cdef int exports
+
+    def __getbuffer__(self, Py_buffer* buf, int flags):
+        PyBuffer_FillInfo(buf, self, self.ptr, self.size, self.readonly, flags)
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer* buf):
+        self.exports -= 1
+
+
+cdef _Buf mkbuf(char* ptr, size_t size, int readonly):
+    cdef _Buf b = _Buf.__new__(_Buf)
+    b.ptr = ptr
+    b.size = size
+    b.readonly = readonly
+    return b
+
+
+# exceptions retried when loadblk raises them inside a page fault (where they
+# cannot be propagated); settable by storage bindings (e.g. ZEO disconnects)
+TRANSIENT_ERRORS = (InterruptedError, BlockingIOError, TimeoutError, ConnectionError)
+LOAD_RETRIES = 3
+LOAD_RETRY_DELAY = 0.05        # seconds before the first retry ...
+LOAD_RETRY_BACKOFF = 4         # ... and each next one waits this many times longer
+
+
+class _Hole:
+    """Returned by loadblk instead of filling ``buf``: the block is a hole (all
+    zeros).  The pager then gives the block fresh zero pages itself, which is
+    much cheaper than writing zeros."""
+    __slots__ = ()
+
+    def __repr__(self):
+        return "HOLE"
+
+HOLE = _Hole()
+
+
+cdef class MapFile:
+    """Returned by loadblk instead of filling ``buf``: the block's bytes are
+    ``blksize`` bytes of the file at ``path`` from ``offset`` (a multiple of the
+    page size), and the file does not change while mapped (e.g. a committed
+    ZODB blob).  The pager maps the file's page cache pages privately, read-only,
+    at the block's address: no copy at all; a write makes the kernel copy just
+    the 4 KiB page touched.  A file shorter than that is read instead, the rest
+    zero-filled (a mapping past the end of a file would raise SIGBUS)."""
+    cdef readonly object path
+    cdef readonly int64_t offset
+
+    def __init__(self, path, int64_t offset=0):
+        self.path = _os.fsencode(path)
+        if offset < 0 or offset % OSPAGE:
+            raise ValueError("MapFile: offset must be a non-negative multiple of "
+                             "%d, got %d" % (OSPAGE, offset))
+        self.offset = offset
+
+    def __repr__(self):
+        return "MapFile(%r, %d)" % (_os.fsdecode(self.path), self.offset)
+
+
+cdef int _open_for_map(MapFile m, size_t bs, _Buf buf) except? -2:
+    """Open m's file for mapping -> fd; or read it into buf (short file) -> -1."""
+    fd = _os.open(m.path, _os.O_RDONLY | _os.O_CLOEXEC)
+    try:
+        size = _os.fstat(fd).st_size
+        if size >= m.offset + <int64_t>bs:
+            return fd
+        mv = memoryview(buf)
+        try:
+            n = _os.preadv(fd, [mv], m.offset) if size > m.offset else 0
+            while 0 < n < <Py_ssize_t>bs:
+                k = _os.preadv(fd, [mv[n:]], m.offset + n)
+                if k <= 0:
+                    break
+                n += k
+            if n < <Py_ssize_t>bs:
+                mv[n:] = bytes(<Py_ssize_t>bs - n)
+        finally:
+            mv.release()
+    except BaseException:
+        _os.close(fd)
+        raise
+    _os.close(fd)
+    return -1
+
+
+def _call_loadblk(bigfile, blk, _Buf buf, int entry):
+    """Run bigfile.loadblk(blk, memoryview); retry transient errors (in a fault only:
+    at an entry point the caller gets the exception and decides).  Returns what
+    loadblk returned (None, HOLE or a MapFile)."""
+    cdef int attempt = 0
+    cdef object interrupted = None
+    res = None
+    mv = memoryview(buf)
+    try:
+        while True:
+            try:
+                res = bigfile.loadblk(blk, mv)
+                break
+            except KeyboardInterrupt:
+                if entry:
+                    raise
+                interrupted = True          # re-delivered once the fault is over
+            except TRANSIENT_ERRORS:
+                attempt += 1
+                if entry or attempt > LOAD_RETRIES:
+                    raise
+                _time.sleep(LOAD_RETRY_DELAY * (LOAD_RETRY_BACKOFF ** (attempt - 1)))
+    finally:
+        try:
+            mv.release()
+        except BufferError:
+            pass
+        if interrupted:
+            PyErr_SetInterrupt()
+    if buf.exports:
+        raise BufferError("loadblk kept a reference to its buffer (blk %d)" % blk)
+    return res
+
+
+cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
+                    PyObject** exc, int* mapfd, int64_t* mapoff,
+                    int recycled) noexcept with gil:
+    """Run loadblk into the staging slot.  When loadblk answers MapFile(path,
+    offset), the file is opened here and *mapfd / *mapoff say what to map at the
+    block's address instead (the caller maps it and closes *mapfd).
+    recycled: SLOT_*, what the slot holds."""
+    cdef PyObject *et
+    cdef PyObject *ev
+    cdef PyObject *etb
+    cdef int rc = 0
+    cdef _Buf buf = mkbuf(slot, r.blksize, 0)
+    PyErr_Fetch(&et, &ev, &etb)
+    try:
+        res = _call_loadblk(<object>r.bigfile, blk, buf, entry)
+        if res is HOLE:
+            if recycled == SLOT_RECYCLED_WRITE:
+                # about to be written (e.g. an append): zero the recycled pages
+                # in place - dropping them and faulting in new ones, which the
+                # kernel zeroes anyway, is slower (docs/benchmarks.md)
+                with nogil:
+                    memset(slot, 0, r.blksize)
+            elif recycled:
+                madvise(slot, r.blksize, MADV_DONTNEED)     # zero pages, on demand
+        elif type(res) is MapFile:
+            mapfd[0] = _open_for_map(<MapFile>res, r.blksize, buf)
+            mapoff[0] = (<MapFile>res).offset
+    except BaseException as e:
+        rc = E_BUFKEPT if buf.exports else E_PYTHON
+        if entry and exc != NULL:
+            Py_INCREF(e)
+            exc[0] = <PyObject*>e
+        else:
+            _report_fault_error(<object>r.bigfile, blk, e)
+    PyErr_Restore(et, ev, etb)
+    return rc
+
+
+def _report_fault_error(bigfile, blk, exc):
+    try:
+        _sys.stderr.write(
+            "wendelin_cy: FATAL: loading block %d of %r failed inside a page fault;\n"
+            "the access cannot be completed and the exception cannot be raised through\n"
+            "the code that touched the memory, so the process ends with SIGBUS\n"
+            "(as the kernel does for an I/O error on mmap).  The error was:\n" % (blk, bigfile))
+        _traceback.print_exception(type(exc), exc, exc.__traceback__, file=_sys.stderr)
+        _sys.stderr.flush()
+    except BaseException:
+        pass
+
+
+def _report_ignored(what, e):
+    """A callback from inside the pager failed where nothing can be raised
+    (a fault, or advice): say so on stderr and go on."""
+    try:
+        _sys.stderr.write("wendelin_cy: %s (ignored):\n" % what)
+        _traceback.print_exception(type(e), e, e.__traceback__, file=_sys.stderr)
+    except BaseException:
+        pass
+
+
+cdef int direct_covers(Region* r, int64_t blk) noexcept nogil:
+    """Is block blk entirely inside the region's file (so it can be mapped)?
+    Past the end a mapping would SIGBUS: such blocks are read (zero-filled)."""
+    cdef stat_t st
+    if fstat(r.direct_fd, &st) != 0:
+        return 0
+    return r.direct_off + (blk + 1) * <int64_t>r.blksize <= st.st_size
+
+cdef int map_direct(Region* r, int64_t blk, int seq) noexcept nogil:
+    return map_fd(r, blk, r.direct_fd, r.direct_off + blk * <int64_t>r.blksize, seq, 0)
+
+cdef int map_fd(Region* r, int64_t blk, int fd, int64_t off, int seq,
+                int blockwise) noexcept nogil:
+    """Map block blk of a local file from the page cache (g_lock not held).
+    In a sequential run the mapping is marked MADV_SEQUENTIAL before it is
+    populated, so that a cold read goes through the kernel's sequential
+    readahead (large, asynchronous windows) rather than read-around: cold
+    scans under a memory cgroup limit then run as fast as numpy.memmap's.
+    (Asking the kernel for the next blocks with posix_fadvise(WILLNEED), one
+    block at a time, made them slower.)  Figures: docs/benchmarks.md."""
+    global st_zerocopy
+    cdef char* addr = blk_addr(r, blk)
+    # 2 MiB blocks at 2 MiB offsets: MADV_HUGEPAGE before populating lets the
+    # kernel read the block into one 2 MiB page cache folio and map it with one
+    # page-table entry: mapping such blocks again later, and reading them
+    # cold, is many times faster than with a cache filled in 4 KiB pages.
+    #
+    # blockwise (MapFile: a file of many blocks, each mapped on its own): the
+    # kernel's asynchronous readahead for the next block of the file would
+    # fill the cache in small folios (slow to map again later); with
+    # MADV_RANDOM each block is read by itself, as one 2 MiB folio.
+    cdef int huge = (r.blksize % HUGE == 0 and off % HUGE == 0
+                     and (<uintptr_t>addr) % HUGE == 0)
+    if seq or huge:
+        if mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd,
+                off) == MAP_FAILED:
+            return errno
+        if huge:
+            madvise(addr, r.blksize, MADV_HUGEPAGE)
+            if blockwise:
+                madvise(addr, r.blksize, MADV_RANDOM)
+        if seq and not (huge and blockwise):
+            madvise(addr, r.blksize, MADV_SEQUENTIAL)
+        # (on kernels without MADV_POPULATE_READ the pages fault in on access)
+        madvise(addr, r.blksize, MADV_POPULATE_READ)
+    elif mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
+              fd, off) == MAP_FAILED:
+        return errno
+    st_zerocopy += 1
+    return 0
+
+
+cdef inline int in_seq_run(Region* r, int64_t blk) noexcept nogil:
+    """Is loading blk part of a sequential scan (readahead is worth it)?"""
+    return (g_ra_enabled and r.advice != ADV_RANDOM
+            and (r.advice == ADV_SEQUENTIAL or blk == r.last_load + 1))
+
+cdef int load_begin(Load* ld, Region* r, int64_t blk, Page* p) noexcept nogil:
+    """Make this thread the loader of block blk, absent (p == NULL) or SPILLED
+    (g_lock held).  0, or an error with nothing changed."""
+    cdef size_t bs = r.blksize
+    cdef int rc
+    if r.forked and r.direct_fd < 0 and p == NULL:
+        return E_FORKED
+    ld.spilled = p != NULL
+    ld.recycled = SLOT_FRESH
+    ld.slot = NULL
+    if p == NULL:
+        p = page_new(r, blk)
+        if p == NULL:
+            return ENOMEM
+    ld.p = p
+    p.state = PG_LOADING
+    p.loader = pthread_self()
+    ld.mapped = not ld.spilled and r.direct_fd >= 0 and direct_covers(r, blk)
+    if ld.mapped:
+        # local file, block entirely inside it: map the page cache pages of the
+        # block privately, read-only (no copy at all; a write makes the kernel
+        # copy just the 4 KiB page touched).  One mmap(MAP_FIXED) replaces the
+        # PROT_NONE slot atomically, and what shows is the file's content.
+        reclaim(bs, 0)
+        resident_add(bs)
+        return 0
+    ld.slot = acquire_slot(bs, &ld.recycled)
+    if ld.slot == NULL:
+        rc = errno if errno else ENOMEM
+        if ld.spilled:
+            p.state = PG_SPILLED
+        else:
+            page_free(p)
+        notify()
+        return rc
+    return 0
+
+cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
+                   PyObject** exc) noexcept nogil:
+    """Bring the block's bytes into the slot, or map them (g_lock not held:
+    the LOADING page is this thread's).  0 or an error code."""
+    cdef size_t bs = r.blksize
+    cdef int mapfd = -1
+    cdef int64_t mapoff = 0
+    cdef int rc
+    if ld.mapped:
+        return map_direct(r, blk, in_seq_run(r, blk))
+    if ld.spilled:
+        return rw_full(g_scratch_fd, ld.slot, bs, ld.p.spill, IO_READ)
+    if r.direct_fd >= 0:
+        return rw_full(r.direct_fd, ld.slot, bs, r.direct_off + <int64_t>(blk * bs),
+                       IO_READ)
+    rc = py_loadblk(r, blk, ld.slot, entry, exc, &mapfd, &mapoff,
+                    SLOT_RECYCLED_WRITE if write > 0 and ld.recycled else ld.recycled)
+    if mapfd >= 0:
+        # loadblk named a file extent (MapFile): map it instead; the slot
+        # goes back, its share of g_resident now counts the mapping
+        if rc == 0:
+            rc = map_fd(r, blk, mapfd, mapoff, in_seq_run(r, blk), 1)
+        close(mapfd)
+        if rc == 0:
+            munmap(ld.slot, bs)
+            ld.slot = NULL
+            ld.mapped = 1
+        else:
+            reset_slot(blk_addr(r, blk), bs)
+    r.last_mapped = mapfd >= 0 and rc == 0
+    return rc
+
+cdef int load_finish(Load* ld, Region* r, int write, int rc) noexcept nogil:
+    """The fill returned rc (g_lock held): on success put the block at its
+    address with the protection the access needs and make it LOADED; else
+    undo the load.  Returns rc, or the error placing it."""
+    global g_last_loaded, st_loads
+    cdef Page* p = ld.p
+    cdef int prot
+    if rc == 0 and r.closed:
+        rc = E_CLOSED
+    if rc == 0:
+        if ld.spilled:
+            prot = PROT_RW if (write > 0 or not p.writing) else PROT_RO
+            if write > 0:
+                p.writing = 0
+        else:
+            prot = PROT_RW if write > 0 else PROT_RO
+        if ld.mapped:
+            p.filemap = 1
+            p.prot = PROT_RO
+            rc = set_prot(p, prot)
+        else:
+            rc = place(r, p, ld.slot, prot)
+    if rc != 0:
+        load_undo(ld, r, rc)
+        return rc
+    if ld.spilled:
+        page_unspilled(p)
+    p.state = PG_LOADED
+    p.referenced = 1
+    clock_add(p)
+    g_last_loaded = p
+    st_loads += 1
+    return 0
+
+cdef void load_undo(Load* ld, Region* r, int rc) noexcept nogil:
+    """The load failed with rc (g_lock held): give the memory back; a spilled
+    block stays SPILLED (unless its handle is closed), a new one goes absent."""
+    global g_resident, st_load_errors
+    cdef Page* p = ld.p
+    cdef size_t bs = r.blksize
+    if ld.mapped:
+        reset_slot(blk_addr(r, p.blk), bs)
+        g_resident -= bs
+    elif rc == E_BUFKEPT:
+        g_resident -= bs          # somebody holds it: leak, never unmap
+    else:
+        release_slot(ld.slot, bs)
+    if ld.spilled:
+        p.state = PG_SPILLED      # the data is still in the scratch file
+        if r.closed:
+            page_drop(p)
+    else:
+        page_free(p)
+    st_load_errors += 1

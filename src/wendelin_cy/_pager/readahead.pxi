@@ -1,0 +1,391 @@
+# readahead.pxi: loading blocks ahead of a sequential scan.
+#
+# Sequential access is detected per region (a fault loads block k right after it
+# loaded k-1, or madvise('sequential')).  For a local file the block is then
+# mapped MADV_SEQUENTIAL, and the kernel's own readahead runs ahead of the scan
+# (see map_direct).  For other BigFiles, prefetch() is asked for the next
+# window.  Random access never triggers it.
+
+cdef int g_ra_enabled = 1
+cdef uint64_t st_ra_blocks = 0
+cdef enum:
+    RA_WINDOW_MAX = 16          # blocks asked for ahead, at most
+    RA_WINDOW_SHARE = 4         # ... and at most 1/4 of the budget
+    RA_INFLIGHT_SHARE = 2       # blocks read ahead, not touched yet: <= 1/2 of it
+
+cdef int64_t ra_window(Region* r) noexcept nogil:
+    cdef int64_t w = <int64_t>(g_budget // (RA_WINDOW_SHARE * r.blksize))
+    if w > RA_WINDOW_MAX:
+        w = RA_WINDOW_MAX
+    if r.ra_max > 0 and w > r.ra_max:
+        w = r.ra_max
+    return w
+
+cdef void ra_on_load(Region* r, int64_t blk, int64_t* start, int64_t* n) noexcept nogil:
+    """A fault loaded blk: extend or start the readahead window (g_lock held).
+    Returns in start/n the blocks to advise (after g_lock is released)."""
+    global st_ra_blocks
+    cdef int64_t w, end
+    n[0] = 0
+    if r.direct_fd >= 0 or not r.has_prefetch or not in_seq_run(r, blk):
+        r.last_load = blk       # (a local file: the kernel reads ahead, map_fd)
+        return
+    w = ra_window(r)
+    if w > 0:
+        if r.ra_next <= blk or r.ra_next > blk + 1 + 2 * w:
+            r.ra_next = blk + 1
+        end = blk + 1 + w
+        if end > r.nblk:
+            end = r.nblk
+        # top the window up when half of it or less is left ahead: one call
+        # asks for several blocks (for a storage, one batch of requests)
+        if r.ra_next < end and (r.ra_next - blk - 1) * 2 <= w:
+            start[0] = r.ra_next
+            n[0] = end - r.ra_next
+            r.ra_next = end
+            st_ra_blocks += n[0]
+    r.last_load = blk
+
+cdef inline void ra_hit(Region* r, Page* p, int64_t* start, int64_t* n) noexcept nogil:
+    """The first touch of block p, read ahead (g_lock held): it counts as the
+    scan's load of it, and moves the window on (see ra_on_load)."""
+    global g_ra_inflight, st_ra_hits
+    p.ra = 0
+    g_ra_inflight -= 1
+    st_ra_hits += 1
+    ra_on_load(r, p.blk, start, n)
+
+# Readahead into RAM: prefetch() may answer with the extents of the blocks
+# ahead, [(blk, fd, offset, nbytes), ...] -- where their bytes lie in some file
+# (e.g. the payload of a ZODB record in a FileStorage).  One background thread
+# of the pager reads them into staging blocks (pread, no GIL) and places them
+# PROT_NONE: the scan then finds them in RAM, pays one soft fault each, and
+# that fault moves the window on.  Requests are dropped when the block got a
+# page meanwhile, or when the region's generation moved (contents may have
+# changed: a write, writeout, discard or invalidation since the extent was
+# found).
+
+cdef struct RAReq:
+    Region* r           # NULL: dropped (its handle closed)
+    int64_t blk         # fd == RAQ_WARM: how many slots to warm
+    int fd              # where the extent lies, or RAQ_WARM
+    int64_t off
+    int64_t n           # fd == RAQ_WARM: their size
+    uint64_t gen
+
+cdef enum:
+    RA_QMAX = 64        # requests queued for the readahead thread, at most
+    RAQ_WARM = -2       # RAReq.fd of a request to warm staging slots (ra_warm)
+cdef RAReq g_raq[RA_QMAX]
+cdef int g_raq_head = 0
+cdef int g_raq_len = 0
+cdef pthread_cond_t g_ra_cond
+cdef int g_ra_started = 0
+cdef int64_t g_ra_inflight = 0
+cdef uint64_t st_ra_loads = 0, st_ra_hits = 0, st_ra_dropped = 0, st_warm_slots = 0
+
+cdef Page* ra_begin(Region* r, int64_t blk, uint64_t gen, char** slot) noexcept nogil:
+    """Start loading block blk ahead (g_lock held): a LOADING page owned by this
+    thread and a staging slot for it; NULL if the request is stale (the block
+    has a page, the generation moved), the handle is closed, or readahead
+    already holds its share of the budget."""
+    global st_ra_dropped
+    cdef Page* p
+    if (r.closed or r.forked or gen != r.gen or blk < 0 or blk >= r.nblk
+            or r.pages[blk] != NULL
+            or (g_ra_inflight + 1) * <int64_t>r.blksize * RA_INFLIGHT_SHARE
+               > <int64_t>g_budget):
+        st_ra_dropped += 1
+        return NULL
+    p = page_new(r, blk)
+    if p == NULL:
+        return NULL
+    p.state = PG_LOADING
+    p.loader = pthread_self()
+    slot[0] = acquire_slot(r.blksize)
+    if slot[0] == NULL:
+        page_free(p)
+        return NULL
+    return p
+
+cdef void ra_finish(Region* r, Page* p, char* slot, uint64_t gen, int rc) noexcept nogil:
+    """The staging slot of a block read ahead is filled (rc == 0) or not
+    (g_lock held): place it PROT_NONE, or drop it (a fault will load, and
+    report, the block itself)."""
+    global g_ra_inflight, st_ra_loads, st_ra_dropped
+    if rc == 0 and (r.closed or gen != r.gen):
+        rc = E_CLOSED
+    if rc == 0:
+        rc = place(r, p, slot, PROT_NONE)
+    if rc != 0:
+        release_slot(slot, r.blksize)
+        page_free(p)
+        st_ra_dropped += 1
+    else:
+        p.state = PG_LOADED
+        p.ra = 1
+        p.referenced = 1
+        clock_add(p)
+        g_ra_inflight += 1
+        st_ra_loads += 1
+    notify()
+
+
+cdef void* ra_main(void* arg) noexcept nogil:
+    global g_raq_head, g_raq_len
+    cdef sigset_t all_
+    cdef RAReq q
+    cdef Region* r
+    cdef Page* p
+    cdef char* slot
+    cdef int rc
+    sigfillset(&all_)
+    sigdelset(&all_, SIGSEGV)
+    sigdelset(&all_, SIGBUS)
+    pthread_sigmask(SIG_BLOCK, &all_, NULL)
+    lock()
+    while True:
+        while g_raq_len == 0:
+            wcy_lockdepth_add(-1)
+            pthread_cond_wait(&g_ra_cond, &g_lock)
+            wcy_lockdepth_add(1)
+        q = g_raq[g_raq_head]
+        g_raq_head = (g_raq_head + 1) % RA_QMAX
+        g_raq_len -= 1
+        if q.fd == RAQ_WARM:
+            warm_slots(<size_t>q.n, q.blk)
+            continue
+        r = q.r
+        if r == NULL:
+            continue
+        p = ra_begin(r, q.blk, q.gen, &slot)
+        if p == NULL:
+            r.busy -= 1
+            notify()
+            continue
+        unlock()
+        rc = rw_full(q.fd, slot, q.n, q.off, IO_READ_EXACT)
+        if rc == 0 and <size_t>q.n < r.blksize:
+            memset(slot + q.n, 0, r.blksize - q.n)
+        lock()
+        ra_finish(r, p, slot, q.gen, rc)
+        r.busy -= 1
+        notify()
+    return NULL
+
+cdef void warm_slots(size_t bs, int64_t want) noexcept nogil:
+    """The readahead thread (g_lock held): put up to `want` fresh staging
+    blocks, their pages already faulted in, into the pool, as long as that
+    fits in the budget without evicting anything.  A scan whose blocks come
+    through loadblk (ZEO, RelStorage, ...) then copies into memory that is
+    ready instead of faulting in new pages block by block on its own thread
+    (a first touch of fresh memory costs several times a copy into memory
+    already faulted in: docs/benchmarks.md)."""
+    global st_warm_slots, g_thp_skip
+    cdef char* slot
+    cdef int64_t made = 0
+    cdef int huge, slow
+    cdef long t
+    while (made < want and g_npool < WARMMAX + POOLMAX and g_npool < POOL_CAP
+           and pressure(bs) <= g_budget):
+        huge = thp_want(bs)
+        slow = 0
+        unlock()
+        slot = map_aligned(bs, align_for(bs), PROT_RW)
+        if slot != NULL:
+            if huge:
+                madvise(slot, bs, MADV_HUGEPAGE)
+            t = now_ns()
+            # fault the pages in (the kernel zeroes them): without writing
+            # the zeros a second time where the kernel can populate
+            if madvise(slot, bs, MADV_POPULATE_WRITE) != 0:
+                touch_pages(slot, bs)
+            slow = huge and (now_ns() - t) > THP_SLOW_NS * <long>(bs // HUGE)
+            if mprotect(slot, bs, PROT_NONE) != 0:
+                munmap(slot, bs)
+                slot = NULL
+        lock()
+        if slow:
+            g_thp_skip = THP_BACKOFF
+        if slot == NULL:
+            return
+        if g_npool < POOL_CAP and pressure(bs) <= g_budget:
+            pool_put(slot, bs)
+            st_warm_slots += 1
+            made += 1
+        else:
+            unlock()
+            munmap(slot, bs)
+            lock()
+            return
+
+cdef void touch_pages(char* p, size_t n) noexcept nogil:
+    """Write one byte of every OS page of fresh memory p[:n]."""
+    cdef size_t i = 0
+    while i < n:
+        (<volatile char*>p)[i] = 0
+        i += OSPAGE
+
+cdef void ra_warm(size_t bs, int64_t n) noexcept nogil:
+    """Ask the readahead thread for n warm staging blocks (g_lock held)."""
+    if n > 0 and g_npool < WARMMAX:
+        ra_push(NULL, n, RAQ_WARM, 0, <int64_t>bs, 0)
+
+cdef int ra_push(Region* r, int64_t blk, int fd, int64_t off, int64_t n,
+                 uint64_t gen) noexcept nogil:
+    """Append a request to the readahead thread's queue, starting the thread
+    the first time (g_lock held).  0, or -1 if the queue is full or the
+    thread cannot be started."""
+    global g_raq_len, g_ra_started
+    cdef pthread_t th
+    cdef RAReq* q
+    if g_raq_len >= RA_QMAX:
+        return -1
+    if not g_ra_started:
+        if pthread_create(&th, NULL, ra_main, NULL) != 0:
+            return -1
+        pthread_detach(th)
+        g_ra_started = 1
+    q = &g_raq[(g_raq_head + g_raq_len) % RA_QMAX]
+    q.r = r
+    q.blk = blk
+    q.fd = fd
+    q.off = off
+    q.n = n
+    q.gen = gen
+    g_raq_len += 1
+    pthread_cond_broadcast(&g_ra_cond)
+    return 0
+
+cdef int ra_queue(Region* r, int64_t blk, int fd, int64_t off, int64_t n) noexcept nogil:
+    """Queue one extent for the readahead thread (g_lock held)."""
+    if r.forked or r.closed or blk < 0 or blk >= r.nblk:
+        return -1
+    if r.pages[blk] != NULL:
+        return 0
+    if ra_push(r, blk, fd, off, n, r.gen) != 0:
+        return -1
+    r.busy += 1
+    return 0
+
+cdef void ra_forget(Region* r) noexcept nogil:
+    """Drop the queued requests of r (g_lock held)."""
+    cdef int i, k
+    for i in range(g_raq_len):
+        k = (g_raq_head + i) % RA_QMAX
+        if g_raq[k].r == r:
+            g_raq[k].r = NULL
+            r.busy -= 1
+
+cdef void ra_advise(Region* r, int64_t start, int64_t n) noexcept nogil:
+    """Start reading blocks [start, start+n) ahead (g_lock not held): the
+    kernel's readahead for a local file, else the BigFile's own prefetch()."""
+    if n <= 0:
+        return
+    if r.direct_fd >= 0:
+        return              # the kernel reads ahead itself (see map_direct)
+    if r.has_prefetch:
+        call_prefetch(r, start, n)
+
+cdef _queue_extents(Region* r, extents):
+    """Queue what prefetch() answered: extents (blk, fd, offset, nbytes), read
+    by the readahead thread, and (blk, future) pairs, placed when the future
+    completes, with the block's bytes, in whichever thread completes it."""
+    cdef int64_t blk, off, n
+    cdef int fd
+    cdef uint64_t gen
+    fh = None
+    for e in extents:
+        if len(e) == 2:
+            blk, fut = e
+            if blk < 0 or blk >= r.nblk or not callable(getattr(fut, "add_done_callback", None)):
+                raise ValueError("prefetch: bad (blk, future) %r" % (e,))
+            if fh is None:
+                fh = _weakref.ref(<object>r.fileh)
+            lock()
+            gen = r.gen
+            skip = r.pages[blk] != NULL or r.closed or r.forked
+            unlock()
+            if not skip:
+                fut.add_done_callback(_RAPlace.new(fh, blk, gen))
+            continue
+        blk, fd, off, n = e
+        if n < 0 or n > <int64_t>r.blksize or off < 0 or fd < 0:
+            raise ValueError("prefetch: bad extent %r" % (e,))
+        lock()
+        rc = ra_queue(r, blk, fd, off, n)
+        unlock()
+        if rc != 0:
+            break
+
+
+cdef class _RAPlace:
+    """Done-callback of a future prefetch() answered for one block: its
+    result (bytes-like, or None) becomes the block's page, PROT_NONE like a
+    block read ahead from a file, if nothing changed the block's generation
+    meanwhile."""
+    cdef object fh
+    cdef int64_t blk
+    cdef uint64_t gen
+
+    @staticmethod
+    cdef _RAPlace new(fh, int64_t blk, uint64_t gen):
+        cdef _RAPlace c = _RAPlace.__new__(_RAPlace)
+        c.fh = fh
+        c.blk = blk
+        c.gen = gen
+        return c
+
+    def __call__(self, fut):
+        try:
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            data = fut.result()
+            fh = self.fh()
+            if data is not None and fh is not None:
+                (<BigFileH>fh)._ra_place(self.blk, self.gen, data)
+        except BaseException as e:          # readahead is advice: never fatal
+            _report_ignored("placing block %d read ahead" % self.blk, e)
+
+
+cdef void call_prefetch(Region* r, int64_t start, int64_t n) noexcept nogil:
+    with gil:
+        _run_prefetch(r, start, n)
+
+cdef void _run_prefetch(Region* r, int64_t start, int64_t n) noexcept:
+    cdef PyObject *et
+    cdef PyObject *ev
+    cdef PyObject *etb
+    PyErr_Fetch(&et, &ev, &etb)
+    if not r.closed:
+        try:
+            extents = (<object>r.bigfile).prefetch(start, n)
+            if extents:
+                _queue_extents(r, extents)
+            elif not r.last_mapped:
+                # the blocks will be copied in by loadblk on the faulting
+                # thread: have their staging memory made ready meanwhile
+                # (extents are read into slots by the readahead thread
+                # itself; futures are copied in by the thread completing
+                # them - warming memory for them too only competed with it
+                # for the CPU, and was slower on 2 cores)
+                lock()
+                ra_warm(r.blksize, n)
+                unlock()
+        except BaseException as e:          # readahead is advice: never fatal
+            if r.has_prefetch == 1:         # (said once per handle)
+                r.has_prefetch = 2
+                _report_ignored("%r.prefetch failed" % (<object>r.bigfile,), e)
+    PyErr_Restore(et, ev, etb)
+
+cdef void ra_after_fork() noexcept nogil:
+    """In a fork()ed child (from atfork_child): the readahead thread is not
+    there; forget its queue."""
+    global g_raq_len, g_ra_started
+    cdef int i
+    pthread_cond_init(&g_ra_cond, NULL)
+    for i in range(g_raq_len):
+        if g_raq[(g_raq_head + i) % RA_QMAX].r != NULL:
+            g_raq[(g_raq_head + i) % RA_QMAX].r.busy -= 1
+    g_raq_len = 0
+    g_ra_started = 0
