@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import transaction
 import ZODB
-from ZODB.blob import Blob
 from ZODB.FileStorage import FileStorage
 
 import wendelin_cy
 from wendelin_cy.bigarray.array_zodb import ZBigArray
-from wendelin_cy.bigfile import file_zodb
+from wendelin_cy.bigfile import _zio, file_zodb
 from wendelin_cy.lib.zodb import dbopen, dbclose
 
 from _zodb_util import Conn, file_db
@@ -249,14 +248,14 @@ def test_failed_blob_write_fails_the_commit_cleanly(tmp_path, monkeypatch):
         if len(calls) == 3:
             raise OSError(28, 'No space left on device')
         return real(fd, vma, off)
-    monkeypatch.setattr(file_zodb, '_write_blob_file', failing)
+    monkeypatch.setattr(_zio, '_write_blob_file', failing)
     a = A[:]
     a[:] = 2
     with pytest.raises(OSError, match='No space left'):
         c.commit()
     c.abort()
     assert (a == 1).all()
-    monkeypatch.setattr(file_zodb, '_write_blob_file', real)
+    monkeypatch.setattr(_zio, '_write_blob_file', real)
     del a
     c2 = _nothing_left_behind(db, path, before)
     A[:] = 3

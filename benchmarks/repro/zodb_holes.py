@@ -8,7 +8,7 @@ wendelin_cy.set_ram_budget('128M')
 root = dbopen('memory://')
 root['A'] = A = ZBigArray(((512 << 20) // 8,), np.float64)   # 512 MiB, all holes
 transaction.commit()
-import wendelin_cy.bigfile.file_zodb as fz
+import wendelin_cy.bigfile._zblk_io as fz   # (where _fill finds _zero)
 calls = [0, 0.0]
 orig = fz._zero
 def timed(buf, s, e):

@@ -94,6 +94,8 @@ import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
 from wendelin_cy.errors import WendelinError
+import wendelin_cy.storage as _storage
+from wendelin_cy.storage import mvcc as _mvcc
 
 __all__ = ['iter_batches', 'batch_rows_for', 'fit_incremental', 'transform_into',
            'predict_into', 'share', 'ArrayRef', 'DatabaseUnreachable',
@@ -396,20 +398,7 @@ def _register_db(db):
 
 def _uri_of(storage):
     """A URI another process can open `storage` with, or None."""
-    from ZODB.FileStorage import FileStorage
-    if isinstance(storage, FileStorage):
-        return os.path.abspath(storage._file_name)
-    cls = type(storage)
-    if cls.__module__.startswith('ZEO.') and cls.__name__ == 'ClientStorage':
-        addr = getattr(storage, '_addr', None)
-        name = getattr(storage, '_storage', '1')
-        if isinstance(addr, list) and len(addr) == 1:
-            addr = addr[0]
-        if isinstance(addr, tuple) and len(addr) == 2:
-            return 'zeo://%s:%d?storage=%s' % (addr[0], addr[1], name)
-        if isinstance(addr, str):
-            return 'zeo://%s?storage=%s' % (addr, name)
-    return None
+    return _storage.uri_of(storage)
 
 
 def _find_zfile(obj):
@@ -485,7 +474,7 @@ def _make_ref(zfile, fh, jar, db, uri, v):
     """ArrayRef to view `v` of `zfile` (core handle `fh`) at the snapshot of `jar`."""
     before = getattr(jar, 'before', None)          # a historical connection
     if before is None:
-        before = getattr(getattr(jar, '_storage', None), '_start', None)
+        before = _mvcc.snapshot(jar)
     if before is None:
         from ZODB.utils import p64, u64
         before = p64(u64(db.lastTransaction()) + 1)

@@ -1,0 +1,222 @@
+"""The persistent objects that hold the bytes of a block: ZBlk0, ZData,
+ZBlk1, ZBlkSeg (formats: see the docstring of file_zodb), and how each
+fills a page.
+
+Their class paths are ``wendelin_cy.bigfile.file_zodb.*``: databases record
+them, so ``__module__`` says so, and file_zodb imports them from here.
+"""
+
+import mmap
+import os
+import weakref
+
+from BTrees.IOBTree import IOBTree
+from persistent import Persistent
+
+from wendelin_cy.storage import backend_of
+from wendelin_cy.storage.record import preadinto as _preadinto
+
+from ._zblk_io import _fill, _zero
+
+__all__ = ['ZBlk0', 'ZData', 'ZBlk1', 'ZBlkSeg']
+
+_CLASS_MODULE = 'wendelin_cy.bigfile.file_zodb'     # where databases find them
+
+# ZBlk -> (weakref(_ZBigFileIO), blk) of the file that loaded it, kept outside
+# the ZBlk objects: ghostification clears an object's __dict__.
+_OWNER = weakref.WeakKeyDictionary()
+
+
+class _ZBlkBase(Persistent):
+    """Common part of the objects that hold bytes of a block.
+
+    ``_p_invalidate`` (called by the Connection when another transaction
+    changed this object) tells the ZBigFile handles that loaded the block.
+    """
+
+    def _p_invalidate(self):
+        owner = _OWNER.get(self)
+        if owner is not None:
+            io = owner[0]()
+            if io is not None:
+                io._invalidated(owner[1])
+        super()._p_invalidate()
+
+
+class _BytesRecord(_ZBlkBase):
+    """State: bytes with trailing zeros cut off.
+
+    While being committed the object carries ``_v_src``, a callable returning
+    the bytes from the pager page, so that no copy is made before pickling.
+    """
+
+    def __init__(self, data=b''):
+        self._data = bytes(data).rstrip(b'\0')
+
+    def __getstate__(self):
+        src = self.__dict__.get('_v_src')
+        if src is not None:
+            return src()
+        return self._data
+
+    def __setstate__(self, state):
+        if not isinstance(state, bytes):
+            raise TypeError('%s: corrupt state of type %s'
+                            % (type(self).__name__, type(state).__name__))
+        self.__dict__['_data'] = state
+
+    def _set_src(self, src):
+        """Mark changed; the new bytes are `src` or, if it is callable, come
+        from src() when the object is pickled."""
+        if self._p_jar is not None:
+            self._p_changed = True          # may load the old state first
+        d = self.__dict__
+        if callable(src):
+            old = d.pop('_data', None)
+            if self._p_jar is None and old is not None and '_v_old' not in d:
+                d['_v_old'] = old       # ZODB cannot restore it if the commit fails
+            d['_v_src'] = src
+        else:
+            d.pop('_v_src', None)
+            d['_data'] = src
+
+
+
+def _loaddata(obj):
+    """Payload of a _BytesRecord -> bytes-like; obj is left a ghost (if it
+    is not changed).  A function, not a method: looking up any attribute not
+    starting with _p_ on a ghost would load its state."""
+    if obj._p_changed:
+        return obj.__getstate__()
+    if obj._p_changed is None:          # ghost: try the storage's direct path
+        data = backend_of(obj._p_jar).payload(obj)
+        if data is not None:
+            return data
+    data = obj._data
+    obj._p_deactivate()
+    return data
+
+
+class ZBlk0(_BytesRecord):
+    """Whole block in one object (fast reads, whole-block writes)."""
+
+    __module__ = _CLASS_MODULE
+
+    def loadblkdata(self, buf):
+        if self._p_changed is None and len(buf):        # a ghost: try the direct path
+            if backend_of(self._p_jar).readinto(self, buf) is not None:
+                return
+        _fill(buf, 0, _loaddata(self), len(buf))
+
+
+class ZData(_BytesRecord):
+    """One chunk of a ZBlk1 (b'' is an all-zero chunk)."""
+
+    __module__ = _CLASS_MODULE
+
+
+class ZBlkSeg(_ZBlkBase):
+    """Block ``index`` of a segment: a Blob whose file holds several blocks
+    written in the same commit, block i at offset i * blksize.  Never
+    modified (a change of the block stores a new object)."""
+
+    __module__ = _CLASS_MODULE
+
+    def __init__(self, seg, index):
+        self.seg = seg
+        self.index = index
+
+
+# ~~~ blob blocks
+#
+# A block may also be a ZBlkSeg: its bytes are part of the file of a plain
+# ``ZODB.blob.Blob`` (a segment), which the storage keeps in a file of its own
+# (FileStorage: one file in the blob directory, written once at commit,
+# renamed into place), and the pager maps that part (MapFile): a load copies
+# nothing, and a commit writes the bytes once, with no pickling.  Neither is
+# ever rewritten: every change stores new ones (so the invalidation invariant
+# holds through ``blktab`` and ``ZBigFile.rev``; Blob cannot be subclassed to
+# get our ``_p_invalidate``).  Used where the storage keeps blobs on a local
+# filesystem (Backend.blobs_local).
+
+def _blob_path(blob):
+    """Filename of the data of Blob `blob` at its connection's snapshot (or of
+    its new data, not committed yet, after an explicit dirty_writeout); a ghost
+    `blob` is left a ghost.  Either file is never written again."""
+    return backend_of(blob._p_jar).blob_path(blob)
+
+
+def _blk_extent(z, bs):
+    """(path, offset) of the bytes of block ZBlkSeg `z` (its part of the
+    segment's file); z stays a ghost."""
+    if z._p_changed is None:
+        z._p_activate()
+        seg, index = z.seg, z.index
+        z._p_deactivate()
+    else:
+        seg, index = z.seg, z.index
+    return _blob_path(seg), index * bs
+
+
+def _blob_data(z, bs):
+    """Content of block ZBlkSeg `z` as a read-only buffer (a private mapping
+    of its file, no copy)."""
+    path, off = _blk_extent(z, bs)
+    with open(path, 'rb') as f:
+        n = min(bs, os.fstat(f.fileno()).st_size - off)
+        if n <= 0:
+            return b''
+        return mmap.mmap(f.fileno(), n, prot=mmap.PROT_READ, offset=off)
+
+
+def _load_base(base, buf):
+    """buf = content of the ZBlk0 or ZBlkSeg `base` (zeros after it)."""
+    if type(base) is ZBlkSeg:
+        path, off = _blk_extent(base, len(buf))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if not _preadinto(fd, buf, off, max(0, min(len(buf), os.fstat(fd).st_size - off))):
+                raise ValueError('%r: short blob file %s' % (base, path))
+        finally:
+            os.close(fd)
+    else:
+        ZBlk0.loadblkdata(base, buf)        # (via the class: base stays a ghost)
+
+
+class ZBlk1(_ZBlkBase):
+    """Block as chunks: {offset: ZData} over an optional ZBlk0 base."""
+
+    __module__ = _CLASS_MODULE
+
+    def __init__(self, chunksize, base=None):
+        self.chunksize = chunksize
+        self.chunktab = IOBTree()
+        self.base = base
+        self.rev = 0
+
+    def __getstate__(self):
+        return {'chunksize': self.chunksize, 'chunktab': self.chunktab,
+                'base': self.base, 'rev': self.rev}
+
+    def __setstate__(self, state):
+        d = self.__dict__
+        d['chunksize'] = state['chunksize']
+        d['chunktab'] = state['chunktab']
+        d['base'] = state.get('base')
+        d['rev'] = state.get('rev', 0)
+
+    def loadblkdata(self, buf):
+        n = len(buf)
+        cs = self.chunksize
+        base = self.base
+        if base is not None:
+            _load_base(base, buf)
+        else:
+            _zero(buf, 0, n)
+        for off, zd in self.chunktab.items():
+            if off >= n:
+                break
+            _fill(buf, off, _loaddata(zd), min(off + cs, n))
+        if not self._p_changed:
+            self._p_deactivate()
+

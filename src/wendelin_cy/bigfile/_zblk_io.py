@@ -1,0 +1,177 @@
+"""Block formats and the byte-level helpers of the ZODB binding: filling a
+page from a payload, comparing pages with what is stored, and writing blob
+segment files straight from the pages."""
+
+import errno
+import fcntl
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from wendelin_cy._pager.virtmem import copy_into, start_writeback, zero_chunks
+from wendelin_cy.storage.record import zero as _zero
+
+__all__ = ['DEFAULT_BLKSIZE', 'CHUNKSIZE', 'SEG_BLOCKS', 'ZBLK_FORMATS', 'ZBLK_FMT_ENV']
+
+DEFAULT_BLKSIZE = 2 * 1024 * 1024
+CHUNKSIZE = 32 * 1024
+SEG_BLOCKS = 32             # blocks per blob file (segment), at most
+ZBLK_FORMATS = ('ZBlk0', 'ZBlk1', 'blob', 'auto')
+ZBLK_FMT_ENV = 'WENDELIN_CY_ZBLK_FMT'
+_OSPAGE = 4096
+
+
+def _check_fmt(fmt, what):
+    if fmt not in ZBLK_FORMATS:
+        raise ValueError('%s: unknown ZBlk format %r; expected one of %s'
+                         % (what, fmt, ', '.join(ZBLK_FORMATS)))
+    return fmt
+
+
+def _env_fmt():
+    fmt = os.environ.get(ZBLK_FMT_ENV, '') or 'auto'
+    return _check_fmt(fmt, '$' + ZBLK_FMT_ENV)
+
+
+def _chunksize(blksize):
+    return CHUNKSIZE if blksize % CHUNKSIZE == 0 else _OSPAGE
+
+
+_NOGIL_COPY = 256 * 1024     # bytes: copies at least this long release the GIL
+
+
+def _fill(buf, off, data, end):
+    """buf[off:end] = data padded with zeros (data longer than that: corrupt)."""
+    n = len(data)
+    if n > end - off:
+        raise ValueError('corrupt block record: %d bytes of data for a %d-byte slot'
+                         % (n, end - off))
+    if end - off >= _NOGIL_COPY:
+        copy_into(memoryview(buf)[off:end], data)   # (a reader thread runs meanwhile)
+        return
+    if n:
+        buf[off:off + n] = data
+    if off + n < end:
+        _zero(buf, off + n, end)
+
+
+_zeros_cache = memoryview(b'')
+
+
+def _same(mv, data):
+    """True if the bytes-like `mv` equals `data` padded with zeros."""
+    n = len(data)
+    if n > len(mv):
+        return False
+    a = np.frombuffer(mv, dtype=np.uint8)
+    try:
+        return bool((a[:n] == np.frombuffer(data, dtype=np.uint8)).all()
+                    and not a[n:].any())
+    finally:
+        del a
+
+
+def _bytes_view(mv):
+    mv = memoryview(mv)
+    return mv if mv.format == 'B' and mv.ndim == 1 else mv.cast('B')
+
+
+def _iszero(mv):
+    """True if the bytes-like `mv` is all zeros (no copy; stops at the first
+    nonzero word)."""
+    with _bytes_view(mv) as v:
+        return len(v) == 0 or zero_chunks(v, len(v))[0] == 1
+
+
+def _zero_flags(mv, cs):
+    """[chunk i of cs bytes is all zeros] for the bytes-like `mv`."""
+    with _bytes_view(mv) as v:
+        return [f == 1 for f in zero_chunks(v, cs)]
+
+
+
+def _read_page(fh, blk, off, size):
+    """Bytes [off, off+size) of block blk as the handle sees it, zeros cut."""
+    vma = fh.mmap(blk, 1)
+    mv = memoryview(vma)
+    try:
+        return bytes(mv[off:off + size]).rstrip(b'\0')
+    finally:
+        mv.release()
+        del vma
+
+
+# ~~~ blob segment files
+
+_BLOB_POOL = [None, None]      # (pid, executor)
+
+
+def _blob_pool():
+    if _BLOB_POOL[0] != os.getpid():            # (not across fork)
+        _BLOB_POOL[:] = [os.getpid(), ThreadPoolExecutor(
+            2, thread_name_prefix='wendelin_cy-blobwrite')]
+    return _BLOB_POOL[1]
+
+
+def _write_blob_file(fd, vma, off=0):
+    """Write the block mapped by `vma` into fd at `off` (fd stays open).
+
+    With O_DIRECT where the filesystem allows it: the device reads the bytes
+    straight from our pages, so the page cache does not get a second copy of
+    data the pager holds, and there is no copy at all (measured here, 32 MiB
+    per commit made durable: 1.4-1.7 GB/s against 0.7 through the page
+    cache).  Otherwise a plain write, whose writeback is started at once.  The
+    kernel does not fault our pages in for a system call (EFAULT): the block
+    is made resident first, and again if it was reclaimed meanwhile (budget
+    pressure, another writer)."""
+    direct = bool(_O_DIRECT and fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
+    with memoryview(vma) as mv:
+        view = mv.cast('B')
+        try:
+            vma.prefault()
+            retries = 0
+            while len(view):
+                try:
+                    n = os.pwrite(fd, view, off)
+                    view = view[n:]
+                    off += n
+                except OSError as e:
+                    if e.errno == errno.EINVAL and direct:
+                        # (a filesystem that takes the flag but not the I/O)
+                        fcntl.fcntl(fd, fcntl.F_SETFL,
+                                    fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+                        direct = False
+                        continue
+                    if e.errno != errno.EFAULT or retries >= 100:
+                        raise
+                    retries += 1
+                    vma.prefault()
+        finally:
+            view.release()
+    if not direct:
+        start_writeback(fd)
+
+
+def _open_blob_file(d):
+    """A new file in directory d for a blob's bytes -> (fd, path); O_DIRECT
+    where the filesystem takes it."""
+    fd, path = tempfile.mkstemp(dir=d, prefix='BUC')
+    if _O_DIRECT:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | _O_DIRECT)
+        except OSError:
+            pass
+    return fd, path
+
+
+_O_DIRECT = getattr(os, 'O_DIRECT', 0)
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+

@@ -1,0 +1,526 @@
+"""_ZBigFileIO, the BigFile the pager sees for a ZBigFile: loadblk,
+storeblk (the choice of format per block), prefetch, invalidation of the
+blocks in RAM; and _Writeout, what one writeout changed."""
+
+import os
+import weakref
+
+from wendelin_cy.bigfile import BigFile, HOLE, MapFile
+from wendelin_cy.storage import backend_of
+
+from ._zblk import ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blk_extent, _blob_data, _loaddata
+from ._zblk_io import (SEG_BLOCKS, _blob_pool, _chunksize, _iszero, _open_blob_file,
+                       _read_page, _same, _unlink_quiet, _write_blob_file, _zero_flags)
+
+# every _ZBigFileIO (for dbclose)
+_IOS = weakref.WeakSet()
+
+
+class _Writeout:
+    """What one dirty_writeout(STORE) changed, until the commit ends."""
+
+    def __init__(self, fh, fmt, lazy, conn=None):
+        self.fh = fh            # the core BigFileH whose pages are written
+        self.fmt = fmt
+        self.lazy = lazy        # read pages at pickling time (in a commit)
+        # full blocks become Blobs ('blob'; 'auto' where the storage keeps
+        # blobs in local files the pager can map)
+        self.blobs = fmt == 'blob' or (fmt == 'auto' and backend_of(conn).blobs_local(conn))
+        self.blob_dir = None    # set once a blob file was written (synced at vote)
+        self.blob_todo = []     # (blk, fd, offset): blocks to write from the pages
+        self.blob_futs = []     # their writes in flight
+        self.blob_fds = []      # segment files open for writing
+        self.seg = None         # (Blob, fd, number of blocks) being filled
+        self.written = {}       # blk -> object now in blktab (None: hole)
+        self.touched = []       # objects to turn into ghosts afterwards
+        self.undo = []          # (blk, old) of blktab changes
+        self.bumped = False
+
+    def write_blobs(self):
+        """Start filling the files of the new block blobs from the pages (after
+        the pager's writeout: the pages are read through views of the handle,
+        as lazy sources are), on two threads; wait_blobs() waits for them.  In
+        a commit that is at our vote, so the writes overlap the rest of the
+        commit (the Connection storing the records)."""
+        todo, self.blob_todo = self.blob_todo, []
+        self.seg = None
+        if not todo:
+            return
+        try:
+            # each segment file gets its size first: direct writes that extend
+            # a file are serialized by the filesystem, those inside it are not
+            size = {}
+            for blk, fd, off in todo:
+                size[fd] = max(size.get(fd, 0), off + self.fh.blksize)
+            for fd, n in size.items():
+                try:
+                    os.posix_fallocate(fd, 0, n)
+                except OSError:
+                    os.ftruncate(fd, n)
+            pool = _blob_pool()
+            for blk, fd, off in todo:
+                self.blob_futs.append(pool.submit(_write_blob_file, fd,
+                                                  self.fh.mmap(blk, 1), off))
+        except BaseException:
+            self.wait_blobs(quiet=True)
+            raise
+
+    def wait_blobs(self, quiet=False):
+        """Wait until every blob file is written; raise the first error (unless
+        quiet).  Must come before the pages are marked stored or discarded."""
+        futs, self.blob_futs = self.blob_futs, []
+        err = None
+        for f in futs:
+            try:
+                f.result()
+            except BaseException as e:
+                err = err or e
+        fds, self.blob_fds = self.blob_fds, []
+        for fd in fds:
+            os.close(fd)
+        if err is not None and not quiet:
+            raise err
+
+    def src(self, blk, off, size, buf):
+        if self.lazy:
+            fh = self.fh
+            return lambda: _read_page(fh, blk, off, size)
+        return bytes(buf[off:off + size]).rstrip(b'\0')
+
+
+
+
+class _ZBigFileIO(BigFile):
+    """The BigFile the pager sees for one in-memory ZBigFile object."""
+
+    PRUNE_MIN = 256     # watch at least this many blocks before pruning
+
+    def __init__(self, zfile):
+        super().__init__(zfile.blksize)
+        self._zfile = zfile     # (a cycle through zfile._v_io, for the gc)
+        # weak: the pager's handle holds this object with a reference the
+        # gc cannot see, so a strong one back would never be collected
+        self._handles = weakref.WeakSet()
+        self._loaded = {}       # blk -> ZBlk ghost (None for a hole) last loaded
+        self._pending = set()   # blocks invalidated, to drop at the boundary
+        self._recheck = False   # blktab changed: compare _loaded against it
+        self._wo = None         # _Writeout in progress
+
+    def __repr__(self):
+        return '<_ZBigFileIO of %r>' % (self._zfile,)
+
+    # -- pager callbacks
+
+    def loadblk(self, blk, buf):
+        zblk = self._zfile.blktab.get(blk)
+        self._track(blk, zblk)
+        if zblk is None:
+            return HOLE         # the pager maps zero pages: no 2 MiB of zeros copied
+        elif type(zblk) is ZBlkSeg:
+            return MapFile(*_blk_extent(zblk, self.blksize))   # mapped, not copied
+        else:
+            # through the class: an attribute of a ghost would load its state
+            type(zblk).loadblkdata(zblk, buf)
+
+    @property
+    def readahead_max(self):
+        """Read by the pager at fileh_open: with ZEO, not more blocks ahead than
+        its client cache holds (blocks asked for beyond it would be pushed out
+        before use, and loaded twice)."""
+        conn = self._zfile._p_jar
+        return backend_of(conn).max_ahead(conn.db().storage, self.blksize) if (
+            conn is not None and getattr(conn, 'opened', None)) else None
+
+    def prefetch(self, blk, n):
+        """The pager: blocks [blk, blk+n) come next (sequential faults).
+
+        The storage's backend decides (wendelin_cy.storage): FileStorage
+        answers with where their payloads lie in the data file, and the
+        pager's own thread reads them into RAM; ZEO: Connection.prefetch
+        (asynchronous, into the client cache); RelStorage and in-memory
+        storages: futures of the payloads, read by reader threads, which the
+        pager copies into place in that thread, off the scan's own."""
+        zfile = self._zfile
+        conn = zfile._p_jar
+        if conn is None or not getattr(conn, 'opened', None):
+            return None
+        todo = []
+        for b in range(blk, blk + n):
+            z = zfile.blktab.get(b)
+            if type(z) is ZBlk0 and z._p_changed is None:      # a ghost: not read yet
+                todo.append((b, z))
+        if not todo:
+            return None
+        be = backend_of(conn)
+        if be.reads_extents:
+            extents = []
+            for b, z in todo:
+                e = be.extent(z)
+                if e is not None:
+                    # watched as if loaded: if another transaction changes the
+                    # block, our boundary invalidates it, which drops the
+                    # request, or the page it became
+                    self._track(b, z)
+                    extents.append((b,) + e)
+            return extents
+        futs = be.prefetch(conn, [z._p_oid for _, z in todo])
+        out = []
+        for (b, z), fut in zip(todo, futs):
+            self._track(b, z)           # (as for extents, above)
+            out.append((b, fut))
+        return out or None
+
+    def _track(self, blk, zblk):
+        old = self._loaded.get(blk)
+        if old is not None and old is not zblk:
+            if _OWNER.get(old, (None, None))[1] == blk:
+                del _OWNER[old]
+        self._loaded[blk] = zblk
+        if zblk is not None:
+            _OWNER[zblk] = (weakref.ref(self), blk)
+
+    def storeblk(self, blk, buf):
+        wo = self._wo
+        if wo is None:
+            raise RuntimeError('%r: storeblk outside of a ZBigFileH writeout' % self)
+        zfile = self._zfile
+        blktab = zfile.blktab
+        old = blktab.get(blk)
+        bs = len(buf)
+        if _iszero(buf):
+            if old is not None:
+                self._set(wo, blk, None, old)
+            return
+        fmt = wo.fmt
+        cs = _chunksize(bs)
+        if fmt == 'blob':
+            if type(old) is ZBlkSeg and _same(buf, _blob_data(old, bs)):
+                return                  # same bytes: nothing to write
+            self._newB(wo, blk, old, buf)
+            return
+        if fmt == 'ZBlk0':
+            if type(old) is ZBlk0:
+                old._p_activate()
+                data = old.__dict__.get('_data')
+                if data is not None and _same(buf, data):
+                    if not old._p_changed:
+                        old._p_deactivate()
+                    return              # same bytes: nothing to write
+                old._set_src(wo.src(blk, 0, bs, buf))
+                wo.touched.append(old)
+                wo.written[blk] = old
+            else:
+                new = ZBlk0()
+                new._set_src(wo.src(blk, 0, bs, buf))
+                self._set(wo, blk, new, old)
+            return
+
+        # ZBlk1 and auto need to know which chunks changed
+        nch = -(-bs // cs)
+        changed, zero, same_base = _diff(buf, old, cs, nch)
+        if not changed:
+            return
+        if fmt == 'ZBlk1':
+            if type(old) is ZBlk1 and old.base is None:
+                self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
+            else:
+                self._new1(wo, blk, old, buf, cs, nch, zero)
+            return
+
+        # auto
+        half = nch / 2
+        if old is None:
+            if nch - sum(zero) > half:          # mostly filled
+                self._full(wo, blk, old, buf)
+            else:                               # sparse
+                self._new1(wo, blk, old, buf, cs, nch, zero)
+        elif type(old) in (ZBlk0, ZBlkSeg):
+            if len(changed) > half:
+                self._full(wo, blk, old, buf)
+            else:
+                z1 = ZBlk1(cs, base=old)
+                for i in changed:
+                    zd = ZData()
+                    zd._set_src(wo.src(blk, i * cs, cs, buf))
+                    z1.chunktab[i * cs] = zd
+                self._set(wo, blk, z1, old)
+        else:   # ZBlk1
+            if old.base is None:
+                if len(changed) > half:
+                    self._full(wo, blk, old, buf)
+                else:
+                    self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
+            else:
+                overlay = set(k // cs for k in old.chunktab.keys())
+                for i in changed:
+                    if same_base[i]:
+                        overlay.discard(i)
+                    else:
+                        overlay.add(i)
+                if len(overlay) > half or len(changed) > half:
+                    self._full(wo, blk, old, buf)
+                else:
+                    self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
+
+    # -- storeblk helpers
+
+    def _set(self, wo, blk, new, old):
+        """blktab[blk] = new (None: delete); bump ZBigFile.rev once."""
+        zfile = self._zfile
+        if new is None:
+            del zfile.blktab[blk]
+        else:
+            zfile.blktab[blk] = new
+            wo.touched.append(new)
+            if isinstance(new, ZBlk1):
+                wo.touched.extend(new.chunktab.values())
+        wo.written[blk] = new
+        wo.undo.append((blk, old))
+        if not wo.bumped:
+            zfile.rev = zfile.__dict__.get('rev', 0) + 1
+            wo.bumped = True
+
+    def _new0(self, wo, blk, old, buf):
+        new = ZBlk0()
+        new._set_src(wo.src(blk, 0, len(buf), buf))
+        self._set(wo, blk, new, old)
+
+    def _full(self, wo, blk, old, buf):
+        """auto: the block is written whole -> a ZBlkSeg where the storage maps
+        blobs, else a ZBlk0 (rewritten in place if it is one)."""
+        if wo.blobs:
+            self._newB(wo, blk, old, buf)
+        elif type(old) is ZBlk0:
+            self._rewrite0(wo, blk, old, buf)
+        else:
+            self._new0(wo, blk, old, buf)
+
+    def _newB(self, wo, blk, old, buf):
+        """blktab[blk] = a new ZBlkSeg in this commit's segment, with the
+        bytes of the page (written by write_blobs: no copy stays in RAM)."""
+        jar = self._zfile._p_jar
+        be = backend_of(jar)
+        d = be.blob_dir(jar) if jar is not None else None
+        if d is None:
+            raise ValueError(
+                "%r: ZBlk format 'blob' needs a storage with blobs (e.g. "
+                "dbopen(path), or FileStorage(path, blob_dir=...)); this one, "
+                "%r, has none" % (self._zfile, jar.db().storage if jar is not None else None))
+        if not wo.blobs:                # (no new blobs here: see below)
+            self._full(wo, blk, old, buf)
+            return
+        # The file is made in the storage's own tmp directory, so that the
+        # commit renames it into place (Blob.open('w') would make it in the
+        # system's tmp dir while the Blob has no connection, and the
+        # Connection cannot be given new objects in the middle of a commit).
+        # The blocks written whole in one commit go, up to SEG_BLOCKS at a
+        # time, into one blob file (a segment), each block in a ZBlkSeg that
+        # names its place: one file and one blob directory per segment instead
+        # of per block (file and directory creation cost about as much as
+        # writing the 2 MiB here, and a big array would make millions of
+        # files).  The bytes are written once the pager's writeout is over, by
+        # _Writeout.write_blobs, on two threads.
+        seg = wo.seg
+        if seg is None or seg[2] >= SEG_BLOCKS:
+            fd, path = _open_blob_file(d)
+            sblob = be.new_blob(path)
+            if sblob is None:
+                # no new blobs from our files here (the storage fast paths are
+                # off, or Blob changed): the block is written whole, as a ZBlk0
+                os.close(fd)
+                _unlink_quiet(path)
+                wo.blobs = False
+                self._full(wo, blk, old, buf)
+                return
+            wo.blob_fds.append(fd)
+            weakref.finalize(sblob, _unlink_quiet, path)    # if never committed
+            seg = wo.seg = [sblob, fd, 0]
+        new = ZBlkSeg(seg[0], seg[2])
+        wo.blob_todo.append((blk, seg[1], seg[2] * len(buf)))
+        seg[2] += 1
+        wo.blob_dir = d
+        self._set(wo, blk, new, old)
+
+    def _rewrite0(self, wo, blk, old, buf):
+        old._set_src(wo.src(blk, 0, len(buf), buf))
+        wo.touched.append(old)
+        wo.written[blk] = old
+
+    def _new1(self, wo, blk, old, buf, cs, nch, zero):
+        z1 = ZBlk1(cs)
+        for i in range(nch):
+            if not zero[i]:
+                zd = ZData()
+                zd._set_src(wo.src(blk, i * cs, cs, buf))
+                z1.chunktab[i * cs] = zd
+        self._set(wo, blk, z1, old)
+
+    def _update1(self, wo, blk, z1, changed, zero, same_base, buf, cs):
+        tab = z1.chunktab
+        base = z1.base
+        for i in changed:
+            off = i * cs
+            zd = tab.get(off)
+            if (base is None and zero[i]) or (base is not None and same_base[i]):
+                if zd is not None:
+                    del tab[off]
+                continue
+            if zd is None:
+                zd = tab[off] = ZData()
+            zd._set_src(wo.src(blk, off, cs, buf))
+            wo.touched.append(zd)
+        z1.rev = z1.rev + 1         # readers watch the ZBlk1 object only
+        wo.touched.append(z1)
+        wo.written[blk] = z1
+
+    # -- after a writeout
+
+    def _committed(self, wo):
+        """The transaction that stored wo is durable: forget the page refs."""
+        for obj in wo.touched:
+            d = obj.__dict__
+            d.pop('_v_src', None)
+            d.pop('_v_old', None)
+            if obj._p_jar is not None and not obj._p_changed:
+                obj._p_deactivate()
+        for blk, z in wo.written.items():
+            self._track(blk, z)
+
+    def _failed(self, wo):
+        wo.wait_blobs(quiet=True)       # (no thread reads the pages any more)
+        self._failed1(wo)
+
+    def _failed1(self, wo):
+        """The commit of wo failed.  ZODB invalidates the objects it had, and
+        disowns those it was adding; undo our changes to the latter."""
+        for obj in wo.touched:
+            d = obj.__dict__
+            d.pop('_v_src', None)
+            if '_v_old' in d:
+                d['_data'] = d.pop('_v_old')
+        if self._zfile._p_jar is None:      # the ZBigFile itself was new
+            tab = self._zfile.blktab
+            for blk, old in reversed(wo.undo):
+                if old is None:
+                    tab.pop(blk, None)
+                else:
+                    tab[blk] = old
+        self._recheck = True
+
+    # -- transaction boundary
+
+    def _prune(self):
+        """Stop watching blocks no handle holds any more (reclaimed by the
+        pager): they are loaded afresh next time.  Keeps _loaded about as big
+        as what is in RAM, not as big as all that was ever read."""
+        if len(self._loaded) < self.PRUNE_MIN:
+            return
+        held = set()
+        for h in list(self._handles):
+            fh = h._fh
+            if fh.closed:
+                continue
+            r = _resident(fh)
+            if r is None:
+                return
+            held.update(r)
+            held.update(fh.dirty_blocks())
+        if len(self._loaded) < 2 * len(held) + self.PRUNE_MIN:
+            return
+        for blk in [b for b in self._loaded if b not in held]:
+            z = self._loaded.pop(blk)
+            if z is not None and _OWNER.get(z, (None, None))[1] == blk:
+                del _OWNER[z]
+
+    def _invalidated(self, blk):
+        """blktab[blk] changed (ZBlk._p_invalidate, during the Connection's
+        invalidation pass): drop the block's clean pages now - that reads
+        nothing - and remember it if a handle has it dirty."""
+        self._untrack(blk)
+        for h in list(self._handles):
+            fh = h._fh
+            if fh is None or fh.closed:
+                continue
+            try:
+                fh.invalidate_page(blk)
+            except RuntimeError:        # dirty: decided at the boundary
+                self._pending.add(blk)
+
+    def _untrack(self, blk):
+        """Stop watching block blk for invalidations."""
+        z = self._loaded.pop(blk, None)
+        if z is not None and _OWNER.get(z, (None, None))[1] == blk:
+            del _OWNER[z]
+
+    def _apply_invalidations(self):
+        self._prune()
+        pending, self._pending = self._pending, set()
+        if self._recheck:
+            self._recheck = False
+            blktab = self._zfile.blktab
+            for blk, zblk in list(self._loaded.items()):
+                if blktab.get(blk) is not zblk:
+                    pending.add(blk)
+        if not pending:
+            return
+        for blk in pending:
+            self._untrack(blk)
+        for h in list(self._handles):
+            fh = h._fh
+            if fh is None or fh.closed:
+                continue
+            dirty = set(fh.dirty_blocks())
+            for blk in pending:
+                if blk not in dirty:
+                    fh.invalidate_page(blk)
+
+
+def _resident(fh):
+    """Blocks in RAM in the core handle fh (None if it cannot tell)."""
+    f = getattr(fh, 'resident_blocks', None)
+    return None if f is None else f()
+
+
+def _diff(buf, old, cs, nch):
+    """Compare buf with the stored block `old` chunk by chunk.
+
+    -> (changed chunk indices, zero[i]: new chunk i is all zeros,
+        same_base[i]: new chunk i equals the base chunk of a ZBlk1 with base).
+    Objects activated to compare are turned back into ghosts.
+    """
+    n = len(buf)
+    zero = [False] * nch
+    same_base = [False] * nch
+    changed = []
+    base_data = None
+    odata = None
+    if old is None:             # a new block: only which chunks are zero
+        zero = _zero_flags(buf, cs)
+        return [i for i in range(nch) if not zero[i]], zero, same_base
+    elif type(old) is ZBlk0:
+        odata = _loaddata(old)
+    elif type(old) is ZBlkSeg:
+        odata = _blob_data(old, n)
+    elif type(old) is ZBlk1:
+        if old.base is not None:
+            base = old.base
+            base_data = _blob_data(base, n) if type(base) is ZBlkSeg else _loaddata(base)
+        overlay = dict(old.chunktab.items())
+    for i in range(nch):
+        lo, hi = i * cs, min((i + 1) * cs, n)
+        new = bytes(buf[lo:hi]).rstrip(b'\0')
+        zero[i] = not new
+        if old is None:
+            prev = b''
+        elif odata is not None:
+            prev = bytes(odata[lo:hi]).rstrip(b'\0')
+        else:
+            b = bytes(base_data[lo:hi]).rstrip(b'\0') if base_data is not None else b''
+            same_base[i] = (new == b)
+            zd = overlay.get(lo)
+            prev = bytes(_loaddata(zd)).rstrip(b'\0') if zd is not None else b
+        if new != prev:
+            changed.append(i)
+    return changed, zero, same_base
+
+

@@ -1,0 +1,69 @@
+"""Storages behind one interface: what the ZODB binding of wendelin_cy needs
+from a storage, with one module per backend.
+
+``backend_of(conn)`` gives the backend of a connection's storage: an object
+with the methods of ``base.Backend`` (load a block record's payload at the
+connection's snapshot into a buffer, where it lies in a file, read ahead,
+blob files).  The fast backends (filestorage, zeo, relstorage, memory, neo,
+all over mvcc.Records) use private internals of ZODB, ZEO and RelStorage,
+each in one module, behind a check of the shape they expect; ``generic``
+uses the public API only, and serves every storage when the fast paths are
+off (``set_fast_paths(False)``, ``WENDELIN_CY_STORAGE_FAST_PATHS=0``), when
+no backend knows the storage, or after a shape check failed (one
+``StorageFastPathWarning``).
+
+This package imports nothing of wendelin_cy.bigfile or bigarray.
+"""
+
+from . import filestorage, zeo
+from .filestorage import BlobStorageBackend, FileStorageBackend
+from .generic import GENERIC
+from .memory import BACKEND as _MEMORY
+from .mvcc import instance as _instance
+from .neo import NEOBackend
+from .reader import READER
+from .relstorage import BACKEND as _RELSTORAGE
+from .switch import (FAST_PATHS_ENV, StorageFastPathWarning, fast_paths, fell_back,
+                     set_fast_paths, shape_mismatch)
+from .zeo import ZEOBackend
+
+__all__ = ['backend_of', 'backend_for', 'uri_of', 'forget_reads', 'fast_paths',
+           'set_fast_paths', 'StorageFastPathWarning', 'shape_mismatch', 'GENERIC',
+           'FAST_PATHS_ENV']
+
+BACKENDS = [FileStorageBackend(), BlobStorageBackend(), ZEOBackend(), _RELSTORAGE,
+            _MEMORY, NEOBackend()]
+
+_by_type = {}           # storage class -> its backend, shape checked
+
+
+def backend_for(storage):
+    """The backend serving (base) storage `storage`."""
+    if not fast_paths():
+        return GENERIC
+    be = _by_type.get(type(storage))
+    if be is None:
+        be = next((b for b in BACKENDS if b.serves(storage)), GENERIC)
+        why = be.check_shape(storage)
+        if why is not None:
+            shape_mismatch(be.kind, why)
+        _by_type[type(storage)] = be
+    return GENERIC if fell_back(be.kind) else be
+
+
+def backend_of(conn):
+    """The backend of connection `conn`'s storage (generic if it is closed or
+    None: then everything goes through ZODB, which reports it)."""
+    if conn is None or not getattr(conn, 'opened', None):
+        return GENERIC
+    return backend_for(conn.db().storage)
+
+
+def uri_of(storage):
+    """A URI another process can open `storage` with, or None."""
+    return filestorage.uri(storage) or zeo.uri(storage)
+
+
+def forget_reads(conn):
+    """Cancel the reads ahead for connection `conn` nobody waits for yet."""
+    READER.forget(_instance(conn))
