@@ -9,7 +9,10 @@ from .errors import WendelinError, LoadError
 __version__ = "0.1.0.dev0"
 
 __all__ = ["set_ram_budget", "get_ram_budget", "pager_stats", "WendelinError",
-           "LoadError", "BigArray", "ZBigArray", "ZBigFile", "dbopen", "dbclose"]
+           "LoadError", "BigArray", "ZBigArray", "ZBigFile", "dbopen", "dbclose",
+           "from_npy", "from_hdf5", "from_zarr", "to_npy", "to_hdf5", "to_zarr"]
+
+_IO = ("from_npy", "from_hdf5", "from_zarr", "to_npy", "to_hdf5", "to_zarr")
 
 
 def __getattr__(name):       # heavy layers (numpy, ZODB) imported on first use
@@ -25,4 +28,7 @@ def __getattr__(name):       # heavy layers (numpy, ZODB) imported on first use
     if name in ("dbopen", "dbclose"):
         from .lib import zodb
         return getattr(zodb, name)
+    if name in _IO:             # wendelin_cy.io: .npy, HDF5, zarr
+        from . import io
+        return getattr(io, name)
     raise AttributeError("module 'wendelin_cy' has no attribute %r" % name)
