@@ -23,6 +23,7 @@ traceback to an error.
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -360,14 +361,44 @@ def _expected_errors():
     return tuple(errs)
 
 
+class _OneLine(logging.Formatter):
+    """Log records as one line each, without tracebacks (unless
+    $WENDELIN_CY_DEBUG is set)."""
+
+    def format(self, record):
+        text = '%s: %s' % (record.name, record.getMessage())
+        if os.environ.get('WENDELIN_CY_DEBUG') and record.exc_info:
+            text += '\n' + self.formatException(record.exc_info)
+        return text
+
+
+def _not_a_load_failure(record):
+    # ZODB logs every record it cannot load, with its traceback; the command
+    # reports that itself (verify: as a problem of the block; else as the error)
+    return not record.getMessage().startswith("Couldn't load state for")
+
+
+def _setup_logging():
+    root = logging.getLogger()
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(_OneLine())
+        h.addFilter(_not_a_load_failure)
+        h.setLevel(logging.WARNING)
+        root.addHandler(h)
+
+
 def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ('demo', 'ml-demo'):
+        # (argparse's REMAINDER does not take options first: pass them on as is)
+        return cmd_demo(argparse.Namespace(args=argv[1:]), argv[0] == 'ml-demo')
     args = parser().parse_args(argv)
-    if args.command in ('demo', 'ml-demo'):
-        return cmd_demo(args, args.command == 'ml-demo')
+    _setup_logging()
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.budget:

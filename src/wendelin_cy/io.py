@@ -279,6 +279,14 @@ class _Source:
         pass
 
 
+def _read_header_v3(f, version):
+    try:
+        from numpy.lib._format_impl import _read_array_header
+    except ImportError:
+        from numpy.lib.format import _read_array_header
+    return _read_array_header(f, version)
+
+
 class _NpySource(_Source):
     kind = 'npy'
 
@@ -297,8 +305,8 @@ class _NpySource(_Source):
                     shape, fortran, dtype = fmt.read_array_header_1_0(self.f)
                 elif version == (2, 0):
                     shape, fortran, dtype = fmt.read_array_header_2_0(self.f)
-                else:
-                    shape, fortran, dtype = fmt._read_array_header(self.f, version)
+                else:                               # 3.0: a 2.0 header in utf-8
+                    shape, fortran, dtype = _read_header_v3(self.f, version)
             except (ValueError, OSError, SyntaxError) as e:
                 raise SourceError('%s is not a readable .npy file: %s' % (path, e)) from None
             self.shape, self.dtype = tuple(shape), dtype
