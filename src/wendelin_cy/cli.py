@@ -38,17 +38,6 @@ class UsageError(Exception):
     """A mistake of the user, reported as one line."""
 
 
-def _size(text):
-    from wendelin_cy.ram import parse_size
-    try:
-        v = parse_size(text)
-    except (TypeError, ValueError) as e:
-        raise argparse.ArgumentTypeError(str(e))
-    if v <= 0:
-        raise argparse.ArgumentTypeError('size must be positive: %r' % text)
-    return v
-
-
 def _mib_arg(text):
     try:
         v = float(text)
@@ -59,7 +48,15 @@ def _mib_arg(text):
     return int(v * (1 << 20))
 
 
+def _uri_key_json(s):
+    """URI [KEY] [--json], of info and verify."""
+    s.add_argument('uri', metavar='URI')
+    s.add_argument('key', metavar='KEY', nargs='?')
+    s.add_argument('--json', action='store_true', help='JSON on stdout')
+
+
 def parser():
+    from wendelin_cy.demo.__main__ import _size         # (sizes as the demos take them)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--budget', type=_size, metavar='SIZE',
                         help='RAM budget of the pager, e.g. 512M (default: '
@@ -82,9 +79,7 @@ def parser():
                        description='Every ZBigArray reachable from the root: key '
                        'path, shape, dtype, order, size, size on disk, blocks by '
                        'format, last commit; with KEY, one array in detail.')
-    s.add_argument('uri', metavar='URI')
-    s.add_argument('key', metavar='KEY', nargs='?')
-    s.add_argument('--json', action='store_true', help='JSON on stdout')
+    _uri_key_json(s)
     s.add_argument('--no-sizes', action='store_true',
                    help='do not read record sizes (faster over a network storage)')
 
@@ -126,9 +121,7 @@ def parser():
                        description='Read every stored block of every array (or of '
                        'KEY) and report unreadable or inconsistent ones with their '
                        'oids.  Exit status 1 if any.')
-    s.add_argument('uri', metavar='URI')
-    s.add_argument('key', metavar='KEY', nargs='?')
-    s.add_argument('--json', action='store_true', help='JSON on stdout')
+    _uri_key_json(s)
 
     for name, what in (('demo', 'the out-of-core numpy demo'),
                        ('ml-demo', 'the machine learning demo')):

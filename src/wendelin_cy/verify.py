@@ -91,6 +91,15 @@ def _activate(obj, what):
         raise _Bad(_hex(obj._p_oid), 'load error (%s): %s' % (what, _err(e))) from None
 
 
+def _fields(obj, what, *names):
+    """Attributes `names` of persistent `obj`, which is left a ghost."""
+    _activate(obj, what)
+    try:
+        return [getattr(obj, n) for n in names]
+    finally:
+        obj._p_deactivate()
+
+
 def _bytes_state(obj, limit, what):
     """The bytes of a ZBlk0 / ZData record (checked to fit `limit`)."""
     _activate(obj, what)
@@ -110,11 +119,7 @@ def _bytes_state(obj, limit, what):
 def _read_seg(z, bs):
     from ZODB.blob import Blob
     oid = _hex(z._p_oid)
-    _activate(z, 'segment block')
-    try:
-        seg, index = z.seg, z.index
-    finally:
-        z._p_deactivate()
+    seg, index = _fields(z, 'segment block', 'seg', 'index')
     if not isinstance(seg, Blob):
         raise _Bad(oid, 'segment block names a %s, not a Blob' % type(seg).__name__)
     if not isinstance(index, int) or index < 0:
@@ -145,15 +150,11 @@ def _read_seg(z, bs):
 def _read_zblk1(z, bs):
     from wendelin_cy.bigfile.file_zodb import ZBlk0, ZBlkSeg, ZData
     oid = _hex(z._p_oid)
-    _activate(z, 'ZBlk1')
+    cs, base, tab = _fields(z, 'ZBlk1', 'chunksize', 'base', 'chunktab')
     try:
-        cs, base = z.chunksize, z.base
-        try:
-            chunks = list(z.chunktab.items())
-        except Exception as e:
-            raise _Bad(oid, 'load error (chunk table): %s' % _err(e)) from None
-    finally:
-        z._p_deactivate()
+        chunks = list(tab.items())
+    except Exception as e:
+        raise _Bad(oid, 'load error (chunk table): %s' % _err(e)) from None
     if not isinstance(cs, int) or cs <= 0 or bs % cs:
         raise _Bad(oid, 'ZBlk1 chunk size %r does not divide the block size %d' % (cs, bs))
     buf = bytearray(bs)
