@@ -168,3 +168,25 @@ def test_storage_suite_passes_with_every_fast_path_off():
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert ' passed' in r.stdout
+
+
+def test_record_size_from_the_header_equals_the_loaded_record(tmp_path):
+    """FileStorage's backend reads a record's size and tid from its header
+    (wendelin_cy info uses it for sizes on disk): they are the loaded
+    record's; the generic backend does not know them."""
+    db = file_db(str(tmp_path / 'rs.fs'))
+    try:
+        _write(db, 'ZBlk0')
+        st = db.storage
+        be = storage.backend_for(st)
+        assert be is not storage.GENERIC
+        c = Conn(db)
+        oids = [z._p_oid for z in c.root['A'].zfile.blktab.values() if z is not None]
+        c.close()
+        assert oids
+        for oid in oids:
+            data, tid = st.load(oid)
+            assert be.record_size(st, oid) == (len(data), tid)
+            assert storage.GENERIC.record_size(st, oid) is None
+    finally:
+        db.close()

@@ -51,24 +51,16 @@ class _Records:
     """Size and tid of records (and blob files), from the storage."""
 
     def __init__(self, conn):
+        from wendelin_cy.storage import backend_for
         self.storage = conn.db().storage
-        try:
-            from ZODB.FileStorage import FileStorage
-        except ImportError:                 # pragma: no cover
-            FileStorage = ()
-        self.fs = self.storage if isinstance(self.storage, FileStorage) else None
+        self.backend = backend_for(self.storage)
         self.blobs = {}
 
     def stat(self, oid):
         """-> (bytes, tid) of the current record of oid."""
-        if self.fs is not None:
-            try:
-                with self.fs._files.get() as f:
-                    h = self.fs._read_data_header(self.fs._lookup_pos(oid), oid, f)
-                if h.plen:
-                    return h.plen, h.tid
-            except Exception:
-                pass            # the general path will say what is wrong
+        got = self.backend.record_size(self.storage, oid)
+        if got is not None:
+            return got
         data, tid = self.storage.load(oid)
         return len(data), tid
 

@@ -51,6 +51,12 @@ class Backend:
         file that stays readable, or None."""
         raise NotImplementedError
 
+    def record_size(self, storage, oid):
+        """(nbytes, tid) of the current record of `oid` in (base) storage
+        `storage`, read without loading its data; None: not known here (the
+        caller loads the record)."""
+        raise NotImplementedError
+
     # -- reading ahead
 
     def prefetch(self, conn, oids):

@@ -106,6 +106,15 @@ class FileStorageBackend(mvcc.Records):
         except Exception:
             return None         # the generic path will load (or report) it
 
+    def record_size(self, storage, oid):
+        """(payload bytes, tid) from the record's header: no data is read."""
+        try:
+            with storage._files.get() as f:
+                h = storage._read_data_header(storage._lookup_pos(oid), oid, f)
+        except Exception:
+            return None         # the caller's load will say what is wrong
+        return (h.plen, h.tid) if h.plen else None
+
     def readinto(self, obj, buf):
         ext = self.extent(obj)
         if ext is not None and ext[2] <= len(buf) and preadinto(ext[0], buf, ext[1], ext[2]):

@@ -33,6 +33,9 @@ class Generic(Backend):
     def extent(self, obj):
         return None
 
+    def record_size(self, storage, oid):
+        return None
+
     def prefetch(self, conn, oids):
         return []
 
