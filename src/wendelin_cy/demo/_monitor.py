@@ -8,9 +8,12 @@ matplotlib's Agg backend, imported only then.
 
 import os
 import resource
+import shutil
 import sys
 import threading
 import time
+
+import transaction
 
 import wendelin_cy
 
@@ -185,3 +188,34 @@ def plot(mon, path, budget, title, peak=None):
     fig.savefig(path, format='png')
     plt.close(fig)
     return None
+
+
+def finish(say, mon, st, budget, rss0, peak, plot_path, title, kept, ok):
+    """A demo's closing report: peak RSS against the budget, the pager's
+    counters `st`, the plot (titled `title`) if asked for, where the
+    database was kept (`kept`, or None) -> the exit status."""
+    say('peak RSS %s vs RAM budget %s: budget + %s (RSS before any data, after '
+        'imports: %s); pager peak resident %s, loads %d, evictions %d'
+        % (peak_rss_text(), fmt_bytes(budget), fmt_bytes(peak - budget), fmt_bytes(rss0),
+           fmt_bytes(st['peak_resident']), st['loads'], st['evictions']))
+    if plot_path:
+        note = plot(mon, plot_path, budget, title, peak=peak)
+        say(note if note else 'plot written to %s' % plot_path)
+    if kept is not None:
+        say('database kept: %s' % kept)
+    say('OK' if ok else 'FAILED')
+    return 0 if ok else 1
+
+
+def close(root, dbclose, mon, tmpdir, keep):
+    """A demo's end, whatever happened: abort, close the database of `root`
+    (if opened), stop monitor `mon`, remove `tmpdir` unless `keep`."""
+    if root is not None:
+        try:
+            transaction.abort()
+        except Exception:
+            pass
+        dbclose(root)
+    mon.stop()
+    if tmpdir is not None and not keep:
+        shutil.rmtree(tmpdir, ignore_errors=True)

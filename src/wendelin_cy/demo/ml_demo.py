@@ -26,14 +26,13 @@ Bayes-optimal one or if a worker's sum differs.
 import gc
 import os
 import pickle
-import shutil
 import sys
 import tempfile
 
 import numpy as np
 
 import wendelin_cy
-from wendelin_cy.demo._monitor import Monitor, fmt_bytes, peak_rss, peak_rss_text, plot, MiB, current_rss
+from wendelin_cy.demo._monitor import Monitor, close, fmt_bytes, finish, peak_rss, MiB, current_rss
 
 K = 4           # classes
 D = 32          # features
@@ -223,31 +222,16 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo_ml.png', keep=False,
                 del root[k]
             transaction.commit()
     finally:
+        X = y = P = None
         if root is not None:
-            try:
-                transaction.abort()
-            except Exception:
-                pass
-            X = y = P = None
             ml.close_shared()
-            dbclose(root)
-        mon.stop()
-        if tmpdir is not None and not keep:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        close(root, dbclose, mon, tmpdir, keep)
 
     peak = peak_rss()
     say('throughput: ' + ', '.join('%s %s' % (p.name, p.note) for p, _, _ in mon.phases
                                    if p.note))
-    say('peak RSS %s vs RAM budget %s: budget + %s (RSS before any data, after '
-        'imports: %s); pager peak resident %s, loads %d, evictions %d'
-        % (peak_rss_text(), fmt_bytes(budget), fmt_bytes(peak - budget), fmt_bytes(rss0),
-           fmt_bytes(st['peak_resident']), st['loads'], st['evictions']))
-    if plot_path:
-        note = plot(mon, plot_path, budget,
-                    'wendelin_cy ml demo: %s data set in ZBigArrays, RAM budget %s'
-                    % (fmt_bytes(nbytes), fmt_bytes(budget)), peak=peak)
-        say(note if note else 'plot written to %s' % plot_path)
-    if keep and tmpdir is not None:
-        say('database kept: %s (root[%r], ...)' % (uri, KEYS[0]))
-    say('OK' if ok else 'FAILED')
-    return 0 if ok else 1
+    return finish(say, mon, st, budget, rss0, peak, plot_path,
+                  'wendelin_cy ml demo: %s data set in ZBigArrays, RAM budget %s'
+                  % (fmt_bytes(nbytes), fmt_bytes(budget)),
+                  '%s (root[%r], ...)' % (uri, KEYS[0]) if keep and tmpdir is not None
+                  else None, ok)

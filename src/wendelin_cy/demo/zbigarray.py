@@ -23,14 +23,13 @@ floating point tolerance.
 import gc
 import math
 import os
-import shutil
 import sys
 import tempfile
 
 import numpy as np
 
 import wendelin_cy
-from wendelin_cy.demo._monitor import Monitor, fmt_bytes, peak_rss, peak_rss_text, plot, MiB, current_rss
+from wendelin_cy.demo._monitor import Monitor, close, fmt_bytes, finish, peak_rss, MiB, current_rss
 
 # the signal
 M = 2.0                         # amplitude
@@ -189,30 +188,14 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo.png', keep=False,
             del root[KEY]
             transaction.commit()
     finally:
-        if root is not None:
-            try:
-                transaction.abort()
-            except Exception:
-                pass
-            A = None
-            dbclose(root)
-        mon.stop()
-        if tmpdir is not None and not keep:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        A = None
+        close(root, dbclose, mon, tmpdir, keep)
 
     peak = peak_rss()
     say('throughput: ingest %s, scan %s, np.mean %s'
         % (ph_in.note, ph_sc.note, ph_m.note))
-    say('peak RSS %s vs RAM budget %s: budget + %s (RSS before any data, after '
-        'imports: %s); pager peak resident %s, loads %d, evictions %d'
-        % (peak_rss_text(), fmt_bytes(budget), fmt_bytes(peak - budget), fmt_bytes(rss0),
-           fmt_bytes(st['peak_resident']), st['loads'], st['evictions']))
-    if plot_path:
-        note = plot(mon, plot_path, budget,
-                    'wendelin_cy demo: %s signal in a ZBigArray, RAM budget %s'
-                    % (fmt_bytes(nbytes), fmt_bytes(budget)), peak=peak)
-        say(note if note else 'plot written to %s' % plot_path)
-    if keep and tmpdir is not None:
-        say('database kept: %s (root[%r])' % (uri, KEY))
-    say('OK' if ok else 'FAILED')
-    return 0 if ok else 1
+    return finish(say, mon, st, budget, rss0, peak, plot_path,
+                  'wendelin_cy demo: %s signal in a ZBigArray, RAM budget %s'
+                  % (fmt_bytes(nbytes), fmt_bytes(budget)),
+                  '%s (root[%r])' % (uri, KEY) if keep and tmpdir is not None else None,
+                  ok)

@@ -12,7 +12,17 @@ from ZODB.interfaces import IBlobStorage
 
 from .base import Backend
 
-__all__ = ['Generic', 'GENERIC']
+__all__ = ['Generic', 'GENERIC', 'temporary_dir']
+
+
+def temporary_dir(st):
+    """Where storage `st` wants new blob files made; None: it has no blobs."""
+    try:
+        if not IBlobStorage.providedBy(st):
+            return None
+        return st.temporaryDirectory()
+    except Exception:
+        return None
 
 
 class Generic(Backend):
@@ -47,10 +57,7 @@ class Generic(Backend):
 
     def blob_dir(self, conn):
         try:
-            st = conn.db().storage
-            if not IBlobStorage.providedBy(st):
-                return None
-            return st.temporaryDirectory()
+            return temporary_dir(conn.db().storage)
         except Exception:
             return None
 

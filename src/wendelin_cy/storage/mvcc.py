@@ -8,10 +8,8 @@ before).  A historical connection (``db.open(at=...)``) has no ``_start``:
 its snapshot is None, and what needs one is not done.
 """
 
-from ZODB.interfaces import IBlobStorage
-
 from . import blobs
-from .generic import Generic
+from .generic import Generic, temporary_dir
 from .reader import READER
 from .record import payload_view
 
@@ -59,10 +57,7 @@ class Records(Generic):
 
     def blob_dir(self, conn):
         try:
-            st = instance(conn)
-            if not IBlobStorage.providedBy(st):
-                return None
-            return st.temporaryDirectory()
+            return temporary_dir(instance(conn))
         except Exception:
             return None
 
