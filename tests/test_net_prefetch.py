@@ -11,7 +11,7 @@ import ZODB
 
 import wendelin_cy
 from wendelin_cy.bigarray.array_zodb import ZBigArray
-from wendelin_cy.bigfile import _prefetch
+import wendelin_cy.storage.zeo as _prefetch
 from wendelin_cy.bigfile.file_zodb import _close_handles_of
 from wendelin_cy.lib.zodb import dbstoropen, dbopen, dbclose
 

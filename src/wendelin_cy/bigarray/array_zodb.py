@@ -18,6 +18,7 @@ from persistent import Persistent
 
 from wendelin_cy.bigarray import BigArray
 from wendelin_cy.bigfile.file_zodb import ZBigFile, DEFAULT_BLKSIZE
+from wendelin_cy.bigarray._viewref import ZBigArrayView, share
 
 __all__ = ['ZBigArray', 'ZBigArrayView']
 
@@ -54,67 +55,6 @@ def _dtype_from_state(s):
 
 def _identity(x):
     return x
-
-
-class ZBigArrayView(np.ndarray):
-    """An ndarray view of a ZBigArray: what ``A[basic index]`` returns.
-
-    It is a real ndarray over the pager's mapping (zero-copy; numpy, Cython
-    typed buffers and C code see an ndarray; ``np.asarray(v)`` is the plain
-    ndarray over the same memory), made a subclass, as ``numpy.memmap`` is,
-    only to pickle differently: ``pickle.dumps(v)`` gives a small reference
-    (``wendelin_cy.ml.ArrayRef``: database URI, oid, snapshot, geometry)
-    when the view's memory is mapped from a ZBigArray whose connection is open
-    and whose database other processes can reach, and the view's blocks have
-    no uncommitted changes; unpickling opens the same snapshot lazily and
-    gives a read-only view.  Otherwise (``memory://``, a closed connection,
-    dirty blocks, memory that is not the mapping's, and the pickles ZODB
-    itself makes to store objects) it pickles its data as a plain ndarray.
-
-    Views of a view (slicing, ``.T``, ``reshape`` without copy, field
-    indexing) stay ZBigArrayViews.  Results of computations (ufuncs,
-    reductions, ``v + 1``, ``v.copy()``) are plain ndarrays or numpy scalars.
-    A few numpy functions that copy keep the subclass (``astype``, ``np.sort``,
-    fancy indexing of a view, ...): their memory is not the mapping's, so
-    they pickle as data.  No state, no ``__array_finalize__`` (numpy skips the
-    call then): making a view costs what it costs for an ndarray.
-    """
-
-    __slots__ = ()
-    # below ndarray's 0: np.concatenate / np.stack of views give ndarrays
-    __array_priority__ = -1.0
-
-    def __array_wrap__(self, arr, context=None, return_scalar=False):
-        if arr is self:                 # out=self
-            return arr
-        if return_scalar:
-            return arr[()]
-        if type(arr) is not np.ndarray:
-            arr = arr.view(np.ndarray)
-        return arr
-
-    def __repr__(self):
-        # shown as the ndarray it is (the seed tutorial's ``array([...])``),
-        # not ``ZBigArrayView([...])``: the class only changes pickling
-        return repr(self.view(np.ndarray))
-
-    def copy(self, order='C'):
-        """A copy in RAM: a plain ndarray (see ndarray.copy)."""
-        return np.array(self, order=order, copy=True, subok=False)
-
-    def __reduce_ex__(self, protocol):
-        from wendelin_cy.ml import _view_reduce
-        r = _view_reduce(self)
-        if r is not None:
-            return r
-        return np.asarray(self).__reduce_ex__(protocol)
-
-    def __reduce__(self):
-        from wendelin_cy.ml import _view_reduce
-        r = _view_reduce(self)
-        if r is not None:
-            return r
-        return np.asarray(self).__reduce__()
 
 
 class ZBigArray(BigArray, Persistent):
@@ -200,7 +140,6 @@ class ZBigArray(BigArray, Persistent):
         the array through __getstate__ and is not affected.  An array not
         stored yet pickles whole."""
         if self._p_jar is not None and self._p_oid is not None:
-            from wendelin_cy.ml import share
             return (_identity, (share(self),))
         return super().__reduce__()
 

@@ -1,0 +1,552 @@
+"""Sharing (views of) ZBigArrays with other processes by reference.
+
+What ``wendelin_cy.ml.share``, ``pickle.dumps(A)`` of a ZBigArray and pickling
+a view ``A[...]`` send: an ``ArrayRef`` (database URI, oid, snapshot,
+geometry), and how a worker opens it.  ``bigarray.array_zodb`` (the view
+class's pickling) and ``ml`` (batches for workers) both use it; it imports
+neither of them.
+
+``share(A_or_view)`` returns an ``ArrayRef``: database URI, oid of the
+ZBigFile holding the bytes, the snapshot (the ``before`` bound of the
+connection's current transaction) and the geometry of the view (byte offset in
+the file, shape, strides, dtype).  It pickles to a few hundred bytes.  In
+another process ``ref.open()`` (or ``np.asarray(ref)``) opens the database
+read-only, opens a historical connection at that snapshot (``DB.open(before=)``),
+maps the file and returns a read-only ndarray view: the worker sees exactly
+the data the sender saw, even if the sender commits in between, and loads only
+the blocks it touches.  Connections are cached per process and thread, keyed by
+(URI, snapshot), so a joblib worker that receives many references opens the
+database once.  In the sending process itself (threads, or ``open()`` before a fork),
+the already open ``DB`` object is reused.
+
+The URI is the one ``lib.zodb.dbopen`` recorded on the DB, else derived from
+the storage (FileStorage: its file path; ZEO: host:port and storage name), or
+given as ``uri=``; a MappingStorage (``memory://``) cannot be reached from
+another process and is refused unless the consumer is the same process.  A
+FileStorage is opened read-only by workers (it cannot be opened twice for
+writing).  Storages that do not support ``loadBefore`` are opened at their
+latest state, with a warning.  A worker that cannot open the database raises
+``DatabaseUnreachable`` saying which URI and why.
+
+Uncommitted changes are not seen by workers: ``share`` warns when the array
+has dirty pages, and refuses an array that was never committed.
+
+Pickling does the same implicitly.  ``pickle.dumps(A)`` of a ZBigArray gives
+``share(A)`` (unpickled: the ArrayRef).  A view made by basic indexing,
+``A[10:20]``, is a ``ZBigArrayView`` (an ndarray subclass, as numpy.memmap is)
+whose ``__reduce_ex__`` asks ``_view_ref`` for a reference and unpickles to
+the read-only view itself (``_open_view``), so joblib / multiprocessing workers
+get batches by reference without ``share``.  Where ``share`` would warn or
+refuse, a view pickles its data instead, as any ndarray: no reachable URI
+(memory://), closed handle or connection, uncommitted changes in the view's
+blocks (the receiver must see what the sender sees), memory outside the
+mapping (copies), and ZODB storing the view inside a persistent object (a
+stored reference would point at a snapshot of the database itself: while
+a transaction of the thread commits or holds a savepoint, the ZBigFile
+handles, which the transaction calls, say so: ``file_zodb.zodb_storing``).  A
+worker that cannot open the database raises ``DatabaseUnreachable`` while it
+unpickles its task.
+"""
+
+import atexit
+import bisect
+import math
+import os
+import threading
+import warnings
+import weakref
+
+import numpy as np
+from numpy.lib.array_utils import byte_bounds
+
+from wendelin_cy.errors import WendelinError
+import wendelin_cy.storage as _storage
+from wendelin_cy.storage import mvcc as _mvcc
+
+__all__ = ['share', 'ArrayRef', 'ZBigArrayView', 'DatabaseUnreachable',
+           'SnapshotWarning', 'close_shared']
+
+
+class DatabaseUnreachable(WendelinError, ConnectionError):
+    """A process could not open the database an ArrayRef points to."""
+
+
+class SnapshotWarning(UserWarning):
+    """The worker sees another state than the one shared (no history, or
+    uncommitted changes in the sender)."""
+
+
+def _vma_of(v):
+    b = v
+    while isinstance(b, np.ndarray):
+        b = b.base
+    if b is not None and hasattr(b, 'fileh') and hasattr(b, 'addr_start'):
+        return b
+    return None
+
+
+class ZBigArrayView(np.ndarray):
+    """An ndarray view of a ZBigArray: what ``A[basic index]`` returns.
+
+    It is a real ndarray over the pager's mapping (zero-copy; numpy, Cython
+    typed buffers and C code see an ndarray; ``np.asarray(v)`` is the plain
+    ndarray over the same memory), made a subclass, as ``numpy.memmap`` is,
+    only to pickle differently: ``pickle.dumps(v)`` gives a small reference
+    (``wendelin_cy.ml.ArrayRef``: database URI, oid, snapshot, geometry)
+    when the view's memory is mapped from a ZBigArray whose connection is open
+    and whose database other processes can reach, and the view's blocks have
+    no uncommitted changes; unpickling opens the same snapshot lazily and
+    gives a read-only view.  Otherwise (``memory://``, a closed connection,
+    dirty blocks, memory that is not the mapping's, and the pickles ZODB
+    itself makes to store objects) it pickles its data as a plain ndarray.
+
+    Views of a view (slicing, ``.T``, ``reshape`` without copy, field
+    indexing) stay ZBigArrayViews.  Results of computations (ufuncs,
+    reductions, ``v + 1``, ``v.copy()``) are plain ndarrays or numpy scalars.
+    A few numpy functions that copy keep the subclass (``astype``, ``np.sort``,
+    fancy indexing of a view, ...): their memory is not the mapping's, so
+    they pickle as data.  No state, no ``__array_finalize__`` (numpy skips the
+    call then): making a view costs what it costs for an ndarray.
+    """
+
+    __slots__ = ()
+    # below ndarray's 0: np.concatenate / np.stack of views give ndarrays
+    __array_priority__ = -1.0
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        if arr is self:                 # out=self
+            return arr
+        if return_scalar:
+            return arr[()]
+        if type(arr) is not np.ndarray:
+            arr = arr.view(np.ndarray)
+        return arr
+
+    def __repr__(self):
+        # shown as the ndarray it is (the seed tutorial's ``array([...])``),
+        # not ``ZBigArrayView([...])``: the class only changes pickling
+        return repr(self.view(np.ndarray))
+
+    def copy(self, order='C'):
+        """A copy in RAM: a plain ndarray (see ndarray.copy)."""
+        return np.array(self, order=order, copy=True, subok=False)
+
+    def __reduce_ex__(self, protocol):
+        r = _view_reduce(self)
+        if r is not None:
+            return r
+        return np.asarray(self).__reduce_ex__(protocol)
+
+    def __reduce__(self):
+        r = _view_reduce(self)
+        if r is not None:
+            return r
+        return np.asarray(self).__reduce__()
+
+
+# ~~~ sharing arrays by reference
+
+_open_dbs = weakref.WeakValueDictionary()      # id(db) -> db, this process
+_owned_dbs = {}                                # uri -> DB opened by us
+_cache = {}                                    # (db, before, thread) -> _Snapshot
+_cache_lock = threading.Lock()
+
+
+def _register_db(db):
+    _open_dbs[id(db)] = db
+    return id(db)
+
+
+def _uri_of(storage):
+    """A URI another process can open `storage` with, or None."""
+    return _storage.uri_of(storage)
+
+
+def _find_zfile(obj):
+    """ZBigArray / its ndarray view -> (ZBigFile, core file handle, view or None)."""
+    if isinstance(obj, np.ndarray):
+        vma = _vma_of(obj)
+        if vma is None:
+            raise TypeError('share: this ndarray is not a view of a ZBigArray '
+                            '(its memory is not mapped by the pager); share the '
+                            'ZBigArray or a view made by slicing it')
+        io = vma.fileh.bigfile
+        zfile = getattr(io, '_zfile', None)
+        if zfile is None:
+            raise TypeError('share: this view is not over a ZBigFile (%r)' % (io,))
+        return zfile, vma.fileh, obj
+    zfile = getattr(obj, 'zfile', None)
+    if zfile is None or not hasattr(obj, '_fileh'):
+        raise TypeError('share: expected a ZBigArray or an ndarray view of one, '
+                        'got %s' % type(obj).__name__)
+    v = obj[...]
+    return zfile, _vma_of(v).fileh if v.size else obj._fileh, v
+
+
+def _db_uri(db, uri=None):
+    """The URI other processes open `db` with (`uri` if given), or None."""
+    if uri is None:
+        uri = getattr(db, 'wendelin_cy_uri', None) or _uri_of(db.storage)
+    if uri is not None and not isinstance(uri, str):
+        uri = os.fspath(uri)
+    if uri is not None and '://' not in uri:
+        uri = os.path.abspath(uri)
+    return uri
+
+
+def share(obj, uri=None):
+    """A small picklable reference to a ZBigArray or an ndarray view of one.
+
+    ``share(A)``, ``share(A[1000:2000])``, ``share(A[:, 3])``: in any process,
+    ``ref.open()`` returns a read-only ndarray with the same shape, dtype and
+    data as the committed state that this process sees now.  `uri` names the
+    database for the other processes; by default it is derived from the
+    storage (FileStorage, ZEO).
+
+    Plain pickling does the same without ``share``: ``pickle.dumps(A)`` and
+    ``pickle.dumps(A[10:20])`` (any view made by basic indexing, a
+    ``ZBigArrayView``) carry such a reference, so joblib or multiprocessing
+    workers receive a reference, not the data.  The differences: a pickled
+    view unpickles to the read-only ndarray itself (a pickled ZBigArray to
+    an ArrayRef), and a view that cannot be shared (``memory://``, closed
+    connection, uncommitted changes in its blocks) pickles its data instead
+    of raising or warning.  ``share`` is still the way to give a `uri`.
+    """
+    zfile, fh, v = _find_zfile(obj)
+    jar = zfile._p_jar
+    if jar is None or zfile._p_oid is None:
+        raise ValueError('share: the array is not stored in a database yet; '
+                         'add it to one and commit first')
+    if getattr(jar, 'opened', None) is None:
+        raise ValueError('share: the connection of the array is closed')
+    db = jar.db()
+    uri = _db_uri(db, uri)
+    try:
+        dirty = fh.isdirty()
+    except Exception:
+        dirty = False
+    if dirty:
+        warnings.warn('share: the array has uncommitted changes; other processes '
+                      'see the last committed state', SnapshotWarning, stacklevel=2)
+    return _make_ref(zfile, fh, jar, db, uri, v)
+
+
+def _make_ref(zfile, fh, jar, db, uri, v):
+    """ArrayRef to view `v` of `zfile` (core handle `fh`) at the snapshot of `jar`."""
+    before = getattr(jar, 'before', None)          # a historical connection
+    if before is None:
+        before = _mvcc.snapshot(jar)
+    if before is None:
+        from ZODB.utils import p64, u64
+        before = p64(u64(db.lastTransaction()) + 1)
+    blksize = fh.blksize
+    if v.size:
+        addr = v.__array_interface__['data'][0]
+        offset = addr - fh.addr
+    else:
+        offset = 0
+    return ArrayRef(uri, zfile._p_oid, before, offset, v.shape, v.strides,
+                    v.dtype, blksize, os.getpid(), _register_db(db))
+
+
+# ~~~ pickling views by reference (ZBigArrayView.__reduce_ex__)
+
+def _view_ref(v):
+    """The ArrayRef that pickling the ndarray `v` sends, or None when `v` must
+    be pickled as data: its memory is not (all) inside a ZBigFile mapping,
+    the handle or the connection is closed, the database has no URI other
+    processes can open (memory://), or some block under `v` has uncommitted
+    changes (the receiver would see the committed data, the sender sees its
+    changes).  Never warns."""
+    if not v.size:
+        return None
+    vma = _vma_of(v)
+    if vma is None:
+        return None
+    fh = vma.fileh
+    if fh.closed:
+        return None
+    zfile = getattr(fh.bigfile, '_zfile', None)
+    if zfile is None:
+        return None
+    lo, hi = byte_bounds(v)
+    if lo < vma.addr_start or hi > vma.addr_stop:
+        return None             # a copy whose .base chain leads to the mapping
+    jar = zfile._p_jar
+    if jar is None or zfile._p_oid is None or getattr(jar, 'opened', None) is None:
+        return None
+    db = jar.db()
+    uri = _db_uri(db)
+    if uri is None or uri.startswith('memory:'):
+        return None
+    if fh.isdirty():
+        bs = fh.blksize
+        b0, b1 = (lo - fh.addr) // bs, (hi - 1 - fh.addr) // bs
+        dirty = fh.dirty_blocks()
+        i = bisect.bisect_left(dirty, b0)
+        if i < len(dirty) and dirty[i] <= b1:
+            return None
+    return _make_ref(zfile, fh, jar, db, uri, v)
+
+
+def _view_reduce(v):
+    """ZBigArrayView.__reduce_ex__: (_open_view, (ArrayRef,)) or None (pickle
+    the data).  Any failure to make the reference falls back to the data."""
+    from wendelin_cy.bigfile.file_zodb import zodb_storing
+    if zodb_storing():
+        return None
+    try:
+        ref = _view_ref(v)
+    except Exception:
+        return None
+    if ref is None:
+        return None
+    return _open_view, (ref,)
+
+
+def _open_view(ref):
+    """Unpickling a ZBigArrayView: the read-only view at the snapshot.  Raises
+    DatabaseUnreachable when this process cannot open the database."""
+    return ref.open()
+
+
+class ArrayRef:
+    """Reference to (a view of) a ZBigArray at one snapshot; see ``share``.
+
+    Pickles to the URI, oid, snapshot and geometry; ``open()`` returns the
+    read-only ndarray view in any process that can reach the database, and
+    ``np.asarray(ref)`` does the same.
+    """
+
+    __slots__ = ('uri', 'oid', 'before', 'offset', 'shape', 'strides', 'dtype',
+                 'blksize', '_pid', '_dbid')
+
+    def __init__(self, uri, oid, before, offset, shape, strides, dtype,
+                 blksize, pid=None, dbid=None):
+        self.uri = uri
+        self.oid = bytes(oid)
+        self.before = bytes(before) if before is not None else None
+        self.offset = int(offset)
+        self.shape = tuple(int(x) for x in shape)
+        self.strides = tuple(int(x) for x in strides)
+        self.dtype = np.dtype(dtype)
+        self.blksize = int(blksize)
+        self._pid = pid
+        self._dbid = dbid
+
+    def __reduce__(self):
+        return (ArrayRef, (self.uri, self.oid, self.before, self.offset, self.shape,
+                           self.strides, self.dtype, self.blksize, self._pid,
+                           self._dbid))
+
+    def __repr__(self):
+        return '<ArrayRef %s oid=%s before=%s shape=%r dtype=%s offset=%d>' % (
+            self.uri, self.oid.hex(), self.before.hex() if self.before else None,
+            self.shape, self.dtype, self.offset)
+
+    @property
+    def nbytes(self):
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        return self.open()[idx]
+
+    def __array__(self, dtype=None, copy=None):
+        v = self.open()
+        if copy:
+            v = v.copy()
+        return v if dtype is None else v.astype(dtype, copy=False)
+
+    def _byte_range(self):
+        if not math.prod(self.shape):
+            return self.offset, self.offset
+        lo = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides)
+                               if s < 0)
+        hi = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides)
+                               if s > 0) + self.dtype.itemsize
+        return lo, hi
+
+    def open(self):
+        """-> read-only ndarray view over the shared data at the snapshot."""
+        if not math.prod(self.shape):
+            return np.empty(self.shape, self.dtype)
+        snap = _snapshot(self)
+        return snap.view(self)
+
+
+class _Snapshot:
+    """One historical connection of a process and thread."""
+
+    def __init__(self, db, before):
+        import transaction
+        self.db = db
+        self.tm = transaction.TransactionManager()
+        self.lock = threading.Lock()
+        if before is not None:
+            self.conn = db.open(transaction_manager=self.tm, before=before)
+        else:
+            self.conn = db.open(transaction_manager=self.tm)
+        self.handles = {}       # oid -> ZBigFileH
+
+    def view(self, ref):
+        with self.lock:
+            fh = self.handles.get(ref.oid)
+            if fh is None or fh.closed:
+                from ZODB.POSException import POSKeyError
+                try:
+                    zfile = self.conn.get(ref.oid)
+                    zfile._p_activate()
+                except POSKeyError:
+                    raise ValueError('ArrayRef: object %s is not in database %s at '
+                                     'that snapshot' % (ref.oid.hex(), ref.uri)) from None
+                if not hasattr(zfile, 'fileh_open'):
+                    raise ValueError('ArrayRef: object %s of %s is a %s, not a ZBigFile'
+                                     % (ref.oid.hex(), ref.uri, type(zfile).__name__))
+                fh = self.handles[ref.oid] = zfile.fileh_open()
+            lo, hi = ref._byte_range()
+            bs = fh.blksize
+            pg0, pg1 = lo // bs, -(-hi // bs)
+            vma = fh.mmap(pg0, pg1 - pg0)
+        v = ZBigArrayView(ref.shape, ref.dtype, buffer=vma,
+                          offset=ref.offset - pg0 * bs, strides=ref.strides)
+        v.flags.writeable = False
+        return v
+
+    def close(self):
+        for fh in self.handles.values():
+            try:
+                fh.close()
+            except Exception:
+                pass
+        try:
+            self.tm.abort()
+            self.conn.close()
+        except Exception:
+            pass
+
+
+def _open_db(uri):
+    """uri -> ZODB.DB opened read-only where the storage allows it."""
+    import ZODB
+    from wendelin_cy.lib.zodb import dbstoropen, _split_scheme, _file_args, _filestorage
+    scheme, rest = _split_scheme(uri)
+    if scheme is None or scheme == 'file':
+        path, fkw = _file_args(uri)
+        fkw['read_only'] = True
+        if not os.path.isfile(path):
+            raise FileNotFoundError('no FileStorage database at %r' % path)
+        import logging
+        log = logging.getLogger('ZODB.FileStorage')
+        quiet = not log.handlers and not logging.getLogger().handlers
+        old = log.level
+        if quiet:       # "Ignoring index": the writer's index is behind; harmless
+            log.setLevel(logging.ERROR)
+        try:
+            storage, kw = _filestorage(path, **fkw), {}
+        finally:
+            if quiet:
+                log.setLevel(old)
+    elif scheme == 'memory':
+        raise ValueError('a memory:// database lives in the process that created '
+                         'it only')
+    else:
+        storage, kw = dbstoropen(uri)
+    try:
+        return ZODB.DB(storage, **kw)
+    except BaseException:
+        storage.close()
+        raise
+
+
+def _db_for(ref):
+    """The DB to open `ref` with: the sender's own in the sending process, else
+    one opened by URI (once per process).  Called with _cache_lock held."""
+    if ref._pid == os.getpid():
+        db = _open_dbs.get(ref._dbid)
+        if db is not None:
+            return db
+    if ref.uri is None:
+        raise DatabaseUnreachable(
+            'ArrayRef: cannot open the database of this array from another '
+            'process: its URI is unknown (a memory:// database, or a storage '
+            'whose URI cannot be derived); pass uri= to share()')
+    db = _owned_dbs.get(ref.uri)
+    if db is None:
+        try:
+            db = _open_db(ref.uri)
+        except Exception as e:
+            raise DatabaseUnreachable(
+                'ArrayRef: cannot reach database %r (pid %d) to open the shared '
+                'array (oid %s): %s: %s'
+                % (ref.uri, os.getpid(), ref.oid.hex(), type(e).__name__, e)) from e
+        db.wendelin_cy_uri = ref.uri        # views of it pickle by this URI
+        _owned_dbs[ref.uri] = db
+    return db
+
+
+def _snapshot(ref):
+    # one connection per thread: a ZODB connection (and the handles over it,
+    # whose loadblk runs in the faulting thread) belongs to one thread
+    db_key = ref._dbid if ref._pid == os.getpid() else ref.uri
+    key = (db_key, ref.before, threading.get_ident())
+    with _cache_lock:
+        snap = _cache.get(key)
+        if snap is not None:
+            return snap
+        db = _db_for(ref)
+        before = ref.before
+        if before is not None and not _supports_history(db.storage):
+            warnings.warn('ArrayRef: storage of %r cannot load past states; '
+                          'opening its latest state instead' % (ref.uri,),
+                          SnapshotWarning, stacklevel=3)
+            before = None
+        snap = _cache[key] = _Snapshot(db, before)
+        return snap
+
+
+def _supports_history(storage):
+    lb = getattr(storage, 'loadBefore', None)
+    if lb is None:
+        return False
+    try:
+        from ZODB.utils import z64
+        lb(z64, b'\xff' * 8)
+    except NotImplementedError:
+        return False
+    except Exception:
+        pass
+    return True
+
+
+def close_shared():
+    """Close every connection and database opened by ArrayRef.open() in this
+    process (their views must be gone)."""
+    with _cache_lock:
+        snaps = list(_cache.values())
+        _cache.clear()
+        dbs = list(_owned_dbs.values())
+        _owned_dbs.clear()
+    for s in snaps:
+        s.close()
+    for db in dbs:
+        try:
+            db.close()
+        except Exception:
+            pass
+
+
+atexit.register(close_shared)
+
+
+def _after_fork():
+    # connections and storages of the parent must not be used by a child
+    _cache.clear()
+    _owned_dbs.clear()
+    _open_dbs.clear()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_after_fork)
