@@ -175,7 +175,7 @@ def _box_shape(box, shape):
 
 
 def _budget():
-    from wendelin_cy import get_ram_budget
+    from wendelin_cy.ram import get_ram_budget
     try:
         return get_ram_budget() or 0
     except Exception:

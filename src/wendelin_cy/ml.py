@@ -94,7 +94,7 @@ def batch_rows_for(shape, dtype, blksize=None, budget=None, fraction=8):
     """Default rows per batch: about budget/fraction bytes, rounded down to
     whole blocks' worth of rows when possible (at least one row)."""
     if budget is None:
-        from wendelin_cy import get_ram_budget
+        from wendelin_cy.ram import get_ram_budget
         budget = get_ram_budget()
     blksize = blksize or DEFAULT_BLKSIZE
     rowbytes = int(np.dtype(dtype).itemsize * math.prod(shape[1:]))
@@ -252,7 +252,7 @@ def _apply_into(method, what, X, out, batch_rows, commit_every, progress):
         if ov.ndim and ov.itemsize:
             batch_rows = min(batch_rows, batch_rows_for(
                 ov.shape, ov.dtype, _blksize_of_view(ov), fraction=16))
-    from wendelin_cy import get_ram_budget, pager_stats
+    from wendelin_cy.ram import get_ram_budget, pager_stats
     budget = get_ram_budget()
     bar = _tqdm(n, '%s %s' % (what, type(getattr(method, '__self__', method)).__name__),
                 progress)

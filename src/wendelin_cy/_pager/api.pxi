@@ -119,7 +119,7 @@ def _default_reserve():
     v = _os.environ.get("WENDELIN_CY_VMA_RESERVE")
     if not v:
         return DEFAULT_RESERVE_BYTES
-    from wendelin_cy.ram import parse_size
+    from wendelin_cy._units import parse_size
     return parse_size(v)
 
 DEFAULT_RESERVE = _default_reserve()

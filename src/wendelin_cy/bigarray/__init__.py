@@ -193,7 +193,7 @@ def _chunk_nbytes(blksize):
     """Bytes to touch per step in chunked loops, derived from the RAM budget."""
     budget = None
     try:
-        from wendelin_cy import get_ram_budget
+        from wendelin_cy.ram import get_ram_budget
     except ImportError:
         pass
     else:
