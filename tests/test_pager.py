@@ -178,9 +178,10 @@ def test_loadblk_error_at_entry_point_raises():
             raise IOError("disk on fire at %d" % blk)
     fh = Broken(BS).fileh_open()
     v = fh.mmap(0, 3)
+    e0 = wendelin_cy.pager_stats()["load_errors"]
     with pytest.raises(OSError, match="disk on fire at 1"):
         v.prefault(BS, 10)
-    assert wendelin_cy.pager_stats()["load_errors"] >= 1
+    assert wendelin_cy.pager_stats()["load_errors"] > e0
 
 
 def test_loadblk_keeping_buffer_is_an_error():
@@ -280,6 +281,7 @@ def test_budget_reclaim_and_vma_count(bigfile, budget):
     nblk = 40 * nb                       # many more blocks than the budget holds
     a = u8(fh.mmap(0, nblk))
     v0 = vma_count()
+    ev0 = wendelin_cy.pager_stats()["evictions"]
     peak_vmas = 0
     for blk in range(nblk):
         assert a[blk * BS] == 0
@@ -291,7 +293,8 @@ def test_budget_reclaim_and_vma_count(bigfile, budget):
     # each resident block is at most ~2 VMAs (its own, and a split); never one per
     # block ever touched
     assert peak_vmas <= 2 * nb + 4, peak_vmas
-    assert wendelin_cy.pager_stats()["evictions"] > 0
+    # every block touched beyond what the budget holds was evicted, by this loop
+    assert wendelin_cy.pager_stats()["evictions"] - ev0 >= nblk - nb
 
 
 def test_recency_keeps_hot_blocks(budget):
