@@ -14,7 +14,3 @@ class WendelinError(Exception):
 class LoadError(WendelinError, OSError):
     """A block could not be loaded from its storage (corrupt or missing record,
     wrong size, a storage that raised)."""
-
-
-class StorageUnavailable(WendelinError, ConnectionError):
-    """The storage did not answer within the configured wait."""

@@ -16,9 +16,10 @@ transient errors (idempotent).  Each attempt waits up to the client's
 ``wait_timeout`` for the server to come back (ZEO reconnects by itself), so a
 load inside a fault gives up after at most about::
 
-    (LOAD_RETRIES + 1) * wait_timeout + LOAD_RETRY_DELAY * (1 + 4 + 16)
+    (LOAD_RETRIES + 1) * wait_timeout + LOAD_RETRY_DELAY * (1 + B + B**2)
 
-seconds (4 * wait_timeout + 1.05 s with the defaults), and a load at an entry
+seconds, B = ``LOAD_RETRY_BACKOFF`` (4 * wait_timeout + 1.05 s with the
+defaults: 3 retries, 0.05 s, B = 4), and a load at an entry
 point after ``wait_timeout``.  A server back within that time lets the scan
 go on: the data of a snapshot does not change, so a retried load returns the
 same bytes.
@@ -73,4 +74,5 @@ def fault_wait_bound(wait_timeout):
     from wendelin_cy._pager import virtmem
     n = virtmem.LOAD_RETRIES
     d = virtmem.LOAD_RETRY_DELAY
-    return (n + 1) * wait_timeout + sum(d * 4 ** i for i in range(n))
+    b = virtmem.LOAD_RETRY_BACKOFF
+    return (n + 1) * wait_timeout + sum(d * b ** i for i in range(n))
