@@ -12,6 +12,7 @@ from wendelin_cy._pager import virtmem
 from wendelin_cy.bigfile import WRITEOUT_MARKSTORED, WRITEOUT_STORE
 from wendelin_cy.storage import forget_reads
 
+from ._zforeign import close_readers
 from ._txn import Status, default_tm, join_connection, synch_order
 from ._zblk_io import _check_fmt, _env_fmt
 from ._zio import _IOS, _Writeout
@@ -53,15 +54,24 @@ class ZBigFileH:
         self._watched = None    # connection whose close we are told of
         io._handles.add(self)
         self._watch_conn_close()
+        io._owner = threading.get_ident()
         self.join_current()
-        self._owner = threading.get_ident()
         self._fh.set_dirty_hook(self._on_dirty)
+
+    def _owns(self):
+        """Is this the thread of the connection (the one its transactions
+        run in)?  Other threads may load and write pages, never touch the
+        connection or the transaction (see _zforeign)."""
+        return threading.get_ident() == self._io._owner
 
     def _on_dirty(self):
         """The pager: the handle just went clean -> dirty (called in the thread
         that wrote, possibly inside a page fault).  Join the transaction now, so
-        that a savepoint taken before the next use of the array covers it."""
-        if threading.get_ident() == self._owner:
+        that a savepoint taken before the next use of the array covers it.
+        Writes of other threads are joined by the owner: at its next mmap or
+        savepoint, and at the latest by beforeCompletion of its commit or
+        abort, which joins a dirty handle."""
+        if self._owns():
             self.join_current()
 
     # -- BigFileH API
@@ -195,8 +205,10 @@ class ZBigFileH:
         self._txn = txn
 
     def join_current(self):
-        """Join the current transaction of our manager (if there is one)."""
-        if self._fh.closed:
+        """Join the current transaction of our manager (if there is one); in
+        the connection's own thread only (a thread-local manager would give
+        another thread's transaction)."""
+        if self._fh.closed or not self._owns():
             return
         self._register_synch()
         tm = self._tm
@@ -257,6 +269,7 @@ class ZBigFileH:
             self._fh.dirty_writeout(WRITEOUT_STORE)
         finally:
             io._wo = None
+            io._written(wo, open_txn=not wo.lazy)
             wo.write_blobs()
 
     def _boundary(self, txn, sync):
@@ -297,6 +310,7 @@ class ZBigFileH:
     def newTransaction(self, txn):
         if self._registering or self._fh.closed:
             return
+        self._io._owner = threading.get_ident()
         self._boundary(txn, True)
         self._join(txn)
 
@@ -315,6 +329,7 @@ class ZBigFileH:
 
     def afterCompletion(self, txn):
         _STORING.on = False
+        self._io._owner = threading.get_ident()
         if txn.status == Status.COMMITTING:
             # the two-phase commit failed: the pages stay dirty, and we stay
             # joined, until the abort that must follow
@@ -462,8 +477,10 @@ class _Savepoint:
 
 
 def _close_handles_of(conn):
-    """Close the handles of ZBigFiles of `conn` (used by dbclose).  A handle
-    with live views stays open but stops following transactions."""
+    """Close the handles of ZBigFiles of `conn` (used by dbclose), and the
+    connections other threads load through (_zforeign).  A handle with live
+    views stays open but stops following transactions."""
+    close_readers(conn.db())
     for io in list(_IOS):
         if io._zfile._p_jar is conn:
             for h in list(io._handles):

@@ -3,12 +3,14 @@ storeblk (the choice of format per block), prefetch, invalidation of the
 blocks in RAM; and _Writeout, what one writeout changed."""
 
 import os
+import threading
 import weakref
 
 from wendelin_cy.bigfile import BigFile, HOLE, MapFile
 from wendelin_cy.storage import backend_of
 
 from ._zblk import ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blk_extent, _blob_data, _loaddata
+from ._zforeign import check_foreign, load_foreign
 from ._zblk_io import (SEG_BLOCKS, _blob_pool, _chunksize, _iszero, _open_blob_file,
                        _read_page, _same, _unlink_quiet, _write_blob_file, _zero_flags)
 
@@ -105,6 +107,14 @@ class _ZBigFileIO(BigFile):
         self._pending = set()   # blocks invalidated, to drop at the boundary
         self._recheck = False   # blktab changed: compare _loaded against it
         self._wo = None         # _Writeout in progress
+        # loads in other threads (_zforeign): the thread whose connection it
+        # is, blk -> (ZBlk oid, snapshot) they loaded, blk -> ZBlk written out
+        # and not committed yet (or committed, the snapshot not moved yet)
+        self._owner = threading.get_ident()
+        self._flock = threading.Lock()
+        self._foreign = {}
+        self._unc = {}
+        self._unc_open = False  # ... by an explicit dirty_writeout
 
     def __repr__(self):
         return '<_ZBigFileIO of %r>' % (self._zfile,)
@@ -112,8 +122,13 @@ class _ZBigFileIO(BigFile):
     # -- pager callbacks
 
     def loadblk(self, blk, buf):
+        if threading.get_ident() != self._owner:
+            return load_foreign(self, blk, buf, self._load_obj)
         zblk = self._zfile.blktab.get(blk)
         self._track(blk, zblk)
+        return self._load_obj(zblk, buf)
+
+    def _load_obj(self, zblk, buf):
         if zblk is None:
             return HOLE         # the pager maps zero pages: no 2 MiB of zeros copied
         elif type(zblk) is ZBlkSeg:
@@ -140,6 +155,8 @@ class _ZBigFileIO(BigFile):
         (asynchronous, into the client cache); RelStorage and in-memory
         storages: futures of the payloads, read by reader threads, which the
         pager copies into place in that thread, off the scan's own."""
+        if threading.get_ident() != self._owner:
+            return None         # (not read ahead from other threads' faults)
         zfile = self._zfile
         conn = zfile._p_jar
         if conn is None or not getattr(conn, 'opened', None):
@@ -386,6 +403,12 @@ class _ZBigFileIO(BigFile):
         for blk, z in wo.written.items():
             self._track(blk, z)
 
+    def _written(self, wo, open_txn):
+        """The pager's writeout of wo is over: other threads load its blocks
+        from these objects (or at the commit) until the next boundary."""
+        self._unc.update(wo.written)
+        self._unc_open = self._unc_open or open_txn
+
     def _failed(self, wo):
         wo.wait_blobs(quiet=True)       # (no thread reads the pages any more)
         self._failed1(wo)
@@ -393,6 +416,8 @@ class _ZBigFileIO(BigFile):
     def _failed1(self, wo):
         """The commit of wo failed.  ZODB invalidates the objects it had, and
         disowns those it was adding; undo our changes to the latter."""
+        self._unc.clear()
+        self._unc_open = False
         for obj in wo.touched:
             d = obj.__dict__
             d.pop('_v_src', None)
@@ -454,7 +479,11 @@ class _ZBigFileIO(BigFile):
 
     def _apply_invalidations(self):
         self._prune()
+        conn = self._zfile._p_jar
+        self._unc.clear()                   # (the snapshot moved past them)
+        self._unc_open = False
         pending, self._pending = self._pending, set()
+        pending |= check_foreign(self, conn if getattr(conn, 'opened', None) else None)
         if self._recheck:
             self._recheck = False
             blktab = self._zfile.blktab

@@ -19,7 +19,8 @@ from . import filestorage, zeo
 from .filestorage import BlobStorageBackend, FileStorageBackend
 from .generic import GENERIC
 from .memory import BACKEND as _MEMORY
-from .mvcc import instance as _instance
+from .mvcc import instance as _instance, normal_instance as _normal_instance
+from .mvcc import snapshot_before as _snapshot_before
 from .neo import NEOBackend
 from .reader import READER
 from .relstorage import BACKEND as _RELSTORAGE
@@ -28,6 +29,7 @@ from .switch import (FAST_PATHS_ENV, StorageFastPathWarning, fast_paths, fell_ba
 from .zeo import ZEOBackend
 
 __all__ = ['backend_of', 'backend_for', 'uri_of', 'forget_reads', 'fast_paths',
+           'snapshot_before', 'changed_since',
            'set_fast_paths', 'StorageFastPathWarning', 'shape_mismatch', 'GENERIC',
            'FAST_PATHS_ENV']
 
@@ -67,3 +69,32 @@ def uri_of(storage):
 def forget_reads(conn):
     """Cancel the reads ahead for connection `conn` nobody waits for yet."""
     READER.forget(_instance(conn))
+
+
+def snapshot_before(conn):
+    """The tid connection `conn`'s snapshot is before: ``db.open(before=it)``
+    sees what `conn` sees now.  None if it cannot be told (then nothing may
+    be loaded for `conn` from another thread).  Safe to call from any thread:
+    it reads one attribute."""
+    base = conn.db().storage
+    if _RELSTORAGE.serves(base):
+        return _RELSTORAGE.snapshot_before(_normal_instance(conn))
+    return _snapshot_before(conn)
+
+
+def changed_since(storage, oid, tid):
+    """Has record `oid` of (base) storage `storage` changed at or after `tid`
+    (or gone)?  Reads as little as the backend can (FileStorage: the record
+    header); True when it cannot tell."""
+    from ZODB.POSException import POSKeyError
+    rs = backend_for(storage).record_size(storage, oid)
+    if rs is not None:
+        return rs[1] >= tid
+    try:
+        get = getattr(storage, 'getTid', None)
+        now = get(oid) if get is not None else storage.load(oid, '')[1]
+    except POSKeyError:
+        return True
+    except Exception:
+        return True
+    return now >= tid

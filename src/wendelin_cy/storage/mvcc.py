@@ -1,11 +1,12 @@
 """A connection's storage instance and its snapshot, and the fast backends'
 common base: records loaded at that snapshot without activating objects.
 
-The only user of ``Connection._storage`` (the per-connection storage
-instance: ZODB's MVCC adapter instance, or RelStorage's own instance) and of
-the MVCC adapter instance's ``_start`` (the tid the connection's snapshot is
-before).  A historical connection (``db.open(at=...)``) has no ``_start``:
-its snapshot is None, and what needs one is not done.
+The only user of ``Connection._storage`` and ``Connection._normal_storage``
+(the per-connection storage instance: ZODB's MVCC adapter instance, or
+RelStorage's own instance; ``_storage`` is a savepoint's TmpStore after a
+savepoint, ``_normal_storage`` the instance under it) and of the MVCC adapter
+instance's ``_start`` (the tid the connection's snapshot is before), or of
+the historical adapter's ``_before`` (``db.open(before=...)``).
 """
 
 from . import blobs
@@ -13,24 +14,41 @@ from .generic import Generic, temporary_dir
 from .reader import READER
 from .record import payload_view
 
-__all__ = ['instance', 'snapshot', 'instance_snapshot', 'Records']
+__all__ = ['instance', 'normal_instance', 'snapshot', 'snapshot_before',
+           'instance_snapshot', 'Records']
 
 
 def instance(conn):
-    """The storage instance of connection `conn` (None if it has none)."""
+    """The storage instance of connection `conn` (None if it has none; a
+    savepoint's TmpStore after a savepoint: then there is no snapshot to
+    read at directly, records changed in this transaction are in it)."""
     return getattr(conn, '_storage', None)
+
+
+def normal_instance(conn):
+    """The storage instance of `conn` under its savepoints' TmpStore, if any."""
+    normal = getattr(conn, '_normal_storage', None)
+    return normal if normal is not None else instance(conn)
 
 
 def instance_snapshot(inst):
     """The snapshot of MVCC adapter instance `inst`: the tid its reads are
-    before (None: not known, e.g. a historical connection)."""
-    return getattr(inst, '_start', None)
+    before (None: not known)."""
+    start = getattr(inst, '_start', None)
+    if start is None:
+        start = getattr(inst, '_before', None)      # a historical connection
+    return start
 
 
 def snapshot(conn):
     """The snapshot tid of connection `conn` (reads see what was committed
     before it), or None."""
     return instance_snapshot(instance(conn))
+
+
+def snapshot_before(conn):
+    """The tid the snapshot of `conn` is before, savepoints or not."""
+    return instance_snapshot(normal_instance(conn))
 
 
 class Records(Generic):

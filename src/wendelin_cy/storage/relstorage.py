@@ -77,6 +77,11 @@ class RelStorageBackend(mvcc.Records):
     def thread_snapshot(self, inst):
         return getattr(inst, 'highest_visible_tid', None) or None      # an int
 
+    def snapshot_before(self, inst):
+        """db.open(before=...) of what connection instance `inst` sees."""
+        hvt = self.thread_snapshot(inst)
+        return None if hvt is None else (hvt + 1).to_bytes(8, 'big')
+
     def thread_load(self, base, snap, oid):
         if getattr(base, '_closed', False):
             _views.pop((id(base), threading.get_ident()), None)
