@@ -14,6 +14,10 @@ Each is behind a check of its shape, with a fallback:
   every boundary itself (correct, a little more work).
 * ``check_cache``: without ``_cache`` nothing is checked (no warning).
 * ``Status``: the transaction states, as strings if the class moved.
+* ``thread_manager``: the per-thread manager under a
+  ``ThreadTransactionManager`` (its ``manager``: public attribute, not in the
+  interface); without it, writes of other threads join at the owner's next
+  mmap or at its commit or abort, not at a savepoint taken before either.
 """
 
 import warnings
@@ -32,7 +36,8 @@ except ImportError:         # pragma: no cover
         DOOMED = 'Doomed'
         COMMITFAILED = 'Commit failed'
 
-__all__ = ['Status', 'default_tm', 'join_connection', 'synch_order', 'check_cache']
+__all__ = ['Status', 'default_tm', 'join_connection', 'synch_order', 'check_cache',
+           'thread_manager']
 
 _KIND = 'Connection join'
 _join_shape = {}            # Connection class -> ok
@@ -89,3 +94,12 @@ def check_cache(conn):
                       'ghost objects, so blocks changed by other connections may '
                       'be seen stale.  Use the C implementation of persistent.',
                       RuntimeWarning, stacklevel=3)
+
+
+def thread_manager(tm):
+    """The manager of this thread's transactions under `tm`: `tm` itself,
+    or for a ThreadTransactionManager the one of the calling thread (which
+    another thread can then ask for this thread's current transaction)."""
+    if isinstance(tm, _transaction.ThreadTransactionManager):
+        return getattr(tm, 'manager', None)
+    return tm

@@ -43,7 +43,7 @@ import weakref
 import transaction
 
 from wendelin_cy.errors import LoadError
-from wendelin_cy.storage import changed_since, snapshot_before
+from wendelin_cy.storage import changed_since, open_before, snapshot_before
 
 __all__ = ['load_foreign', 'check_foreign', 'close_readers']
 
@@ -75,7 +75,7 @@ def _reader(db, before):
             # one reader per loading thread: no pool-size warnings from ZODB
             db.setHistoricalPoolSize(n)
         # its own transaction manager: the thread's transactions are not ours
-        conn = db.open(before=before, transaction_manager=transaction.TransactionManager())
+        conn = open_before(db, before, transaction.TransactionManager())
         live.add(conn)
     readers[id(db)] = (weakref.ref(db), before, conn)
     return conn
@@ -97,7 +97,7 @@ def load_foreign(io, blk, buf, load_obj):
     """loadblk of `io` (a _ZBigFileIO) in a thread that is not its owner.
     `load_obj(zblk, buf)` fills buf from a ZBlk (or returns HOLE/MapFile)."""
     zfile = io._zfile
-    latest = False
+    latest = None
     unc = io._unc.get(blk, _NONE)
     if unc is not _NONE:
         if unc is None or unc._p_changed:
@@ -107,7 +107,9 @@ def load_foreign(io, blk, buf, load_obj):
                 '%r: block %d was written out in a transaction still open, put in '
                 'a savepoint and dropped from RAM: it can be loaded only in the '
                 'thread of its connection until the transaction ends' % (zfile, blk))
-        latest = True           # committed by the owner, its snapshot not moved yet
+        # committed by the owner, its snapshot not moved yet: read at that commit
+        # (the object's serial; the DB's last tid may lag, as RelStorage's does)
+        latest = unc._p_serial
     conn = zfile._p_jar
     oid = zfile._p_oid
     if conn is None or oid is None:
@@ -126,8 +128,8 @@ def load_foreign(io, blk, buf, load_obj):
         if serial == _Z64:
             z = None                            # new in this transaction
         else:
-            if latest or serial >= before:      # the owner committed since
-                at = _next(conn.db().storage.lastTransaction())
+            if latest is not None or serial >= before:  # the owner committed since
+                at = _next(max(conn.db().lastTransaction(), serial, latest or _Z64))
             z = _reader(conn.db(), at).get(oid).blktab.get(blk)
         zoid = None if z is None else z._p_oid
         r = load_obj(z, buf)

@@ -13,7 +13,7 @@ from wendelin_cy.bigfile import WRITEOUT_MARKSTORED, WRITEOUT_STORE
 from wendelin_cy.storage import forget_reads
 
 from ._zforeign import close_readers
-from ._txn import Status, default_tm, join_connection, synch_order
+from ._txn import Status, default_tm, join_connection, synch_order, thread_manager
 from ._zblk_io import _check_fmt, _env_fmt
 from ._zio import _IOS, _Writeout
 
@@ -51,6 +51,7 @@ class ZBigFileH:
         self._wo = None         # _Writeout of the commit in progress
         self._registering = False
         self._tm = None
+        self._owner_tm = None   # the owner thread's own manager under _tm
         self._watched = None    # connection whose close we are told of
         io._handles.add(self)
         self._watch_conn_close()
@@ -73,6 +74,15 @@ class ZBigFileH:
         abort, which joins a dirty handle."""
         if self._owns():
             self.join_current()
+        elif self._txn is None and self._owner_tm is not None:
+            # a write from another thread: join the owner's transaction (made
+            # now if it has none yet, as its next use would), so that its
+            # savepoints cover the write
+            try:
+                txn = self._owner_tm.get()
+            except Exception:           # explicit manager without a transaction
+                return
+            self._join(txn)
 
     # -- BigFileH API
 
@@ -181,6 +191,7 @@ class ZBigFileH:
             return
         self._unregister_synch()
         self._tm = tm
+        self._owner_tm = thread_manager(tm)
         self._txn = None        # a transaction of the old manager is not ours
         self._registering = True
         try:
@@ -195,6 +206,7 @@ class ZBigFileH:
             except KeyError:
                 pass
             self._tm = None
+            self._owner_tm = None
 
     def _join(self, txn):
         if txn is None or txn is self._txn or self._fh.closed:

@@ -29,7 +29,7 @@ from .switch import (FAST_PATHS_ENV, StorageFastPathWarning, fast_paths, fell_ba
 from .zeo import ZEOBackend
 
 __all__ = ['backend_of', 'backend_for', 'uri_of', 'forget_reads', 'fast_paths',
-           'snapshot_before', 'changed_since',
+           'snapshot_before', 'changed_since', 'open_before',
            'set_fast_paths', 'StorageFastPathWarning', 'shape_mismatch', 'GENERIC',
            'FAST_PATHS_ENV']
 
@@ -98,3 +98,11 @@ def changed_since(storage, oid, tid):
     except Exception:
         return True
     return now >= tid
+
+
+def open_before(db, before, tm):
+    """A historical connection of `db` at `before`, a snapshot that one of
+    its connections has (``snapshot_before``), with transaction manager `tm`."""
+    if _RELSTORAGE.serves(db.storage):
+        return _RELSTORAGE.open_before(db, before, tm)
+    return db.open(before=before, transaction_manager=tm)

@@ -82,6 +82,29 @@ class RelStorageBackend(mvcc.Records):
         hvt = self.thread_snapshot(inst)
         return None if hvt is None else (hvt + 1).to_bytes(8, 'big')
 
+    def open_before(self, db, before, tm):
+        """db.open(before=before): a historical connection at a snapshot a
+        connection of `db` has.  DB.open refuses a tid past the last
+        transaction of the DB's own RelStorage instance, which lags (it is
+        not polled): that check is done here against the snapshot we were
+        given, and the connection made as DB.open makes it (its pool,
+        ``klass``, ``_historical_cache_size``: ZODB 5's DB)."""
+        try:
+            return db.open(before=before, transaction_manager=tm)
+        except ValueError:
+            if not all(hasattr(db, a) for a in ('_lock', 'historical_pool', 'klass',
+                                                '_historical_cache_size')):
+                raise
+        with db._lock:
+            c = db.historical_pool.pop(before)
+            if c is None:
+                c = db.klass(db, db._historical_cache_size, before,
+                             getattr(db, '_historical_cache_size_bytes', 0))
+                db.historical_pool.push(c, before)
+                c = db.historical_pool.pop(before)
+        c.open(tm)
+        return c
+
     def thread_load(self, base, snap, oid):
         if getattr(base, '_closed', False):
             _views.pop((id(base), threading.get_ident()), None)
