@@ -220,13 +220,14 @@ def _write_rows(uri, i0, i1, value, names, me, attempts=6, wait=30):
     root = dbopen(uri)
     tm = transaction.manager
     conflicts = []
+    serial = met = None
     try:
         for attempt in range(attempts):
             tm.begin()                  # a new transaction: the latest state
             Y = root['Y']
             Y[i0:i1] = _rows(i0, i1, value)
-            serial = Y.zfile._p_serial
-            met = None
+            if attempt == 0:
+                serial = Y.zfile._p_serial      # the state it started from
             if attempt == 0 and names:
                 Event(names[me]).set()
                 met = all(Event(n).wait(wait) for n in names)
@@ -319,7 +320,8 @@ def test_write_same_block_conflict_retry(cluster, zeo_server, fmt):  # noqa: F81
             expect[i0:i1] = _rows(i0, i1, v)
         got = np.asarray(Y[:])
         bad = np.flatnonzero((got != expect).any(axis=1))
-        assert not bad.size, ('%d rows differ, rows %d..%d; reports %r'
-                              % (bad.size, bad[0], bad[-1], reps))
+        assert not bad.size, ('%d rows differ, rows %d..%d (got %r, expected %r); '
+                              'reports %r' % (bad.size, bad[0], bad[-1], got[bad[0], 0],
+                                              expect[bad[0], 0], reps))
         assert sum(len(r['conflicts']) for r in reps) >= 1, reps
         assert sorted(r['attempts'] for r in reps) == [1, 2], reps
