@@ -16,8 +16,10 @@ maps the file and returns a read-only ndarray view: the worker sees exactly
 the data the sender saw, even if the sender commits in between, and loads only
 the blocks it touches.  Connections are cached per process and thread, keyed by
 (URI, snapshot), so a joblib worker that receives many references opens the
-database once.  In the sending process itself (threads, or ``open()`` before a fork),
-the already open ``DB`` object is reused.
+database once; a reference to a state committed after the worker opened
+the database syncs it (ZEO) or opens it again (a read-only FileStorage does
+not see later commits).  In the sending process itself (threads, or
+``open()`` before a fork), the already open ``DB`` object is reused.
 
 The URI is the one ``lib.zodb.dbopen`` recorded on the DB, else derived from
 the storage (FileStorage: its file path; ZEO: host:port and storage name), or
@@ -148,6 +150,7 @@ class ZBigArrayView(np.ndarray):
 
 _open_dbs = weakref.WeakValueDictionary()      # id(db) -> db, this process
 _owned_dbs = {}                                # uri -> DB opened by us
+_retired_dbs = []                              # DBs of older states (_catch_up)
 _cache = {}                                    # (db, before, thread) -> _Snapshot
 _cache_lock = threading.Lock()
 
@@ -503,8 +506,43 @@ def _snapshot(ref):
                           'opening its latest state instead' % (ref.uri,),
                           SnapshotWarning, stacklevel=3)
             before = None
+        if before is not None and _owned_dbs.get(ref.uri) is db:
+            db = _catch_up(ref.uri, db, before)
         snap = _cache[key] = _Snapshot(db, before)
         return snap
+
+
+def _behind(db, before):
+    from ZODB.utils import u64
+    return u64(before) > u64(db.lastTransaction()) + 1
+
+
+def _catch_up(uri, db, before):
+    """The DB of this process for `uri`, knowing the transactions before
+    `before`.  A long-lived worker (dask, joblib) may be sent a reference to
+    a state committed after it opened the database: a client that hears of
+    commits late (ZEO) is synced with its server; a FileStorage opened
+    read-only never learns of later commits, so it is opened again (the old
+    DB stays for the connections at older snapshots, closed by
+    close_shared).  Called with _cache_lock held."""
+    if not _behind(db, before):
+        return db
+    try:
+        db.storage.sync()       # ZEO with server_sync: a round trip
+    except Exception:
+        pass
+    if not _behind(db, before) or not db.storage.isReadOnly():
+        return db               # (not read-only: DB.open says what is wrong)
+    try:
+        new = _open_db(uri)
+    except Exception as e:
+        raise DatabaseUnreachable(
+            'ArrayRef: cannot reopen database %r (pid %d) at a later state: '
+            '%s: %s' % (uri, os.getpid(), type(e).__name__, e)) from e
+    new.wendelin_cy_uri = uri
+    _owned_dbs[uri] = new
+    _retired_dbs.append(db)
+    return new
 
 
 def _supports_history(storage):
@@ -527,8 +565,9 @@ def close_shared():
     with _cache_lock:
         snaps = list(_cache.values())
         _cache.clear()
-        dbs = list(_owned_dbs.values())
+        dbs = list(_owned_dbs.values()) + _retired_dbs
         _owned_dbs.clear()
+        _retired_dbs.clear()
     for s in snaps:
         s.close()
     for db in dbs:
@@ -545,6 +584,7 @@ def _after_fork():
     # connections and storages of the parent must not be used by a child
     _cache.clear()
     _owned_dbs.clear()
+    del _retired_dbs[:]
     _open_dbs.clear()
 
 
