@@ -67,7 +67,14 @@ def cluster():
             dashboard_address=None, env={'WENDELIN_CY_RAM_BUDGET': WORKER_BUDGET})
         client = distributed.Client(cl, timeout=TIMEOUT)
         client.wait_for_workers(2, timeout=TIMEOUT)
+        workers = set(client.scheduler_info()['workers'])
         yield client
+        # a worker that died (SIGBUS of a failed page fault, ...) is restarted
+        # by its nanny and dask recomputes its tasks: the results are right,
+        # the crash would go unseen
+        now = set(client.scheduler_info()['workers'])
+        assert now == workers, ('worker processes died during the test (see '
+                                'the captured stderr): %s' % sorted(workers - now))
     finally:
         if client is not None:
             client.close()
