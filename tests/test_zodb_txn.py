@@ -1007,3 +1007,42 @@ def test_handles_released_with_the_connection(tmp_path):
     finally:
         transaction.abort()
         dbclose(conn.root())
+
+
+@pytest.mark.parametrize('first', ['whole', 'part'])
+def test_auto_whole_and_part_of_one_block_conflict(tmp_path, first):
+    """Format auto, two connections, one block, same start state: one writes
+    most of the block (its ZBlk0 rewritten in place), the other a few rows (a
+    ZBlk1 over that ZBlk0, in blktab).  The two commits touch no common
+    object, so without a check the second would hide rows of the first; the
+    second commit conflicts instead, and after a retry both land."""
+    db = file_db(str(tmp_path / 'data.fs'))
+    try:
+        c0 = Conn(db)
+        n = 2 * 2 ** 20 // 8
+        c0.root['A'] = ZBigArray((n,), np.float64, zblk_fmt='auto')
+        c0.commit()
+        c0.root['A'][:] = -1.0
+        c0.commit()
+        whole, part = Conn(db), Conn(db)
+        writes = {whole: (0, n - 4096, 1.0), part: (n - 2048, n, 2.0)}
+        for c, (a, b, v) in writes.items():
+            c.root['A'][a:b] = v                # both from the same state
+        order = [whole, part] if first == 'whole' else [part, whole]
+        order[0].commit()
+        with pytest.raises(ConflictError):
+            order[1].commit()
+        c = order[1]
+        c.abort()
+        a, b, v = writes[c]
+        c.root['A'][a:b] = v
+        c.commit()
+        c0.abort()
+        expect = np.full(n, -1.0)
+        for a, b, v in writes.values():
+            expect[a:b] = v
+        np.testing.assert_array_equal(c0.root['A'][:], expect)
+        for c in (c0, whole, part):
+            c.close()
+    finally:
+        db.close()

@@ -10,6 +10,7 @@ from wendelin_cy.bigfile import BigFile, HOLE, MapFile
 from wendelin_cy.storage import backend_of
 
 from ._zblk import ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blk_extent, _blob_data, _loaddata
+from ._txn import follows_this_thread
 from ._zforeign import check_foreign, load_foreign
 from ._zblk_io import (SEG_BLOCKS, _blob_pool, _chunksize, _iszero, _open_blob_file,
                        _read_page, _same, _unlink_quiet, _write_blob_file, _zero_flags)
@@ -110,7 +111,7 @@ class _ZBigFileIO(BigFile):
         # loads in other threads (_zforeign): the thread whose connection it
         # is, blk -> (ZBlk oid, snapshot) they loaded, blk -> ZBlk written out
         # and not committed yet (or committed, the snapshot not moved yet)
-        self._owner = threading.get_ident()
+        self._owner = _first_owner(zfile)
         self._flock = threading.Lock()
         self._foreign = {}
         self._unc = {}
@@ -121,8 +122,18 @@ class _ZBigFileIO(BigFile):
 
     # -- pager callbacks
 
+    def owns(self):
+        """Is the calling thread the one of the connection?  (Found out on
+        first use when the file was opened in another thread.)"""
+        me = threading.get_ident()
+        if self._owner is None:
+            conn = self._zfile._p_jar
+            if conn is None or follows_this_thread(conn) is not False:
+                self._owner = me
+        return me == self._owner
+
     def loadblk(self, blk, buf):
-        if threading.get_ident() != self._owner:
+        if not self.owns():
             return load_foreign(self, blk, buf, self._load_obj)
         zblk = self._zfile.blktab.get(blk)
         self._track(blk, zblk)
@@ -155,7 +166,7 @@ class _ZBigFileIO(BigFile):
         (asynchronous, into the client cache); RelStorage and in-memory
         storages: futures of the payloads, read by reader threads, which the
         pager copies into place in that thread, off the scan's own."""
-        if threading.get_ident() != self._owner:
+        if not self.owns():
             return None         # (not read ahead from other threads' faults)
         zfile = self._zfile
         conn = zfile._p_jar
@@ -223,9 +234,7 @@ class _ZBigFileIO(BigFile):
                     if not old._p_changed:
                         old._p_deactivate()
                     return              # same bytes: nothing to write
-                old._set_src(wo.src(blk, 0, bs, buf))
-                wo.touched.append(old)
-                wo.written[blk] = old
+                self._rewrite0(wo, blk, old, buf)
             else:
                 new = ZBlk0()
                 new._set_src(wo.src(blk, 0, bs, buf))
@@ -255,6 +264,14 @@ class _ZBigFileIO(BigFile):
             if len(changed) > half:
                 self._full(wo, blk, old, buf)
             else:
+                # the new ZBlk1 keeps old's bytes as its base: a commit that
+                # changed old meanwhile must conflict with ours
+                jar = old._p_jar
+                if jar is not None:
+                    if old._p_serial == b'\0' * 8:     # a ghost never loaded: the
+                        old._p_activate()               # serial it was read at
+                        old._p_deactivate()
+                    jar.readCurrent(old)
                 z1 = ZBlk1(cs, base=old)
                 for i in changed:
                     zd = ZData()
@@ -359,9 +376,20 @@ class _ZBigFileIO(BigFile):
         self._set(wo, blk, new, old)
 
     def _rewrite0(self, wo, blk, old, buf):
+        self._in_place()
         old._set_src(wo.src(blk, 0, len(buf), buf))
         wo.touched.append(old)
         wo.written[blk] = old
+
+    def _in_place(self):
+        """A block object is changed in place (blktab not touched): a commit
+        that meanwhile replaced that block's object in blktab (a ZBlk1 over
+        it, say) would hide our change without any conflict.  Such commits
+        always change the ZBigFile (rev): ask for a conflict if it did."""
+        zfile = self._zfile
+        jar = zfile._p_jar
+        if jar is not None and zfile._p_oid is not None:
+            jar.readCurrent(zfile)
 
     def _new1(self, wo, blk, old, buf, cs, nch, zero):
         z1 = ZBlk1(cs)
@@ -373,6 +401,7 @@ class _ZBigFileIO(BigFile):
         self._set(wo, blk, z1, old)
 
     def _update1(self, wo, blk, z1, changed, zero, same_base, buf, cs):
+        self._in_place()
         tab = z1.chunktab
         base = z1.base
         for i in changed:
@@ -502,6 +531,16 @@ class _ZBigFileIO(BigFile):
             for blk in pending:
                 if blk not in dirty:
                     fh.invalidate_page(blk)
+
+
+def _first_owner(zfile):
+    """The thread of zfile's connection if it is this one or cannot be told,
+    None if the connection follows another thread's transactions (the file
+    was first opened by a worker: the owner is found on its first use)."""
+    conn = zfile._p_jar
+    if conn is not None and follows_this_thread(conn) is False:
+        return None
+    return threading.get_ident()
 
 
 def _resident(fh):
