@@ -105,13 +105,16 @@ def zero(buf, start, end):
 
 def preadinto(fd, buf, off, n):
     """Read n bytes at off into buf[:n]; zeros after them; False if short."""
-    view = memoryview(buf)
-    done = 0
-    while done < n:
-        k = os.preadv(fd, [view[done:n]], off + done)
-        if k <= 0:
-            return False
-        done += k
-    if n < len(view):
-        zero(view, n, len(view))
-    return True
+    # released on the way out, not when the frame goes: a profiler that
+    # samples threads' frames (dask.distributed's does) may keep this frame,
+    # and a view of a loadblk buffer alive after loadblk is refused by the pager
+    with memoryview(buf) as view:
+        done = 0
+        while done < n:
+            k = os.preadv(fd, [view[done:n]], off + done)
+            if k <= 0:
+                return False
+            done += k
+        if n < len(view):
+            zero(view, n, len(view))
+        return True
