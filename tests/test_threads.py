@@ -210,6 +210,39 @@ def test_writes_from_threads_commit_abort_savepoint(uri, budget):
         dbclose(root)
 
 
+def test_array_first_touched_by_workers(uri, budget):
+    """The array's file is first opened by worker threads (the main thread
+    never touched it): they still load at the snapshot, and their writes
+    belong to the main thread's transaction."""
+    budget(4 * BS)
+    n = 8 * ROWS
+    _store(uri, n)
+    root = dbopen(uri)
+    try:
+        root['Z'] = ZBigArray((n, 16), np.float64)
+        transaction.commit()
+    finally:
+        dbclose(root)
+    root = dbopen(uri)
+    try:
+        X, Z = root['X'], root['Z']
+        rows = [(i, i + ROWS // 2) for i in range(0, n, ROWS // 2)]
+        sums = _in_threads(lambda r: X[r[0]:r[1]].sum(), rows, 4)
+        assert sums == [_data(n)[a:b].sum() for a, b in rows]
+
+        def write(r):
+            Z[r[0]:r[1]] = X[r[0]:r[1]] + 1
+        _in_threads(write, rows, 4)
+        transaction.commit()
+    finally:
+        dbclose(root)
+    root = dbopen(uri)
+    try:
+        np.testing.assert_array_equal(root['Z'][:], _data(n) + 1)
+    finally:
+        dbclose(root)
+
+
 def test_numpy_without_the_gil_in_threads(uri, budget):
     """numpy loops that release the GIL fault in 4 threads, reading one view
     and writing another."""
@@ -313,6 +346,33 @@ def test_dask_store_from_threads(uri, budget):
     root = dbopen(uri)
     try:
         np.testing.assert_array_equal(root['Y'][:], _data(n) * 3 + 1)
+    finally:
+        dbclose(root)
+
+
+def test_dask_threaded_on_each_storage(uri, budget):
+    """The same computations on FileStorage, ZEO and SQLite, in this process,
+    with 4 workers over an array 4x the budget."""
+    da = pytest.importorskip('dask.array')
+    import dask
+    budget(4 * BS)
+    n = 16 * ROWS
+    _store(uri, n)
+    root = dbopen(uri)
+    try:
+        X = root['X']
+        ref = _data(n)
+        W = np.random.default_rng(1).standard_normal((16, 3))
+        d = da.from_array(X, chunks=(ROWS // 2, 16))
+        with dask.config.set(scheduler='threads', num_workers=4):
+            got = dask.compute(d.sum(axis=0), d.mean(axis=0), d.std(axis=0),
+                               (d @ W).sum(axis=0),
+                               d.map_blocks(lambda b: b[:, :2] + 1, chunks=(ROWS // 2, 2))
+                               .sum(axis=0))
+        want = (ref.sum(axis=0), ref.mean(axis=0), ref.std(axis=0), (ref @ W).sum(axis=0),
+                (ref[:, :2] + 1).sum(axis=0))
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-9)
     finally:
         dbclose(root)
 

@@ -13,6 +13,9 @@ of names / formats / offsets / itemsize for structured ones (recursively), so
 the record does not depend on how numpy pickles its dtype objects.
 """
 
+import threading
+import time
+
 import numpy as np
 from persistent import Persistent
 
@@ -57,6 +60,12 @@ def _identity(x):
     return x
 
 
+# Several threads may touch one ZBigArray first at once (dask workers, a
+# thread pool): its activation from the database and the opening of its file
+# handle happen once, under this lock, and nobody sees the state half set.
+_LOCK = threading.RLock()
+
+
 class ZBigArray(BigArray, Persistent):
     """ZBigArray(shape, dtype, order='C', blksize=2 MiB, zblk_fmt=None)
 
@@ -77,20 +86,67 @@ class ZBigArray(BigArray, Persistent):
 
     # -- file handle
 
+    def _ensure_state(self):
+        """Activate a ghost once, whichever threads ask at the same time.  While
+        one thread loads the state the object is no ghost but its attributes
+        are not there yet: wait for them.  (Called through the class:
+        looking up a method on a ghost instance would activate it first,
+        outside the lock.)"""
+        d = self.__dict__                           # (does not unghostify)
+        if 'zfile' in d:
+            return
+        with _LOCK:
+            self._p_activate()
+        t0 = time.monotonic()
+        while 'zfile' not in d:     # being loaded by another thread, not through us
+            if self._p_changed is None:             # (its load failed: a ghost again)
+                with _LOCK:
+                    self._p_activate()
+                continue
+            if time.monotonic() - t0 > 60:
+                raise RuntimeError('%r: its state did not arrive' % (self,))
+            time.sleep(0.0002)
+
     @property
     def _fileh(self):
         d = self.__dict__          # does not unghostify
         fh = d.get('_v_fileh')
         if fh is None or fh.closed:
-            # address space for the array and for it to double (the pager's
-            # default reservation is 64 GiB)
-            nbytes = self.nbytes
-            reserve = 4 * nbytes if nbytes > (16 << 30) else None
-            fh = self.zfile.fileh_open(reserve=reserve)
-            self.__dict__['_v_fileh'] = fh
+            with _LOCK:
+                self._p_activate()
+                fh = d.get('_v_fileh')
+                if fh is None or fh.closed:
+                    # address space for the array and for it to double (the
+                    # pager's default reservation is 64 GiB)
+                    nbytes = self.nbytes
+                    reserve = 4 * nbytes if nbytes > (16 << 30) else None
+                    fh = self.zfile.fileh_open(reserve=reserve)
+                    self.__dict__['_v_fileh'] = fh
         else:
             fh.join_current()
         return fh
+
+    @property
+    def shape(self):
+        ZBigArray._ensure_state(self)
+        return self._shape
+
+    @property
+    def dtype(self):
+        ZBigArray._ensure_state(self)
+        return self._dtype
+
+    def __getitem__(self, idx):
+        ZBigArray._ensure_state(self)
+        return BigArray.__getitem__(self, idx)
+
+    def __setitem__(self, idx, value):
+        ZBigArray._ensure_state(self)
+        BigArray.__setitem__(self, idx, value)
+
+    def __array__(self, dtype=None, copy=None):
+        ZBigArray._ensure_state(self)
+        return BigArray.__array__(self, dtype, copy)
 
     @_fileh.setter
     def _fileh(self, fh):

@@ -20,7 +20,9 @@ Each is behind a check of its shape, with a fallback:
   mmap or at its commit or abort, not at a savepoint taken before either.
 """
 
+import threading
 import warnings
+import weakref
 
 import transaction as _transaction
 
@@ -37,7 +39,7 @@ except ImportError:         # pragma: no cover
         COMMITFAILED = 'Commit failed'
 
 __all__ = ['Status', 'default_tm', 'join_connection', 'synch_order', 'check_cache',
-           'thread_manager']
+           'thread_manager', 'follows_this_thread']
 
 _KIND = 'Connection join'
 _join_shape = {}            # Connection class -> ok
@@ -103,3 +105,32 @@ def thread_manager(tm):
     if isinstance(tm, _transaction.ThreadTransactionManager):
         return getattr(tm, 'manager', None)
     return tm
+
+
+# the default (thread-local) transaction manager of each thread we have seen:
+# a connection opened without a manager of its own follows its opener's
+_DEFAULTS = weakref.WeakKeyDictionary()     # TransactionManager -> thread id
+
+
+def _note_thread():
+    m = thread_manager(_transaction.manager)
+    if m is not None and m not in _DEFAULTS:
+        _DEFAULTS[m] = threading.get_ident()
+    return m
+
+
+def follows_this_thread(conn):
+    """Does connection `conn` follow the transactions of the calling thread?
+    True: it uses this thread's default manager; False: another thread's
+    default manager; None: a manager of its own (any thread may run it)."""
+    tm = getattr(conn, 'transaction_manager', None)
+    if tm is None:
+        return None
+    if tm is _note_thread():
+        return True
+    if tm in _DEFAULTS:
+        return False
+    return None
+
+
+_note_thread()          # (the importing thread, usually the main one)

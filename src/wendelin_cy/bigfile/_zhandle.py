@@ -13,7 +13,7 @@ from wendelin_cy.bigfile import WRITEOUT_MARKSTORED, WRITEOUT_STORE
 from wendelin_cy.storage import forget_reads
 
 from ._zforeign import close_readers
-from ._txn import Status, default_tm, join_connection, synch_order, thread_manager
+from ._txn import Status, default_tm, join_connection, synch_order
 from ._zblk_io import _check_fmt, _env_fmt
 from ._zio import _IOS, _Writeout
 
@@ -51,38 +51,24 @@ class ZBigFileH:
         self._wo = None         # _Writeout of the commit in progress
         self._registering = False
         self._tm = None
-        self._owner_tm = None   # the owner thread's own manager under _tm
         self._watched = None    # connection whose close we are told of
         io._handles.add(self)
         self._watch_conn_close()
-        io._owner = threading.get_ident()
+        # (io._owner: the thread that made io, moved by our synchronizer calls)
         self.join_current()
         self._fh.set_dirty_hook(self._on_dirty)
 
     def _owns(self):
         """Is this the thread of the connection (the one its transactions
-        run in)?  Other threads may load and write pages, never touch the
-        connection or the transaction (see _zforeign)."""
-        return threading.get_ident() == self._io._owner
+        run in)?  Other threads may load and write pages (see _zforeign)."""
+        return self._io.owns()
 
     def _on_dirty(self):
         """The pager: the handle just went clean -> dirty (called in the thread
         that wrote, possibly inside a page fault).  Join the transaction now, so
-        that a savepoint taken before the next use of the array covers it.
-        Writes of other threads are joined by the owner: at its next mmap or
-        savepoint, and at the latest by beforeCompletion of its commit or
-        abort, which joins a dirty handle."""
-        if self._owns():
-            self.join_current()
-        elif self._txn is None and self._owner_tm is not None:
-            # a write from another thread: join the owner's transaction (made
-            # now if it has none yet, as its next use would), so that its
-            # savepoints cover the write
-            try:
-                txn = self._owner_tm.get()
-            except Exception:           # explicit manager without a transaction
-                return
-            self._join(txn)
+        that a savepoint taken before the next use of the array covers it
+        (the owner's transaction, whichever thread wrote)."""
+        self.join_current()
 
     # -- BigFileH API
 
@@ -191,7 +177,6 @@ class ZBigFileH:
             return
         self._unregister_synch()
         self._tm = tm
-        self._owner_tm = thread_manager(tm)
         self._txn = None        # a transaction of the old manager is not ours
         self._registering = True
         try:
@@ -206,7 +191,6 @@ class ZBigFileH:
             except KeyError:
                 pass
             self._tm = None
-            self._owner_tm = None
 
     def _join(self, txn):
         if txn is None or txn is self._txn or self._fh.closed:
@@ -217,11 +201,17 @@ class ZBigFileH:
         self._txn = txn
 
     def join_current(self):
-        """Join the current transaction of our manager (if there is one); in
-        the connection's own thread only (a thread-local manager would give
-        another thread's transaction)."""
-        if self._fh.closed or not self._owns():
+        """Join the current transaction of our manager (if there is one).  A
+        connection's manager is its owner's own (not thread-local): any thread
+        may ask it for the owner's transaction.  A ZBigFile not in a database
+        follows the default manager of its owner's thread, which only the
+        owner can name."""
+        if self._fh.closed:
             return
+        conn = self._conn()
+        if (conn is None or getattr(conn, 'transaction_manager', None) is None) \
+                and not self._owns():
+            return          # (our manager would be this thread's default one)
         self._register_synch()
         tm = self._tm
         if getattr(tm, 'explicit', False):
