@@ -93,7 +93,9 @@ def _neo(uri):
         raise ValueError(
             'dbopen: %r needs the NEO client, which is not installed: '
             'pip install neoppod[client]  (%s)' % (uri, e)) from e
-    return _zodburi(uri)
+    from wendelin_cy.storage.neo import quiet_close
+    storage, dbkw = _zodburi(uri)
+    return quiet_close(storage), dbkw     # its thread ends without SystemExit
 
 
 def _zodburi(uri):

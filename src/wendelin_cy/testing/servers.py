@@ -10,6 +10,13 @@
   durability off (fsync, synchronous_commit, full_page_writes: made for tests
   of visibility, not of PostgreSQL's crash safety).  As root the server runs
   as the ``postgres`` user.  ``pg_missing()`` says why it cannot run here.
+* ``NEOCluster``: a NEO cluster (``neomaster``, ``neostorage`` on SQLite,
+  ``neoadmin``) in a directory, every node on 127.0.0.1 on a free port.  The
+  master starts with ``--autostart N`` (N storage nodes) and ``start()``
+  returns once ``neoctl`` shows every storage node RUNNING and every
+  partition with all its replicas UP_TO_DATE.  Nodes are stopped by PID
+  (SIGTERM, then SIGKILL); the fault tests kill, stop (SIGSTOP) and restart
+  single nodes.  ``neo_missing()`` says why it cannot run here.
 * ``DelayProxy``: a TCP proxy that delays every byte by a fixed time in each
   direction, to show what a remote server's latency costs (without touching
   the machine's network settings).
@@ -29,8 +36,8 @@ import time
 
 import wendelin_cy
 
-__all__ = ['ZEOServer', 'PGCluster', 'DelayProxy', 'pg_bindir', 'pg_missing',
-           'free_port', 'env_with_src']
+__all__ = ['ZEOServer', 'PGCluster', 'NEOCluster', 'DelayProxy', 'pg_bindir',
+           'pg_missing', 'neo_missing', 'free_port', 'env_with_src']
 
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(wendelin_cy.__file__)))
 
@@ -239,6 +246,289 @@ class PGCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
+
+# ~~~ NEO
+
+NEO_TOOLS = ('neomaster', 'neostorage', 'neoadmin', 'neoctl')
+
+
+def neo_missing():
+    """Why a NEO cluster cannot run here, or None."""
+    try:
+        import neo.client  # noqa: F401
+    except ImportError:
+        return 'NEO client (neo.client) is not installed; see docs/scale-out.md'
+    missing = [t for t in NEO_TOOLS if shutil.which(t) is None]
+    if missing:
+        return 'NEO node commands not on PATH: %s' % ', '.join(missing)
+    return None
+
+
+def _stop_proc(p, timeout=15):
+    """SIGTERM then SIGKILL, by PID (a stopped process is woken to die)."""
+    if p is None or p.poll() is not None:
+        return
+    try:
+        os.kill(p.pid, signal.SIGTERM)
+        os.kill(p.pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+
+
+class NEOCluster:
+    """A NEO cluster of `storages` storage nodes on SQLite (files in `dir`),
+    one master (`replicas`, `partitions`) and one admin, on 127.0.0.1.
+
+    ``uri`` is for ``dbopen`` (``neo://NAME@127.0.0.1:PORT``, with
+    ``?compress=false`` unless `compress`).  ``storage_db(i)`` is the SQLite
+    file of storage node i (``objects(i)``: how many object records it
+    holds).  ``kill_storage(i)`` / ``start_storage(i)`` (same port and
+    database), ``pause_storage(i)`` / ``resume_storage(i)`` (SIGSTOP /
+    SIGCONT), ``kill_master()`` / ``start_master()``, ``ctl(*args)`` runs
+    ``neoctl`` against the admin node."""
+
+    _n = 0
+
+    def __init__(self, dir, storages=2, replicas=1, partitions=4, name=None,
+                 compress=False):
+        NEOCluster._n += 1
+        self.dir = os.path.abspath(dir)
+        self.nstorages = storages
+        self.replicas = replicas
+        self.partitions = partitions
+        self.name = name or 'wcy%d_%d' % (os.getpid(), NEOCluster._n)
+        self.compress = compress
+        self.master_port = None
+        self.admin_port = None
+        self.storage_ports = [None] * storages
+        self.master = None
+        self.admin = None
+        self.storage_procs = [None] * storages
+
+    @property
+    def master_addr(self):
+        return '127.0.0.1:%d' % self.master_port
+
+    @property
+    def admin_addr(self):
+        return '127.0.0.1:%d' % self.admin_port
+
+    @property
+    def uri(self):
+        return 'neo://%s@%s%s' % (self.name, self.master_addr,
+                                  '' if self.compress else '?compress=false')
+
+    def storage_db(self, i):
+        return os.path.join(self.dir, '%s-s%d.sqlite' % (self.name, i))
+
+    def _log(self, what):
+        return os.path.join(self.dir, '%s-%s.log' % (self.name, what))
+
+    def _spawn(self, what, *argv):
+        with open(self._log(what), 'ab') as log:
+            return subprocess.Popen(
+                [argv[0], '--cluster', self.name, '--masters', self.master_addr]
+                + list(argv[1:]), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT)
+
+    def _tail(self, what):
+        try:
+            with open(self._log(what), errors='replace') as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ''
+
+    # ~~~ nodes
+
+    def start_master(self):
+        for _ in range(5):
+            fixed = self.master_port is not None
+            if not fixed:
+                self.master_port = free_port()
+            self.master = self._spawn(
+                'master', 'neomaster', '--bind', self.master_addr,
+                '--replicas', str(self.replicas), '--partitions',
+                str(self.partitions), '--autostart', str(self.nstorages))
+            if self._listening(self.master, self.master_port):
+                return
+            if not fixed:
+                self.master_port = None
+            time.sleep(0.5)
+        raise RuntimeError('NEO master did not start; see %s:\n%s'
+                           % (self._log('master'), self._tail('master')))
+
+    def start_storage(self, i):
+        for _ in range(5):
+            fixed = self.storage_ports[i] is not None
+            if not fixed:
+                self.storage_ports[i] = free_port()
+            p = self.storage_procs[i] = self._spawn(
+                's%d' % i, 'neostorage', '--bind',
+                '127.0.0.1:%d' % self.storage_ports[i], '--adapter', 'SQLite',
+                '--database', self.storage_db(i))
+            if self._listening(p, self.storage_ports[i]):
+                return
+            if not fixed:
+                self.storage_ports[i] = None
+            time.sleep(0.5)
+        raise RuntimeError('NEO storage node %d did not start; see %s:\n%s'
+                           % (i, self._log('s%d' % i), self._tail('s%d' % i)))
+
+    def start_admin(self):
+        for _ in range(5):
+            self.admin_port = free_port()
+            self.admin = self._spawn('admin', 'neoadmin', '--bind', self.admin_addr)
+            if self._listening(self.admin, self.admin_port):
+                return
+            time.sleep(0.5)
+        raise RuntimeError('NEO admin node did not start; see %s:\n%s'
+                           % (self._log('admin'), self._tail('admin')))
+
+    @staticmethod
+    def _listening(proc, port, timeout=30):
+        """Wait until `proc` accepts on `port` -> True; False if it exited
+        (port taken meanwhile?)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            if _accepts(port):
+                return True
+            time.sleep(0.05)
+        _stop_proc(proc)
+        return False
+
+    def start(self, timeout=60):
+        """Start every node and wait until the cluster serves (see
+        ``wait_ready``)."""
+        os.makedirs(self.dir, exist_ok=True)
+        try:
+            self.start_master()
+            for i in range(self.nstorages):
+                self.start_storage(i)
+            self.start_admin()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kill_storage(self, i):
+        """SIGKILL storage node i, as a crash would."""
+        p = self.storage_procs[i]
+        if p is not None and p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+
+    def pause_storage(self, i):
+        os.kill(self.storage_procs[i].pid, signal.SIGSTOP)
+
+    def resume_storage(self, i):
+        os.kill(self.storage_procs[i].pid, signal.SIGCONT)
+
+    def kill_master(self):
+        if self.master is not None and self.master.poll() is None:
+            os.kill(self.master.pid, signal.SIGKILL)
+            self.master.wait(timeout=30)
+
+    def stop(self):
+        """Stop every node by its PID: SIGTERM, then SIGKILL."""
+        procs = [self.admin] + self.storage_procs + [self.master]
+        for p in procs:
+            if p is not None and p.poll() is None:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                    os.kill(p.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        for p in procs:
+            _stop_proc(p)
+
+    # ~~~ state
+
+    def ctl(self, *args, timeout=30):
+        """neoctl -a ADMIN args... -> its output (RuntimeError if it fails)."""
+        p = subprocess.run(['neoctl', '-a', self.admin_addr] + list(args),
+                           capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise RuntimeError('neoctl %s failed (rc=%d): %s%s'
+                               % (' '.join(args), p.returncode, p.stdout, p.stderr))
+        return p.stdout
+
+    def nodes(self):
+        """-> {address: (type, state)} from ``neoctl print node``."""
+        out = {}
+        for line in self.ctl('print', 'node').splitlines():
+            f = [x.strip() for x in line.split('|')]
+            if len(f) >= 4:
+                out[f[2]] = (f[1], f[3])
+        return out
+
+    def pt(self):
+        """-> {storage id: cell letters, one a partition} from ``neoctl print
+        pt`` (U: up to date, O: out of date, F: feeding, .: none)."""
+        out = {}
+        for line in self.ctl('print', 'pt').splitlines():
+            if line.startswith('#') or not line.strip():
+                continue
+            f = line.split()
+            out[f[0]] = f[-1]
+        return out
+
+    def ready(self):
+        """Every storage node RUNNING, every partition with `replicas + 1`
+        cells UP_TO_DATE and the cluster RUNNING -> '' ; else what is not."""
+        try:
+            nodes = self.nodes()
+            running = sorted(a for a, (t, s) in nodes.items()
+                             if t == 'STORAGE' and s == 'RUNNING')
+            want = sorted('127.0.0.1:%d' % p for p in self.storage_ports)
+            if running != want:
+                return 'storage nodes RUNNING: %s of %s' % (running, want)
+            cells = list(self.pt().values())
+            for k in range(self.partitions):
+                up = sum(1 for c in cells if len(c) > k and c[k] == 'U')
+                if up < self.replicas + 1:
+                    return 'partition %d: %d cells UP_TO_DATE: %s' % (k, up, cells)
+            state = self.ctl('print', 'cluster').strip()
+            if state != 'RUNNING':
+                return 'cluster %s' % state
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            return str(e)
+        return ''
+
+    def wait_ready(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            why = self.ready()
+            if not why:
+                return
+            for what, p in [('master', self.master), ('admin', self.admin)] + \
+                    [('s%d' % i, p) for i, p in enumerate(self.storage_procs)]:
+                if p is not None and p.poll() is not None:
+                    raise RuntimeError('NEO %s exited (rc=%s); see %s:\n%s'
+                                       % (what, p.returncode, self._log(what),
+                                          self._tail(what)))
+            if time.monotonic() > deadline:
+                raise RuntimeError('NEO cluster not ready within %ss: %s'
+                                   % (timeout, why))
+            time.sleep(0.1)
+
+    def objects(self, i):
+        """How many object records storage node i's SQLite database holds."""
+        import sqlite3
+        c = sqlite3.connect('file:%s?mode=ro' % self.storage_db(i), uri=True,
+                            timeout=30)
+        try:
+            return c.execute('SELECT COUNT(*) FROM obj').fetchone()[0]
+        finally:
+            c.close()
 
 
 # ~~~ latency
