@@ -1,9 +1,13 @@
 """NEO (``neo.client.Storage``).
 
-Nothing NEO-specific for loads: records are loaded at the connection's
-snapshot and cut out of their pickles (mvcc.Records), as for every fast
-backend.  NEO's client has no ``prefetch``, so nothing is asked for ahead
-(the pager's readahead still maps blocks as faults reach them).
+Records are loaded at the connection's snapshot and cut out of their
+pickles (mvcc.Records), as for every fast backend.  NEO's client has no
+``prefetch``, but one client storage serves every thread (each thread waits
+for its own answers from the storage nodes): records are read ahead of a
+sequential scan by our reader threads (storage.reader) with the storage's
+public ``loadBefore`` at the connection's snapshot, as for MappingStorage,
+so that the next block travels from its storage node while the scan works
+on this one.
 
 Closing: NEO's client stops its poll thread by making it call
 ``_thread.exit()``, so the thread ends with ``SystemExit``.  Python's
@@ -18,6 +22,7 @@ for it, so that a closed storage has no thread or socket left.
 import threading
 
 from . import mvcc
+from .reader import READER
 
 __all__ = ['NEOBackend', 'quiet_close']
 
@@ -27,6 +32,22 @@ class NEOBackend(mvcc.Records):
 
     def serves(self, storage):
         return (type(storage).__module__ or '').startswith('neo.client')
+
+    def prefetch(self, conn, oids):
+        return READER.ask(mvcc.instance(conn), conn.db().storage, oids)
+
+    # -- the reader threads' protocol
+
+    def thread_snapshot(self, inst):
+        return mvcc.instance_snapshot(inst)
+
+    def thread_load(self, base, snap, oid):
+        r = base.loadBefore(oid, snap)
+        return r[0] if r else None
+
+
+BACKEND = NEOBackend()
+READER.register(BACKEND)
 
 
 CLOSE_JOIN_TIMEOUT = 10     # seconds close() waits for the poll thread
