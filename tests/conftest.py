@@ -20,3 +20,23 @@ def budget():
     old = wendelin_cy.get_ram_budget()
     yield wendelin_cy.set_ram_budget
     wendelin_cy.set_ram_budget(old)
+
+
+# NEO's slow tests (tests/test_net_neo.py, the fault tests): run by .ci/run
+# ($WENDELIN_CY_NEO_SLOW=1), skipped with the reason by a plain run
+NEO_SLOW_ENV = 'WENDELIN_CY_NEO_SLOW'
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'neo_slow: slow NEO tests, run when '
+                            '$WENDELIN_CY_NEO_SLOW=1 (as .ci/run does)')
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get(NEO_SLOW_ENV, '') not in ('', '0'):
+        return
+    skip = pytest.mark.skip(reason='slow NEO test: set %s=1 to run it (.ci/run does)'
+                            % NEO_SLOW_ENV)
+    for item in items:
+        if 'neo_slow' in item.keywords:
+            item.add_marker(skip)

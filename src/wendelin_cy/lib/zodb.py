@@ -93,9 +93,9 @@ def _neo(uri):
         raise ValueError(
             'dbopen: %r needs the NEO client, which is not installed: '
             'pip install neoppod[client]  (%s)' % (uri, e)) from e
-    from wendelin_cy.storage.neo import quiet_close
+    from wendelin_cy.storage.neo import prepare
     storage, dbkw = _zodburi(uri)
-    return quiet_close(storage), dbkw     # its thread ends without SystemExit
+    return prepare(storage), dbkw   # bounded loads, a thread ending quietly
 
 
 def _zodburi(uri):

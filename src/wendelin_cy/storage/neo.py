@@ -9,22 +9,40 @@ public ``loadBefore`` at the connection's snapshot, as for MappingStorage,
 so that the next block travels from its storage node while the scan works
 on this one.
 
+Bounded waits: NEO's client never gives up by itself (by design: no
+request timeouts; a dead peer is seen when its socket closes, or after TCP
+keepalives, 60 s + 3 x 10 s; a SIGSTOPped node's kernel still answers
+those; with the master gone it tries to reconnect forever).  ``prepare``
+bounds every load (``load``, ``loadBefore``, ``loadSerial``) and
+``sync`` (a transaction start asks the master) by
+``timeout`` seconds (``$WENDELIN_CY_STORAGE_TIMEOUT``, default 30, as
+for ZEO): when a load has waited that long, a watchdog closes the
+connections it waits on and marks those storage nodes as failed for the
+client, so NEO asks another replica (a stopped node then behaves as a dead
+one), and a reconnection to a master that is not there gives up.  If no
+replica answers either, the load raises ``NEOTimeout`` (a TimeoutError:
+transient for the pager, which retries in a page fault as for ZEO, see
+lib/_netfaults).  Commits are not bounded: NEO must learn the outcome of
+``tpc_finish`` however long the master is away.
+
 Closing: NEO's client stops its poll thread by making it call
 ``_thread.exit()``, so the thread ends with ``SystemExit``.  Python's
 default ``threading.excepthook`` ignores that, but hooks that report every
 thread exception (pytest's, a service's crash reporter) take it for a
-crash.  ``quiet_close(storage)`` - called by ``dbopen('neo://...')`` before
-the thread starts - gives the client a poll thread that ends quietly on
+crash.  ``prepare(storage)`` - called by ``dbopen('neo://...')`` before the
+thread starts - also gives the client a poll thread that ends quietly on
 that exit (any other exception still propagates) and makes ``close()`` wait
 for it, so that a closed storage has no thread or socket left.
 """
 
+import os
 import threading
+import time
 
 from . import mvcc
 from .reader import READER
 
-__all__ = ['NEOBackend', 'quiet_close']
+__all__ = ['NEOBackend', 'NEOTimeout', 'prepare', 'quiet_close']
 
 
 class NEOBackend(mvcc.Records):
@@ -84,3 +102,115 @@ def quiet_close(storage):
 
     storage.close = close_and_join
     return storage
+
+
+class NEOTimeout(TimeoutError):
+    """A NEO load got no answer within the storage timeout."""
+
+
+class _Forever:
+    """Application.max_reconnection_to_master: endless (NEO's default),
+    except for the threads whose wait the watchdog ended."""
+
+    def __init__(self):
+        self.expired = set()
+
+    def __gt__(self, fail_count):       # (fail_count < max_reconnection...)
+        return threading.get_ident() not in self.expired
+
+
+class _Watchdog:
+    """One thread that ends the loads which waited longer than their
+    deadline: it closes the connections they wait on."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.waits = {}                 # thread id -> [deadline, app, queue, fired]
+        self.thread = None
+
+    def arm(self, app, timeout):
+        w = [time.monotonic() + timeout, app, app._thread_container.queue, False]
+        with self.lock:
+            self.waits[threading.get_ident()] = w
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, daemon=True,
+                                               name='wendelin_cy-neo-watchdog')
+                self.thread.start()
+        return w
+
+    def disarm(self, w):
+        ident = threading.get_ident()
+        with self.lock:
+            if self.waits.get(ident) is w:
+                del self.waits[ident]
+        w[1].max_reconnection_to_master.expired.discard(ident)
+
+    def _run(self):
+        while True:
+            time.sleep(0.1)
+            now = time.monotonic()
+            with self.lock:
+                due = [(i, w) for i, w in self.waits.items()
+                       if not w[3] and w[0] <= now]
+                for _, w in due:
+                    w[3] = True
+            for ident, w in due:
+                try:
+                    self._expire(ident, w)
+                except Exception:       # pragma: no cover
+                    pass
+
+    @staticmethod
+    def _expire(ident, w):
+        from neo.client import app as neo_app
+        _, app, queue, _ = w
+        app.max_reconnection_to_master.expired.add(ident)
+        table = app.dispatcher.message_table
+        waited = {cid for cid, msgs in list(table.items())
+                  if any(q is queue for q in list(msgs.values()))}
+        for conn in app.em.getConnectionList():
+            if id(conn) in waited:
+                uuid = conn.getUUID()
+                if uuid is not None and conn is not app.master_conn:
+                    app._node_failure_dict[uuid] = (time.time()
+                                                    + neo_app.MAX_FAILURE_AGE)
+                conn.close()
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _bounded(app, fn, what, timeout):
+    def load(*args):
+        if threading.get_ident() in _WATCHDOG.waits:
+            return fn(*args)            # (nested)
+        w = _WATCHDOG.arm(app, timeout)
+        try:
+            return fn(*args)
+        except Exception as e:
+            if w[3] and not isinstance(e, NEOTimeout):
+                raise NEOTimeout('NEO: %s got no answer within %gs ($%s); '
+                                 'storage nodes or master down? (%s: %s)'
+                                 % (what, timeout, 'WENDELIN_CY_STORAGE_TIMEOUT',
+                                    type(e).__name__, e)) from e
+            raise
+        finally:
+            _WATCHDOG.disarm(w)
+    return load
+
+
+def prepare(storage, timeout=None):
+    """dbopen's set-up of a NEO client storage: loads bounded by `timeout`
+    (default: $WENDELIN_CY_STORAGE_TIMEOUT, else 30 s), a quiet close."""
+    app = getattr(storage, 'app', None)
+    if app is None or getattr(app, '_wcy_bounded', False):
+        return quiet_close(storage)
+    if timeout is None:
+        from wendelin_cy.lib._netfaults import storage_timeout
+        timeout = storage_timeout()
+    app.max_reconnection_to_master = _Forever()
+    for name in ('load', 'loadBefore', 'loadSerial', 'sync'):
+        setattr(storage, name, _bounded(app, getattr(storage, name), name, timeout))
+    app._wcy_bounded = True
+    storage.wendelin_cy_timeout = timeout
+    return quiet_close(storage)

@@ -520,15 +520,21 @@ class NEOCluster:
                                    % (timeout, why))
             time.sleep(0.1)
 
-    def objects(self, i):
-        """How many object records storage node i's SQLite database holds."""
+    def records(self, i):
+        """The object records (partition, oid, tid) storage node i's SQLite
+        database holds (its ``obj`` table; NEO keeps the oid of a record
+        divided by the number of partitions, with its partition)."""
         import sqlite3
         c = sqlite3.connect('file:%s?mode=ro' % self.storage_db(i), uri=True,
                             timeout=30)
         try:
-            return c.execute('SELECT COUNT(*) FROM obj').fetchone()[0]
+            return set(c.execute('SELECT partition, oid, tid FROM obj'))
         finally:
             c.close()
+
+    def objects(self, i):
+        """How many object records storage node i's SQLite database holds."""
+        return len(self.records(i))
 
 
 # ~~~ latency
