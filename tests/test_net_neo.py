@@ -159,14 +159,21 @@ def test_storage_killed_during_commit(neo_cluster, budget):
     try:
         A = root['A']
         A[:] = 5
-        t = threading.Timer(0.2, neo_cluster.kill_storage, (1,))
+        killed = []
+
+        def kill():
+            neo_cluster.kill_storage(1)
+            killed.append(time.monotonic())
+        t = threading.Timer(0.2, kill)
         t.start()
         try:
             transaction.commit()
         except Exception as e:
             err = e
             transaction.abort()
+        done = time.monotonic()
         t.join()
+        assert killed and killed[0] < done          # during the commit
     finally:
         transaction.abort()
         dbclose(root)
