@@ -1066,3 +1066,42 @@ def test_slow_huge_pages_make_new_blocks_use_small_pages(budget, slow_ns, backof
         fh.close()
     finally:
         virtmem._thp_policy(*old)
+
+
+def test_pin_keeps_a_block_in_place_under_reclaim(budget):
+    """A pinned block stays resident at its memory while other blocks come and
+    go through a budget of 2 blocks; unpinned it can be evicted again; pins
+    count; unpin without pin and a negative block raise."""
+    bs = 1 << 20
+    budget(2 * bs)
+
+    class F(BigFile):
+        def loadblk(self, blk, buf):
+            np.frombuffer(buf, np.uint8)[:] = blk % 251
+
+        def storeblk(self, blk, buf):
+            raise AssertionError
+    fh = F(bs).fileh_open()
+    vma = fh.mmap(0, 8)
+    a = np.frombuffer(vma, np.uint8)
+    fh.pin(0)
+    fh.pin(0)
+    for _ in range(3):
+        for b in range(1, 8):
+            assert a[b * bs] == b
+            assert 0 in fh.resident_blocks()
+    fh.unpin(0)
+    for b in range(1, 8):
+        a[b * bs]
+    assert 0 in fh.resident_blocks()        # one pin left
+    fh.unpin(0)
+    for b in range(1, 8):
+        a[b * bs]
+    assert 0 not in fh.resident_blocks()
+    assert a[0] == 0
+    with pytest.raises(RuntimeError):
+        fh.unpin(3)
+    with pytest.raises(ValueError):
+        fh.pin(-1)
+    del a, vma
+    fh.close()

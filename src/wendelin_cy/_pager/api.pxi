@@ -499,6 +499,55 @@ cdef class BigFileH:
                     raise _load_error(e, blk, self.bigfile) from e
                 _raise_rc(rc, blk, self)
 
+    def pin(self, pgoffset):
+        """Make block pgoffset resident and keep it so, at the same memory, until
+        unpin(pgoffset): reclaim neither evicts, spills nor moves it.  For I/O
+        that works on the pages after the system call has started (O_DIRECT
+        pins them in the kernel: if the pager moved them meanwhile, the device
+        would read what the pager put there next).  Pins count; a pinned block
+        is over the budget if need be."""
+        cdef Region* r = self._region()
+        cdef int64_t blk = _index(pgoffset, "pgoffset")
+        cdef PyObject* exc = NULL
+        cdef Page* p
+        cdef int rc
+        if blk < 0 or blk >= r.nblk:
+            raise ValueError("pin(%d): outside the file handle's %d blocks" % (blk, r.nblk))
+        while True:
+            rc = pager_access(r, blk, 0, 1, &exc)
+            if rc != 0:
+                if exc != NULL:
+                    e = <object>exc
+                    Py_DECREF(e)
+                    raise _load_error(e, blk, self.bigfile) from e
+                _raise_rc(rc, blk, self)
+            lock()
+            p = r.pages[blk]
+            if p != NULL and p.state == PG_LOADED:
+                p.pin += 1
+                if p.prot == PROT_NONE:         # (demoted: readable again)
+                    set_prot(p, PROT_RW if p.dirty and not p.writing else PROT_RO)
+                p.referenced = 1
+                unlock()
+                return
+            unlock()        # reclaimed before we could pin it: load it again
+
+    def unpin(self, pgoffset):
+        """Undo one pin(pgoffset)."""
+        cdef Region* r = self._region()
+        cdef int64_t blk = _index(pgoffset, "pgoffset")
+        cdef Page* p
+        if blk < 0 or blk >= r.nblk:
+            raise ValueError("unpin(%d): outside the file handle's %d blocks" % (blk, r.nblk))
+        lock()
+        p = r.pages[blk]
+        if p == NULL or p.pin <= 0:
+            unlock()
+            raise RuntimeError("unpin(%d): the block is not pinned" % blk)
+        p.pin -= 1
+        notify()
+        unlock()
+
     def close(self):
         """Release the handle: changes not written out are discarded."""
         if self.r == NULL:

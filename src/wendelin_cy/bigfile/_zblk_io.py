@@ -124,13 +124,26 @@ def _write_blob_file(fd, vma, off=0):
     per commit made durable: 1.4-1.7 GB/s against 0.7 through the page
     cache).  Otherwise a plain write, whose writeback is started at once.  The
     kernel does not fault our pages in for a system call (EFAULT): the block
-    is made resident first, and again if it was reclaimed meanwhile (budget
-    pressure, another writer)."""
+    is pinned resident for the write (BigFileH.pin)."""
     direct = bool(_O_DIRECT and fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
+    # pinned, not just made resident: the kernel holds on to the pages of an
+    # O_DIRECT write while the device reads them, and the pager, reclaiming
+    # for another thread meanwhile, would move them into its pool and fill
+    # them with another block (whose bytes the file would then get)
+    fh, blk = vma.fileh, vma.pgoffset
+    fh.pin(blk)
+    try:
+        direct = _write_pinned(fd, vma, off, direct)
+    finally:
+        fh.unpin(blk)
+    if not direct:
+        start_writeback(fd)
+
+
+def _write_pinned(fd, vma, off, direct):
     with memoryview(vma) as mv:
         view = mv.cast('B')
         try:
-            vma.prefault()
             retries = 0
             while len(view):
                 try:
@@ -150,8 +163,7 @@ def _write_blob_file(fd, vma, off=0):
                     vma.prefault()
         finally:
             view.release()
-    if not direct:
-        start_writeback(fd)
+    return direct
 
 
 def _open_blob_file(d):
