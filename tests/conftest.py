@@ -13,6 +13,16 @@ if os.path.isdir(_PAGER) and any(n.startswith("virtmem") and n.endswith(".so")
     sys.path.insert(0, SRC)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_transaction():
+    """Each test starts and ends with no transaction of its thread open: a
+    test that fails half way through does not leave its changes to the next."""
+    import transaction
+    transaction.abort()
+    yield
+    transaction.abort()
+
+
 @pytest.fixture
 def budget():
     """Set the RAM budget for one test; the old one comes back afterwards."""

@@ -7,13 +7,13 @@ from other threads go through a connection of their own at the same
 snapshot (wendelin_cy.bigfile._zforeign)."""
 
 import ctypes
-import os
 import subprocess
 import sys
-import textwrap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import dask
+import dask.array as da
 import numpy as np
 import pytest
 import transaction
@@ -25,7 +25,7 @@ from wendelin_cy.bigarray.array_zodb import ZBigArray
 from wendelin_cy.bigfile import BigFile, file_zodb
 from wendelin_cy.lib.zodb import dbclose, dbopen
 
-from storages import make_storage, pg_cluster  # noqa: F401
+from storages import make_storage
 from _zodb_util import env_with_src
 
 MiB = 1 << 20
@@ -327,7 +327,6 @@ def test_thread_started_from_c(tmp_path, budget):
 # ~~~ dask, threaded
 
 def test_dask_store_from_threads(uri, budget):
-    da = pytest.importorskip('dask.array')
     budget(4 * BS)
     n = 8 * ROWS
     _store(uri, n)
@@ -353,8 +352,6 @@ def test_dask_store_from_threads(uri, budget):
 def test_dask_threaded_on_each_storage(uri, budget):
     """The same computations on FileStorage, ZEO and SQLite, in this process,
     with 4 workers over an array 4x the budget."""
-    da = pytest.importorskip('dask.array')
-    import dask
     budget(4 * BS)
     n = 16 * ROWS
     _store(uri, n)
@@ -432,7 +429,6 @@ def test_dask_threaded_4x_budget(tmp_path):
     """mean, sum, std, a matmul and a map_blocks over a ZBigArray 4x the RAM
     budget, with 1, 2, 4 and 8 workers, equal to numpy over one view; peak
     RSS within budget + 128 MiB (measured in a fresh process: VmHWM)."""
-    pytest.importorskip('dask.array')
     import json
     budget = 32 * MiB
     n = 4 * budget // (16 * 8)
@@ -550,11 +546,11 @@ class ThreadsMachine(RuleBasedStateMachine):
         np.testing.assert_array_equal(got, self.model)
 
 
-def test_stateful_threads(tmp_path):
+def test_stateful_threads(uri):
     import wendelin_cy
     old = wendelin_cy.get_ram_budget()
     wendelin_cy.set_ram_budget(4 * SBS)
-    ThreadsMachine.path = str(tmp_path / 'data.fs')
+    ThreadsMachine.path = uri
     ThreadsMachine.pool = ThreadPoolExecutor(4)
     try:
         run_state_machine_as_test(ThreadsMachine, settings=settings(

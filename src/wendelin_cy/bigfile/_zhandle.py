@@ -489,4 +489,8 @@ def _close_handles_of(conn):
                 try:
                     h.close()
                 except RuntimeError:
+                    # views alive: it stays open, out of the connection's
+                    # transactions; its changes go, as a closed handle's do
                     h._unregister_synch()
+                    h._txn = None
+                    h._fh.dirty_discard()
