@@ -8,7 +8,6 @@ blocks of an array spread over the storage nodes (docs/scale-out.md).
 The slow ones are marked ``neo_slow`` (run by .ci/run, skipped with the
 reason by a plain run: see tests/conftest.py)."""
 
-import os
 import threading
 import time
 

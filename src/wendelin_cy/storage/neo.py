@@ -38,7 +38,6 @@ closed client's nodes (a database opened again right after connects at
 once instead of waiting up to 1 s).
 """
 
-import os
 import threading
 import time
 
