@@ -33,7 +33,7 @@ import transaction
 import dask.array as da
 import distributed
 
-from storages import zeo_server  # noqa: F401
+from storages import make_storage, zeo_server  # noqa: F401
 from wendelin_cy.bigarray._viewref import ArrayRef, close_shared
 from wendelin_cy.bigarray.array_zodb import ZBigArray
 from wendelin_cy.bigfile._zblk_io import CHUNKSIZE
@@ -83,10 +83,15 @@ def cluster():
         cloudpickle.unregister_pickle_by_value(mod)
 
 
-@pytest.fixture(params=['zeo', 'file'])
+@pytest.fixture(params=['zeo', 'file', 'neo'])
 def db_uri(request, tmp_path):
     if request.param == 'zeo':
         return request.getfixturevalue('zeo_server').uri
+    if request.param == 'neo':
+        # (the session's NEO cluster: 2 storage nodes, 1 replica; root emptied)
+        st, cleanup = make_storage('neo', tmp_path, request)
+        request.addfinalizer(cleanup)
+        return st.uri
     return str(tmp_path / 'data.fs')
 
 

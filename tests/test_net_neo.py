@@ -42,6 +42,33 @@ def test_missing_client_error_names_what_to_install(uri):
     assert 'neoppod' in msg                 # what to install
 
 
+@pytest.mark.skipif(not _neo_client(), reason='NEO client not installed')
+def test_client_imported_first_from_a_worker_thread():
+    # a dask worker's thread may be the first to open a neo:// database: NEO's
+    # logger installs signal handlers at import, which only the main thread may
+    code = '''if 1:
+        import signal, sys, threading
+        from wendelin_cy.storage.neo import import_client
+        errors = []
+        def work():
+            try:
+                import_client()
+            except BaseException as e:
+                errors.append(repr(e))
+        t = threading.Thread(target=work); t.start(); t.join()
+        assert not errors, errors
+        assert 'neo.client.zodburi' in sys.modules
+        assert signal.signal is not None and signal.signal.__module__ == 'signal'
+        print('ok')
+    '''
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == 'ok'
+
+
 @pytest.fixture
 def neo_cluster(tmp_path, request):
     """A cluster of its own for a test that breaks it: 2 storage nodes,

@@ -87,13 +87,13 @@ def _zeo(rest):
 
 
 def _neo(uri):
+    from wendelin_cy.storage.neo import import_client, prepare
     try:
-        import neo.client.zodburi  # noqa: F401
+        import_client()     # (from any thread: see there)
     except ImportError as e:
         raise ValueError(
             'dbopen: %r needs the NEO client, which is not installed: '
             'pip install neoppod[client]  (%s)' % (uri, e)) from e
-    from wendelin_cy.storage.neo import prepare
     storage, dbkw = _zodburi(uri)
     return prepare(storage), dbkw   # bounded loads, a thread ending quietly
 

@@ -44,7 +44,44 @@ import time
 from . import mvcc
 from .reader import READER
 
-__all__ = ['NEOBackend', 'NEOTimeout', 'prepare', 'quiet_close']
+__all__ = ['NEOBackend', 'NEOTimeout', 'import_client', 'prepare',
+           'quiet_close']
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_client():
+    """Import NEO's client (``neo.client.zodburi``) from any thread.
+
+    ``neo.lib.logger`` installs two signal handlers when it is first imported
+    (SIGRTMIN and SIGRTMIN+1: flush and reopen NEO's log), and
+    ``signal.signal`` only works in the main thread: a database opened first
+    from a worker thread (a dask worker's, say) failed with "signal only works
+    in main thread".  Imported from another thread, those two handlers are
+    not installed (NEO's log then flushes as it does without them: at exit;
+    a process that imports NEO from its main thread first has them).  Raises
+    ImportError when NEO is not installed."""
+    import sys
+    if 'neo.client.zodburi' in sys.modules:
+        return
+    if threading.current_thread() is threading.main_thread():
+        import neo.client.zodburi  # noqa: F401
+        return
+    import signal
+    with _IMPORT_LOCK:
+        real = signal.signal
+
+        def in_worker(signum, handler):
+            if threading.current_thread() is threading.main_thread():
+                return real(signum, handler)
+            return signal.getsignal(signum)
+
+        signal.signal = in_worker
+        try:
+            import neo.client.zodburi  # noqa: F401
+        finally:
+            signal.signal = real
 
 
 class NEOBackend(mvcc.Records):
