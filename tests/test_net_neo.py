@@ -295,3 +295,84 @@ def test_blocks_spread_over_the_storage_nodes(neo_cluster):
         assert all(len(s) < len(every) for s in recs)
     print('NEO %d nodes, replicas %d: %d records, per node %s'
           % (n, r, len(every), [len(s) for s in recs]))
+
+
+# -- big incompressible records skip NEO's compression (storage.neo)
+
+@pytest.mark.skipif(not _neo_client(), reason='NEO client not installed')
+def test_sampled_compression_of_big_records():
+    from neo.lib.compress import decompress_list, getCompress
+    from wendelin_cy.storage import neo as wneo
+
+    class App:
+        def __init__(self, on):
+            self.compress = getCompress(on)     # as NEO's Application does
+    app = App(True)
+    wneo.skip_incompressible(app)
+    wrapped = app.compress
+    wneo.skip_incompressible(app)           # once only
+    assert app.compress is wrapped
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, BS, dtype=np.uint8).tobytes()
+    # numbers that compress: small integers as float64, and zeros
+    floats = rng.integers(0, 4, BS // 8).astype(np.float64).tobytes()
+    zeros = bytes(BS)
+    small = noise[:4096]                    # under SAMPLE_MIN: NEO's own path
+    n0 = wneo.skipped
+    for data, skip in ((noise, True), (floats, False), (zeros, False),
+                       (small, False)):
+        size, compression, out = app.compress(data)
+        assert size == len(data)
+        assert wneo.skipped - n0 == (1 if skip else 0), len(data)
+        n0 = wneo.skipped
+        if skip:
+            assert compression == 0 and out is data
+        elif data is not small:
+            assert compression != 0 and len(out) < len(data) // 2
+        # as NEO reads it back
+        assert decompress_list[compression](out) == data
+
+    off = App(False)
+    before = off.compress
+    wneo.skip_incompressible(off)           # compression off: left as is
+    assert off.compress is before
+
+
+@pytest.mark.skipif(not _neo_client(), reason='NEO client not installed')
+def test_sampled_records_read_by_a_plain_neo_client(request):
+    # an array stored through dbopen with NEO's compression on, noise and
+    # compressible blocks, reads back right through NEO's own client (no
+    # wendelin_cy set-up of it), so the records are NEO's format
+    import zodburi
+    import ZODB
+    from storages import neo_session_cluster, _empty_root
+    from wendelin_cy.bigarray.array_zodb import ZBigArray
+    from wendelin_cy.storage import neo as wneo
+    c = neo_session_cluster(request.config)
+    uri = 'neo://%s@%s' % (c.name, c.master_addr)       # compression on
+    _empty_root(uri)
+    rng = np.random.default_rng(2)
+    want = np.concatenate([rng.integers(0, 256, 4 * BS, dtype=np.uint8),
+                           np.zeros(4 * BS, np.uint8),
+                           np.tile(np.arange(256, dtype=np.uint8), 4 * BS // 256)])
+    n0 = wneo.skipped
+    root = dbopen(uri)
+    try:
+        root['A'] = A = ZBigArray((0,), np.uint8)
+        transaction.commit()
+        A.append(want)
+        transaction.commit()
+    finally:
+        transaction.abort()
+        dbclose(root)
+    assert wneo.skipped - n0 == 4           # the 4 noise blocks only
+    factory, dbkw = zodburi.resolve_uri(uri)
+    db = ZODB.DB(wneo.quiet_close(factory()), **dbkw)
+    try:
+        conn = db.open()
+        A = conn.root()['A']
+        assert np.array_equal(A[:], want)
+        conn.close()
+    finally:
+        db.close()
+        _empty_root(uri)
