@@ -1,7 +1,7 @@
 """Ingest and scan of a ZBigArray over network storages, beside the storage's
 own object-load throughput for the same 2 MiB objects (same run).
 
-    python benchmarks/bench_net.py [--mib 256] [--storages zeo,zeo-rtt,sqlite,postgres]
+    python benchmarks/bench_net.py [--mib 256] [--storages zeo,zeo-rtt,sqlite,postgres,neo]
 
 For each storage (servers started here, on 127.0.0.1):
 
@@ -29,7 +29,8 @@ For each storage (servers started here, on 127.0.0.1):
           files are in the OS page cache after the ingest; the client's
           caches are new for every run).
 
-``zeo-rtt`` runs ZEO behind ``DelayProxy`` (--rtt ms per round trip) to show
+``neo`` is a NEO cluster (1 master, 2 SQLite storage nodes, replicas 1,
+1 admin; NEO's compression on).  ``zeo-rtt`` runs ZEO behind ``DelayProxy`` (--rtt ms per round trip) to show
 what latency costs and what prefetch wins back.
 
 Opening ZEO sets glibc's malloc thresholds for the whole process
@@ -60,7 +61,7 @@ from wendelin_cy._pager import virtmem  # noqa: E402
 from wendelin_cy.bigfile import file_zodb  # noqa: E402
 from wendelin_cy.lib.zodb import dbstoropen  # noqa: E402
 from wendelin_cy.testing.servers import (ZEOServer, PGCluster, DelayProxy,  # noqa: E402
-                                         pg_missing)
+                                         NEOCluster, neo_missing, pg_missing)
 
 MiB = 1 << 20
 PIECE = 32 * MiB
@@ -219,6 +220,17 @@ def run(kind, mib, repeat, rtt, tmp):
             pg = PGCluster().start()
             cleanup.append(pg.stop)
             uri = pg.new_database()
+        elif kind == 'neo':
+            why = neo_missing()
+            if why:
+                print('%-9s skipped: %s' % (kind, why))
+                return None
+            # 2 SQLite storage nodes, replicas 1, NEO's compression on (its
+            # default; benchmarks/bench_neo.py compares with it off)
+            cl = NEOCluster(os.path.join(tmp, 'neo'), storages=2, replicas=1,
+                            partitions=12, compress=True).start()
+            cleanup.append(cl.stop)
+            uri = cl.uri
         else:
             raise SystemExit('unknown storage %r' % kind)
         zeo = kind.startswith('zeo')
@@ -255,7 +267,7 @@ def main():
     ap.add_argument('--mib', type=int, default=256)
     ap.add_argument('--repeat', type=int, default=2)
     ap.add_argument('--rtt', type=float, default=2.0, help='ms, for zeo-rtt')
-    ap.add_argument('--storages', default='zeo,zeo-rtt,sqlite,postgres')
+    ap.add_argument('--storages', default='zeo,zeo-rtt,sqlite,postgres,neo')
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix='wcy-bench-net-')
     try:
