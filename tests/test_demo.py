@@ -105,6 +105,6 @@ def test_ml_demo(tmp_path):
                   r'data: ([0-9.]+)\)', out)
     assert m and float(m.group(1)) >= float(m.group(2)) - 0.03, out
     assert 'sums equal the in-process ones' in out
-    assert 'pickled by reference' in out and 'mapped in the workers' in out
+    assert 'sent by reference' in out and 'mapped in the workers' in out
     assert out.rstrip().endswith('OK')
     check_png(tmp_path / 'ml.png')

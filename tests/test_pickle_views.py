@@ -1,7 +1,9 @@
-"""Pickling views of a ZBigArray: `A[basic index]` is a ZBigArrayView, an
-ndarray subclass that pickles to a small reference (URI, oid, snapshot,
-geometry) when other processes can open the database, and to its data
-otherwise; computed results stay plain ndarrays that pickle as data."""
+"""Views of a ZBigArray are exactly numpy.ndarray, and pickle their data as
+any ndarray; `wendelin_cy.share(v)` pickles to a small reference (URI, oid,
+snapshot, geometry) that unpickles to the read-only view, and joblib's
+process workers get views by reference (bigarray._joblib) when other
+processes can open the database and the view has no uncommitted changes,
+the data otherwise."""
 
 import os
 import pickle
@@ -13,8 +15,10 @@ import numpy as np
 import pytest
 import transaction
 
+import wendelin_cy
 from wendelin_cy import ml
-from wendelin_cy.bigarray.array_zodb import ZBigArray, ZBigArrayView
+from wendelin_cy.bigarray._viewref import _view_reduce
+from wendelin_cy.bigarray.array_zodb import ZBigArray
 from wendelin_cy.lib.zodb import dbopen, dbclose
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,6 +66,15 @@ def _is_ref(s):
     return b'ArrayRef' in s and len(s) < REF_MAX
 
 
+def _shared(v, **kw):
+    """pickle of wendelin_cy.share(v)"""
+    return pickle.dumps(wendelin_cy.share(v), **kw)
+
+
+def _is_data(s, v):
+    return b'ArrayRef' not in s and len(s) >= v.nbytes
+
+
 def _views(A, M):
     """name -> (view, model value)"""
     a, m = _model_a(), _model_m()
@@ -84,11 +97,11 @@ def _views(A, M):
 
 # ~~~ what is a view
 
-def test_views_are_zbigarrayviews(db):
+def test_views_are_ndarrays(db):
     root, A, M, path = db
     whole = M[:]
     for name, (v, want) in _views(A, M).items():
-        assert type(v) is ZBigArrayView, name
+        assert type(v) is np.ndarray, name
         assert isinstance(v, np.ndarray)
         assert np.shares_memory(v, A[:]) or np.shares_memory(v, whole), name
         assert ml._vma_of(v) is not None, name           # the pager's mapping
@@ -120,7 +133,7 @@ def test_computed_results_are_plain(db):
     w = M[10:20]
     assert np.add(w, 0, out=w) is w
     w += 0
-    assert type(w) is ZBigArrayView
+    assert type(w) is np.ndarray
     transaction.abort()
 
 
@@ -131,14 +144,15 @@ def test_views_pickle_small_and_load_in_a_fresh_process(db, tmp_path):
     views = _views(A, M)
     pickles, wants = {}, {}
     for name, (v, want) in views.items():
-        s = pickle.dumps(v)
+        assert _is_data(pickle.dumps(v), v), name      # plain pickle: the data
+        s = _shared(v)
         assert _is_ref(s), (name, len(s))
         if v.nbytes >= 8 * REF_MAX:
             assert len(s) * 8 < v.nbytes
         pickles[name], wants[name] = s, want
         # protocols 2..5 all reference
         for proto in range(2, pickle.HIGHEST_PROTOCOL + 1):
-            assert _is_ref(pickle.dumps(v, protocol=proto)), (name, proto)
+            assert _is_ref(_shared(v, protocol=proto)), (name, proto)
     with open(tmp_path / 'pickles', 'wb') as f:
         pickle.dump(pickles, f)
     # the sender changes the data afterwards: the receiver sees the snapshot
@@ -148,6 +162,7 @@ def test_views_pickle_small_and_load_in_a_fresh_process(db, tmp_path):
     code = textwrap.dedent('''
         import pickle, sys
         import numpy as np
+        import wendelin_cy
         from wendelin_cy import ml
         pickles = pickle.load(open(sys.argv[1], 'rb'))
         out, info = {}, {}
@@ -156,9 +171,9 @@ def test_views_pickle_small_and_load_in_a_fresh_process(db, tmp_path):
             info[name] = (type(v).__name__, bool(v.flags.writeable),
                           ml._vma_of(v) is not None)
             out[name] = np.array(v)
-            # a view of what was received pickles by reference again
+            # a view of what was received is shared by reference again
             w = v[::2] if v.ndim else v
-            s2 = pickle.dumps(w)
+            s2 = pickle.dumps(wendelin_cy.share(w))
             assert b'ArrayRef' in s2 and len(s2) < 400, (name, len(s2))
             assert np.array_equal(pickle.loads(s2), np.asarray(v)[::2] if v.ndim else v)
         pickle.dump((out, info), open(sys.argv[2], 'wb'))
@@ -171,14 +186,17 @@ def test_views_pickle_small_and_load_in_a_fresh_process(db, tmp_path):
         out, info = pickle.load(f)
     for name, want in wants.items():
         np.testing.assert_array_equal(out[name], want, err_msg=name)
-        assert info[name] == ('ZBigArrayView', False, True), (name, info[name])
+        assert info[name] == ('ndarray', False, True), (name, info[name])
 
 
-def test_views_pickle_by_reference_in_the_same_process(db):
+def test_shared_views_unpickle_in_the_same_process(db):
     root, A, M, path = db
     for name, (v, want) in _views(A, M).items():
-        w = pickle.loads(pickle.dumps(v))
-        assert type(w) is ZBigArrayView and not w.flags.writeable
+        sv = wendelin_cy.share(v)
+        assert sv.shape == v.shape and sv.dtype == v.dtype
+        np.testing.assert_array_equal(np.asarray(sv), want, err_msg=name)
+        w = pickle.loads(pickle.dumps(sv))
+        assert type(w) is np.ndarray and not w.flags.writeable
         np.testing.assert_array_equal(w, want, err_msg=name)
 
 
@@ -191,6 +209,7 @@ def test_memory_db_pickles_data(budget):
         A[:] = np.arange(5000).reshape(100, 50)
         transaction.commit()
         for v in (A[10:20], A[:, 3], A[::-2, 1:40:3], A[5]):
+            assert _view_reduce(v) is None      # joblib: sent as data
             s = pickle.dumps(v)
             assert b'ArrayRef' not in s and len(s) >= v.nbytes
             w = pickle.loads(s)
@@ -214,13 +233,14 @@ def test_computed_and_copied_results_pickle_data(db):
     cases = [
         (M[0:10] + 1, m[0:10] + 1),
         (M[0:10].copy(), m[0:10]),
-        (M[0:10].astype(np.float32), m[0:10].astype(np.float32)),  # keeps the class
+        (M[0:10].astype(np.float32), m[0:10].astype(np.float32)),
         (np.sort(M[0:10], axis=0), np.sort(m[0:10], axis=0)),
         (M[0:10][[0, 3]], m[0:10][[0, 3]]),            # fancy indexing of a view
         (M[0:10].flatten(), m[0:10].flatten()),
         (M[0:10][::2].ravel(), m[0:10][::2].ravel()),  # ravel copies
     ]
     for r, want in cases:
+        assert _view_reduce(r) is None, type(r)     # joblib: sent as data
         s = pickle.dumps(r)
         assert b'ArrayRef' not in s and len(s) >= r.nbytes, type(r)
         w = pickle.loads(s)
@@ -232,14 +252,16 @@ def test_uncommitted_changes_pickle_data(db):
     root, A, M, path = db
     M[12, 0] = -1                       # dirties one 64 KiB block of M
     v = M[10:20]
-    s = pickle.dumps(v)
-    assert b'ArrayRef' not in s         # the receiver gets what the sender sees
-    assert pickle.loads(s)[2, 0] == -1
+    # joblib sends it as data: the receiver gets what the sender sees
+    assert _view_reduce(v) is None
+    with pytest.warns(ml.SnapshotWarning):
+        wendelin_cy.share(v)            # explicit sharing: says so
     far = M[4000:4010]                  # other blocks: by reference, committed data
-    assert _is_ref(pickle.dumps(far))
-    np.testing.assert_array_equal(pickle.loads(pickle.dumps(far)), _model_m()[4000:4010])
+    r = _view_reduce(far)
+    assert r is not None and _is_ref(pickle.dumps(r[1][0]))
+    np.testing.assert_array_equal(r[0](*r[1]), _model_m()[4000:4010])
     transaction.abort()
-    assert _is_ref(pickle.dumps(M[10:20]))
+    assert _view_reduce(M[10:20]) is not None
 
 
 def test_zodb_stores_views_as_data(tmp_path, budget):
@@ -302,14 +324,16 @@ def test_pickled_basic_index_equals_numpy(db, case):
     transaction.commit()
     v = Z[idx]
     want = model[idx]
-    s = pickle.dumps(v)
-    w = pickle.loads(s)
+    if isinstance(v, np.ndarray) and v.size:
+        assert type(v) is np.ndarray
+        s = _shared(v)
+        assert b'ArrayRef' in s and len(s) < REF_MAX + 200
+        w = pickle.loads(s)
+        assert type(w) is np.ndarray and not w.flags.writeable
+    else:
+        w = pickle.loads(pickle.dumps(v))
     np.testing.assert_array_equal(w, want)
     assert np.asarray(w).dtype == want.dtype and np.shape(w) == want.shape
-    if isinstance(v, np.ndarray) and v.size:
-        assert type(v) is ZBigArrayView
-        assert b'ArrayRef' in s and len(s) < REF_MAX + 200
-        assert type(w) is ZBigArrayView and not w.flags.writeable
     del v, w, Z
     transaction.abort()
 
@@ -334,23 +358,32 @@ def test_joblib_map_over_views(db, tmp_path, monkeypatch):
     transaction.commit()
     rows = 300_000                                         # 2.3 MiB per batch
     bounds = [(i, min(i + rows, B.shape[0])) for i in range(0, B.shape[0], rows)]
-    batches = [B[i:j] for i, j in bounds]                  # views, not ml.share
+    batches = [B[i:j] for i, j in bounds]                  # plain ndarray views
     assert len(batches) >= 10
     for b in batches:
-        assert len(pickle.dumps(b)) < REF_MAX               # not 2.3 MiB
+        assert type(b) is np.ndarray
     local = [float(np.sum(b)) for b in batches]
+    # joblib would dump each batch (> its max_nbytes, 1 MB) into this folder
+    jtmp = tmp_path / 'joblib'
+    jtmp.mkdir()
+    monkeypatch.setenv('JOBLIB_TEMP_FOLDER', str(jtmp))
     monkeypatch.setenv('WENDELIN_CY_RAM_BUDGET', '8M')
     monkeypatch.setenv('PYTHONPATH', SRC + os.pathsep + os.environ.get('PYTHONPATH', ''))
     got = joblib.Parallel(n_jobs=2, backend='loky')(
         joblib.delayed(_batch_info)(b) for b in batches)
     assert [g[0] for g in got] == local
-    assert {g[1:4] for g in got} == {('ZBigArrayView', True, False)}
+    assert {g[1:4] for g in got} == {('ndarray', True, False)}
     assert len({g[4] for g in got} - {os.getpid()}) >= 1
-    # what the workers sent back (views of what they received) came by
-    # reference too, and reads the same data
+    dumped = [p for p in jtmp.rglob('*') if p.is_file()]
+    assert dumped == [], dumped                            # nothing copied there
+    # what the workers sent back: data, the same values
     for (i, j), g in zip(bounds, got):
-        assert type(g[5]) is ZBigArrayView
+        assert type(g[5]) is np.ndarray
         np.testing.assert_array_equal(g[5], np.sin(np.arange(i, i + 4)))
+    # a plain ndarray of the same size still goes joblib's way (dumped)
+    plain = np.sin(np.arange(rows))
+    assert joblib.Parallel(n_jobs=2, backend='loky')(
+        joblib.delayed(np.sum)(x) for x in [plain, plain]) == [np.sum(plain)] * 2
 
 
 def _moved_db(tmp_path):
@@ -371,7 +404,7 @@ def test_unreachable_database_in_a_fresh_process(tmp_path, budget):
     budget('8M')
     root, path, views = _moved_db(tmp_path)
     try:
-        s = pickle.dumps(views[0])
+        s = _shared(views[0])
         assert _is_ref(s)
         code = textwrap.dedent('''
             import pickle, sys
@@ -415,3 +448,55 @@ def test_unreachable_database_in_a_joblib_worker(tmp_path, budget, monkeypatch):
         os.rename(path + '.moved', path)
         transaction.abort()
         dbclose(root)
+
+
+# ~~~ the joblib hook (bigarray._joblib)
+
+@pytest.mark.parametrize('first', ['joblib', 'wendelin_cy'])
+def test_joblib_hooked_whichever_is_imported_first(first):
+    pytest.importorskip('joblib')
+    code = textwrap.dedent('''
+        import sys
+        if sys.argv[1] == 'joblib':
+            import joblib.parallel  # noqa: F401
+        import wendelin_cy.bigarray.array_zodb  # noqa: F401
+        from wendelin_cy.bigarray import _joblib
+        if sys.argv[1] == 'wendelin_cy':
+            # importing wendelin_cy does not import joblib
+            assert 'joblib' not in sys.modules, 'joblib imported'
+            assert not _joblib.installed()
+            import joblib.parallel  # noqa: F401
+        import joblib._memmapping_reducer as m
+        assert _joblib.installed()
+        assert getattr(m.ArrayMemmapForwardReducer.__call__, '_wcy', False)
+        _joblib.install()               # idempotent
+        assert m.ArrayMemmapForwardReducer.__call__.__wrapped__.__module__ == m.__name__
+        assert not any(type(f).__name__ == '_Finder' for f in sys.meta_path)
+        print('ok')
+    ''')
+    p = subprocess.run([sys.executable, '-c', code, first], env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == 'ok'
+
+
+def test_unrelated_arrays_go_joblibs_way(tmp_path):
+    # the hooked reducer gives joblib's own answer for every other ndarray
+    pytest.importorskip('joblib')
+    from joblib._memmapping_reducer import ArrayMemmapForwardReducer
+    from wendelin_cy.bigarray import _joblib
+    _joblib.install()
+    red = ArrayMemmapForwardReducer(max_nbytes=None, temp_folder_resolver=lambda: str(tmp_path),
+                                    mmap_mode='r', unlink_on_gc_collect=False)
+    orig = ArrayMemmapForwardReducer.__call__.__wrapped__
+    buf = bytearray(800)
+    for a in (np.arange(10), np.zeros((3, 4))[:, 1], np.frombuffer(buf, np.float64),
+              np.arange(6).reshape(2, 3).T, np.float64(3) * np.ones(2)):
+        assert red(a) == orig(red, a) or pickle.dumps(red(a)) == pickle.dumps(orig(red, a))
+
+
+def test_zbigarrayview_name_is_deprecated():
+    from wendelin_cy.bigarray import array_zodb
+    with pytest.warns(DeprecationWarning, match='plain numpy.ndarray'):
+        cls = array_zodb.ZBigArrayView
+    assert cls is np.ndarray

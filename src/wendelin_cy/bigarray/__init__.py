@@ -19,9 +19,9 @@ keeps its VMA alive through `.base`.  Every block of a handle has exactly one
 address, so all views of one handle share memory: a write through one view is
 seen by every other view and by views made later.  Changes stay in the handle
 until `fileh.dirty_writeout()` (or are dropped by `fileh.dirty_discard()`).
-The views of a BigArray are plain ndarrays; a subclass may return an ndarray
-subclass instead (`_view_type`: ZBigArray's views are `ZBigArrayView`s, which
-pickle by reference).
+The views of a BigArray and of a ZBigArray are exactly `numpy.ndarray`
+(`type(A[:]) is np.ndarray`); sharing them with other processes by reference
+is `wendelin_cy.share` and joblib's reducer (`bigarray._viewref`).
 
 Advanced indices (integer arrays, boolean masks) are served the same way: the
 index is narrowed to the bounding box of the elements it selects, that box is
@@ -232,10 +232,6 @@ class BigArray:
 
     # NOTE no __slots__: ZBigArray mixes this class with Persistent.
 
-    #: class of the ndarray views that basic indexing returns (ZBigArray:
-    #: ZBigArrayView, which pickles by reference); always an ndarray subclass
-    _view_type = np.ndarray
-
     def __init__(self, shape, dtype, fileh, order='C'):
         self._init_geometry(shape, dtype, order)
         self._fileh = fileh
@@ -309,18 +305,18 @@ class BigArray:
         shape, dt = self._shape, self._dtype
         return shape, dt, _strides(shape, dt.itemsize, self._order)
 
-    def _map_box(self, lohi, view_type=np.ndarray):
-        """ndarray (of class `view_type`) over the box prod([lo, hi)) of the
+    def _map_box(self, lohi):
+        """ndarray over the box prod([lo, hi)) of the
         array, and its _Mapping (None when the box is empty: nothing is mapped
         then)."""
         shape, dt, strides = self._geometry()
         bshape = tuple(hi - lo for lo, hi in lohi)
         if any(n == 0 for n in bshape):
-            return view_type(bshape, dt), None
+            return np.ndarray(bshape, dt), None
         start = sum(lo * s for (lo, _), s in zip(lohi, strides))
         end = sum((hi - 1) * s for (_, hi), s in zip(lohi, strides)) + dt.itemsize
         m = self._map_bytes(start, end)
-        box = view_type(bshape, dt, buffer=m.vma, offset=start - m.base,
+        box = np.ndarray(bshape, dt, buffer=m.vma, offset=start - m.base,
                         strides=strides)
         return box, m
 
@@ -359,7 +355,7 @@ class BigArray:
             if m is not None:
                 self._prefault_selected(box, plan.final, m, write=False)
             return box[plan.final]
-        box, m = self._map_box(plan.lohi, self._view_type)
+        box, m = self._map_box(plan.lohi)
         return box[plan.final]
 
     def __setitem__(self, idx, value):

@@ -33,21 +33,23 @@ latest state, with a warning.  A worker that cannot open the database raises
 Uncommitted changes are not seen by workers: ``share`` warns when the array
 has dirty pages, and refuses an array that was never committed.
 
-Pickling does the same implicitly.  ``pickle.dumps(A)`` of a ZBigArray gives
-``share(A)`` (unpickled: the ArrayRef).  A view made by basic indexing,
-``A[10:20]``, is a ``ZBigArrayView`` (an ndarray subclass, as numpy.memmap is)
-whose ``__reduce_ex__`` asks ``_view_ref`` for a reference and unpickles to
-the read-only view itself (``_open_view``), so joblib / multiprocessing workers
-get batches by reference without ``share``.  Where ``share`` would warn or
-refuse, a view pickles its data instead, as any ndarray: no reachable URI
+Views are plain ``numpy.ndarray``s and ``pickle.dumps(v)`` of one pickles
+its data, as for any ndarray.  By reference go: ``pickle.dumps(A)`` of a
+ZBigArray (unpickled: the ArrayRef); ``wendelin_cy.share(v)``, a
+``SharedView`` that unpickles to the read-only view itself
+(``_open_view``); and views that joblib's process backends (loky, as
+scikit-learn's ``n_jobs``) send to their workers: ``bigarray._joblib`` makes
+joblib's own array reducer, which would dump an array bigger than its
+``max_nbytes`` into a temp folder, ask ``_view_reduce`` first (plain
+``pickle`` and every other ndarray are untouched).  Where ``share`` would
+warn or refuse, such a view is sent as data instead: no reachable URI
 (memory://), closed handle or connection, uncommitted changes in the view's
 blocks (the receiver must see what the sender sees), memory outside the
-mapping (copies), and ZODB storing the view inside a persistent object (a
-stored reference would point at a snapshot of the database itself: while
-a transaction of the thread commits or holds a savepoint, the ZBigFile
-handles, which the transaction calls, say so: ``file_zodb.zodb_storing``).  A
-worker that cannot open the database raises ``DatabaseUnreachable`` while it
-unpickles its task.
+mapping (copies), and ZODB storing objects (a stored reference would point
+at a snapshot of the database itself: while a transaction of the thread
+commits or holds a savepoint, the ZBigFile handles, which the transaction
+calls, say so: ``file_zodb.zodb_storing``).  A worker that cannot open the
+database raises ``DatabaseUnreachable`` while it unpickles its task.
 """
 
 import atexit
@@ -65,8 +67,8 @@ from wendelin_cy.errors import WendelinError
 import wendelin_cy.storage as _storage
 from wendelin_cy.storage import mvcc as _mvcc
 
-__all__ = ['share', 'ArrayRef', 'ZBigArrayView', 'DatabaseUnreachable',
-           'SnapshotWarning', 'close_shared']
+__all__ = ['share', 'share_view', 'SharedView', 'ArrayRef',
+           'DatabaseUnreachable', 'SnapshotWarning', 'close_shared']
 
 
 class DatabaseUnreachable(WendelinError, ConnectionError):
@@ -87,63 +89,61 @@ def _vma_of(v):
     return None
 
 
-class ZBigArrayView(np.ndarray):
-    """An ndarray view of a ZBigArray: what ``A[basic index]`` returns.
+class SharedView:
+    """A view of a ZBigArray shared by reference: ``wendelin_cy.share(v)``.
 
-    It is a real ndarray over the pager's mapping (zero-copy; numpy, Cython
-    typed buffers and C code see an ndarray; ``np.asarray(v)`` is the plain
-    ndarray over the same memory), made a subclass, as ``numpy.memmap`` is,
-    only to pickle differently: ``pickle.dumps(v)`` gives a small reference
-    (``wendelin_cy.ml.ArrayRef``: database URI, oid, snapshot, geometry)
-    when the view's memory is mapped from a ZBigArray whose connection is open
-    and whose database other processes can reach, and the view's blocks have
-    no uncommitted changes; unpickling opens the same snapshot lazily and
-    gives a read-only view.  Otherwise (``memory://``, a closed connection,
-    dirty blocks, memory that is not the mapping's, and the pickles ZODB
-    itself makes to store objects) it pickles its data as a plain ndarray.
-
-    Views of a view (slicing, ``.T``, ``reshape`` without copy, field
-    indexing) stay ZBigArrayViews.  Results of computations (ufuncs,
-    reductions, ``v + 1``, ``v.copy()``) are plain ndarrays or numpy scalars.
-    A few numpy functions that copy keep the subclass (``astype``, ``np.sort``,
-    fancy indexing of a view, ...): their memory is not the mapping's, so
-    they pickle as data.  No state, no ``__array_finalize__`` (numpy skips the
-    call then): making a view costs what it costs for an ndarray.
+    It pickles to a few hundred bytes (an ``ArrayRef``: database URI, oid,
+    snapshot, geometry) and **unpickles to the read-only ndarray view
+    itself**, at the snapshot the sender saw, in the process that unpickles
+    it, so that worker code receives a plain ``numpy.ndarray`` and needs no
+    call of its own.  In the sending process, ``np.asarray(s)`` or
+    ``s.open()`` gives the same view; ``s.ref`` is the ``ArrayRef``.
     """
 
-    __slots__ = ()
-    # below ndarray's 0: np.concatenate / np.stack of views give ndarrays
-    __array_priority__ = -1.0
+    __slots__ = ('ref',)
 
-    def __array_wrap__(self, arr, context=None, return_scalar=False):
-        if arr is self:                 # out=self
-            return arr
-        if return_scalar:
-            return arr[()]
-        if type(arr) is not np.ndarray:
-            arr = arr.view(np.ndarray)
-        return arr
+    def __init__(self, ref):
+        self.ref = ref
 
-    def __repr__(self):
-        # shown as the ndarray it is (the seed tutorial's ``array([...])``),
-        # not ``ZBigArrayView([...])``: the class only changes pickling
-        return repr(self.view(np.ndarray))
+    def open(self):
+        """-> the read-only ndarray view at the shared snapshot."""
+        return self.ref.open()
 
-    def copy(self, order='C'):
-        """A copy in RAM: a plain ndarray (see ndarray.copy)."""
-        return np.array(self, order=order, copy=True, subok=False)
+    def __array__(self, dtype=None, copy=None):
+        v = self.ref.open()
+        if dtype is not None and np.dtype(dtype) != v.dtype:
+            return v.astype(dtype)
+        return v
 
-    def __reduce_ex__(self, protocol):
-        r = _view_reduce(self)
-        if r is not None:
-            return r
-        return np.asarray(self).__reduce_ex__(protocol)
+    @property
+    def shape(self):
+        return self.ref.shape
+
+    @property
+    def dtype(self):
+        return self.ref.dtype
 
     def __reduce__(self):
-        r = _view_reduce(self)
-        if r is not None:
-            return r
-        return np.asarray(self).__reduce__()
+        return _open_view, (self.ref,)
+
+    def __repr__(self):
+        return 'SharedView(%r)' % (self.ref,)
+
+
+def share_view(obj, uri=None):
+    """``wendelin_cy.share``: a ZBigArray or an ndarray view of one -> a
+    ``SharedView``, which unpickles to the read-only view (see ``share`` for
+    what is shared and when it warns or refuses)."""
+    return SharedView(share(obj, uri=uri))
+
+
+def __getattr__(name):
+    if name == 'ZBigArrayView':
+        warnings.warn('ZBigArrayView is gone: views of a ZBigArray are plain '
+                      'numpy.ndarray; share one by reference with '
+                      'wendelin_cy.share(v)', DeprecationWarning, stacklevel=2)
+        return np.ndarray
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
 
 
 # ~~~ sharing arrays by reference
@@ -206,14 +206,13 @@ def share(obj, uri=None):
     database for the other processes; by default it is derived from the
     storage (FileStorage, ZEO).
 
-    Plain pickling does the same without ``share``: ``pickle.dumps(A)`` and
-    ``pickle.dumps(A[10:20])`` (any view made by basic indexing, a
-    ``ZBigArrayView``) carry such a reference, so joblib or multiprocessing
-    workers receive a reference, not the data.  The differences: a pickled
-    view unpickles to the read-only ndarray itself (a pickled ZBigArray to
-    an ArrayRef), and a view that cannot be shared (``memory://``, closed
-    connection, uncommitted changes in its blocks) pickles its data instead
-    of raising or warning.  ``share`` is still the way to give a `uri`.
+    ``pickle.dumps(A)`` of a ZBigArray carries such a reference, and so do
+    views sent to joblib's process workers (loky; scikit-learn's ``n_jobs``);
+    ``pickle.dumps(v)`` of a view pickles its data, as for any ndarray.
+    ``wendelin_cy.share(v)`` (``share_view``) wraps the reference in a
+    ``SharedView`` that unpickles to the view itself.  A view joblib sends
+    that cannot be shared (``memory://``, closed connection, uncommitted
+    changes in its blocks) goes as data instead of raising or warning.
     """
     zfile, fh, v = _find_zfile(obj)
     jar = zfile._p_jar
@@ -252,7 +251,7 @@ def _make_ref(zfile, fh, jar, db, uri, v):
                     v.dtype, blksize, os.getpid(), _register_db(db))
 
 
-# ~~~ pickling views by reference (ZBigArrayView.__reduce_ex__)
+# ~~~ views by reference in joblib's pickler (bigarray._joblib), SharedView
 
 def _view_ref(v):
     """The ArrayRef that pickling the ndarray `v` sends, or None when `v` must
@@ -293,8 +292,7 @@ def _view_ref(v):
 
 
 def _view_reduce(v):
-    """ZBigArrayView.__reduce_ex__: (_open_view, (ArrayRef,)) or None (pickle
-    the data).  Any failure to make the reference falls back to the data."""
+    """(_open_view, (ArrayRef,)) for view `v`, or None (pickle the data).  Any failure to make the reference falls back to the data."""
     from wendelin_cy.bigfile.file_zodb import zodb_storing
     if zodb_storing():
         return None
@@ -308,7 +306,7 @@ def _view_reduce(v):
 
 
 def _open_view(ref):
-    """Unpickling a ZBigArrayView: the read-only view at the snapshot.  Raises
+    """Unpickling a view sent by reference: the read-only view at the snapshot.  Raises
     DatabaseUnreachable when this process cannot open the database."""
     return ref.open()
 
@@ -413,7 +411,7 @@ class _Snapshot:
             bs = fh.blksize
             pg0, pg1 = lo // bs, -(-hi // bs)
             vma = fh.mmap(pg0, pg1 - pg0)
-        v = ZBigArrayView(ref.shape, ref.dtype, buffer=vma,
+        v = np.ndarray(ref.shape, ref.dtype, buffer=vma,
                           offset=ref.offset - pg0 * bs, strides=ref.strides)
         v.flags.writeable = False
         return v

@@ -21,9 +21,19 @@ from persistent import Persistent
 
 from wendelin_cy.bigarray import BigArray
 from wendelin_cy.bigfile.file_zodb import ZBigFile, DEFAULT_BLKSIZE
-from wendelin_cy.bigarray._viewref import ZBigArrayView, share
+from wendelin_cy.bigarray._viewref import share
+from wendelin_cy.bigarray import _joblib
 
-__all__ = ['ZBigArray', 'ZBigArrayView']
+__all__ = ['ZBigArray']
+
+_joblib.install()       # views go to joblib's process workers by reference
+
+
+def __getattr__(name):
+    if name == 'ZBigArrayView':         # gone in 0.1.0: views are ndarrays
+        from wendelin_cy.bigarray import _viewref
+        return _viewref.__getattr__(name)
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
 
 
 def _dtype_state(dt):
@@ -74,8 +84,6 @@ class ZBigArray(BigArray, Persistent):
     """
 
     _STATE_VERSION = 1
-
-    _view_type = ZBigArrayView      # A[basic index] pickles by reference
 
     def __init__(self, shape, dtype, order='C', blksize=DEFAULT_BLKSIZE,
                  zblk_fmt=None):

@@ -7,7 +7,7 @@
 * ``ml`` (``demo.ml_demo``): a labelled data set of twice the budget,
   ``SGDClassifier`` trained with ``wendelin_cy.ml.fit_incremental``,
   ``predict_into`` another ZBigArray, and a joblib map over batches ``X[i:j]``
-  (views, which pickle by reference).
+  (views, which joblib sends by reference).
 
 Defaults: budget 256 MiB, so the data is 512 MiB; a FileStorage in a
 temporary directory, removed at the end; about 15-30 s on 2 cores.  Each run

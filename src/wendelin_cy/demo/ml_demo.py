@@ -14,8 +14,8 @@ predict  ``predict_into`` writes the predicted class of every row into a third
          for this data (nearest class centre: the classes share one isotropic
          covariance), which the demo knows;
 joblib   ``joblib.Parallel`` (2 processes) maps ``np.sum`` over the batches of
-         X, plain views ``X[i:j]`` that pickle by reference (a few hundred
-         bytes: URI, oid, snapshot, geometry): each worker reopens the
+         X, plain ndarray views ``X[i:j]`` that joblib sends by reference
+         (a few hundred bytes: URI, oid, snapshot, geometry): each worker reopens the
          database at the same snapshot and maps the rows it sums; the sums
          must equal the ones computed in this process.
 
@@ -184,9 +184,10 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo_ml.png', keep=False,
         # ~~~ joblib map over batches, by reference
         import joblib
         with mon.phase('in-process sums') as ph:
-            batches = list(ml.iter_batches(Xv))     # views: ZBigArrayViews
+            batches = list(ml.iter_batches(Xv))     # views: plain ndarrays
             local = [float(np.sum(b)) for b in batches]
-        size_ref = max(len(pickle.dumps(b)) for b in batches)
+        # what joblib sends for each: the reference wendelin_cy.share makes
+        size_ref = max(len(pickle.dumps(ml.share(b))) for b in batches)
         wb = max(budget // n_jobs, 16 * MiB)
         old = os.environ.get('WENDELIN_CY_RAM_BUDGET')
         os.environ['WENDELIN_CY_RAM_BUDGET'] = str(wb)     # inherited by workers
@@ -205,7 +206,7 @@ def run(size, budget, uri=None, plot_path='wendelin_cy_demo_ml.png', keep=False,
         nworkers = len({r[2] for r in res})
         mapped = all(r[3] for r in res)
         same = sums == local
-        say('joblib.Parallel(n_jobs=%d) np.sum over %d batches X[i:j] pickled by '
+        say('joblib.Parallel(n_jobs=%d) np.sum over %d batches X[i:j] sent by '
             'reference (<= %d bytes each, %s): %s in %.1f s = %s; %d workers, '
             'budget %s each, worker peak RSS %s; sums %s the in-process ones'
             % (n_jobs, len(batches), size_ref,
