@@ -340,6 +340,20 @@ def test_pickled_basic_index_equals_numpy(db, case):
 
 # ~~~ joblib workers
 
+def _spy_joblib_dumps(monkeypatch):
+    """-> list of nbytes of the arrays joblib dumps into its temp folder
+    (it pickles tasks in this process, in loky's feeder thread)."""
+    import joblib._memmapping_reducer as jm
+    got = []
+    real = jm.dump
+
+    def dump(a, filename, *args, **kw):
+        got.append(a.nbytes)
+        return real(a, filename, *args, **kw)
+    monkeypatch.setattr(jm, 'dump', dump)
+    return got
+
+
 def _batch_info(batch):
     # what the worker got: mapped from the database (not a copy), read-only
     return (float(np.sum(batch)), type(batch).__name__, ml._vma_of(batch) is not None,
@@ -363,10 +377,8 @@ def test_joblib_map_over_views(db, tmp_path, monkeypatch):
     for b in batches:
         assert type(b) is np.ndarray
     local = [float(np.sum(b)) for b in batches]
-    # joblib would dump each batch (> its max_nbytes, 1 MB) into this folder
-    jtmp = tmp_path / 'joblib'
-    jtmp.mkdir()
-    monkeypatch.setenv('JOBLIB_TEMP_FOLDER', str(jtmp))
+    # joblib would dump each batch (> its max_nbytes, 1 MB) into a folder
+    dumps = _spy_joblib_dumps(monkeypatch)
     monkeypatch.setenv('WENDELIN_CY_RAM_BUDGET', '8M')
     monkeypatch.setenv('PYTHONPATH', SRC + os.pathsep + os.environ.get('PYTHONPATH', ''))
     got = joblib.Parallel(n_jobs=2, backend='loky')(
@@ -374,8 +386,7 @@ def test_joblib_map_over_views(db, tmp_path, monkeypatch):
     assert [g[0] for g in got] == local
     assert {g[1:4] for g in got} == {('ndarray', True, False)}
     assert len({g[4] for g in got} - {os.getpid()}) >= 1
-    dumped = [p for p in jtmp.rglob('*') if p.is_file()]
-    assert dumped == [], dumped                            # nothing copied there
+    assert dumps == []                                     # nothing copied
     # what the workers sent back: data, the same values
     for (i, j), g in zip(bounds, got):
         assert type(g[5]) is np.ndarray
@@ -384,6 +395,7 @@ def test_joblib_map_over_views(db, tmp_path, monkeypatch):
     plain = np.sin(np.arange(rows))
     assert joblib.Parallel(n_jobs=2, backend='loky')(
         joblib.delayed(np.sum)(x) for x in [plain, plain]) == [np.sum(plain)] * 2
+    assert len(dumps) == 1 and dumps[0] == plain.nbytes     # (once: same array)
 
 
 def _moved_db(tmp_path):
@@ -500,3 +512,31 @@ def test_zbigarrayview_name_is_deprecated():
     with pytest.warns(DeprecationWarning, match='plain numpy.ndarray'):
         cls = array_zodb.ZBigArrayView
     assert cls is np.ndarray
+
+
+def test_sklearn_n_jobs_gets_views_by_reference(db, tmp_path, monkeypatch):
+    # cross_val_score(n_jobs=2) sends X whole to each loky worker, which
+    # splits it there: X goes by reference, nothing lands in joblib's folder
+    pytest.importorskip('sklearn')
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    root, A, M, path = db
+    rng = np.random.default_rng(5)
+    n, d = 40_000, 16                                      # X: 5 MiB
+    x = rng.normal(size=(n, d))
+    yv = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
+    root['X'] = X = ZBigArray((n, d), np.float64)
+    transaction.commit()
+    X[:] = x
+    transaction.commit()
+    dumps = _spy_joblib_dumps(monkeypatch)
+    monkeypatch.setenv('WENDELIN_CY_RAM_BUDGET', '8M')
+    monkeypatch.setenv('PYTHONPATH', SRC + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    Xv = X[:]
+    assert type(Xv) is np.ndarray
+    est = LogisticRegression(max_iter=300)
+    par = cross_val_score(est, Xv, yv, cv=3, n_jobs=2)
+    seq = cross_val_score(est, x, yv, cv=3, n_jobs=1)
+    np.testing.assert_allclose(par, seq)
+    assert par.min() > 0.9
+    assert dumps == []                  # joblib dumped no array to its folder
