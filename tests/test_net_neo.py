@@ -63,8 +63,11 @@ def test_client_imported_first_from_a_worker_thread():
     '''
     import subprocess
     import sys
+    import os
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'src')
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get('PYTHONPATH', ''))
     out = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == 'ok'
 

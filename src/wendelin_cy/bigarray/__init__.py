@@ -306,9 +306,8 @@ class BigArray:
         return shape, dt, _strides(shape, dt.itemsize, self._order)
 
     def _map_box(self, lohi):
-        """ndarray over the box prod([lo, hi)) of the
-        array, and its _Mapping (None when the box is empty: nothing is mapped
-        then)."""
+        """ndarray over the box prod([lo, hi)) of the array, and its _Mapping
+        (None when the box is empty: nothing is mapped then)."""
         shape, dt, strides = self._geometry()
         bshape = tuple(hi - lo for lo, hi in lohi)
         if any(n == 0 for n in bshape):
@@ -317,7 +316,7 @@ class BigArray:
         end = sum((hi - 1) * s for (_, hi), s in zip(lohi, strides)) + dt.itemsize
         m = self._map_bytes(start, end)
         box = np.ndarray(bshape, dt, buffer=m.vma, offset=start - m.base,
-                        strides=strides)
+                         strides=strides)
         return box, m
 
     def _map_bytes(self, start, end):

@@ -27,8 +27,6 @@ import sys
 import threading
 import warnings
 
-import numpy as np
-
 __all__ = ['install', 'installed']
 
 _MOD = 'joblib._memmapping_reducer'
@@ -57,16 +55,12 @@ def _patch(mod):
                           % getattr(sys.modules.get('joblib'), '__version__', '?'),
                           RuntimeWarning, stacklevel=3)
             return
-        from wendelin_cy.bigarray._viewref import _view_reduce
+        from wendelin_cy.bigarray._viewref import _view_reduce, _vma_of
 
         def __call__(self, a):
             # only an ndarray whose .base chain ends at a pager mapping can be
             # a view of ZBigArray: others skip _view_reduce entirely
-            b = a.base
-            while isinstance(b, np.ndarray):
-                b = b.base
-            if b is not None and not isinstance(b, (bytes, bytearray, memoryview)) \
-                    and hasattr(b, 'fileh'):
+            if _vma_of(a) is not None:
                 r = _view_reduce(a)
                 if r is not None:
                     return r

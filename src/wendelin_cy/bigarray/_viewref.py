@@ -292,7 +292,8 @@ def _view_ref(v):
 
 
 def _view_reduce(v):
-    """(_open_view, (ArrayRef,)) for view `v`, or None (pickle the data).  Any failure to make the reference falls back to the data."""
+    """(_open_view, (ArrayRef,)) for view `v`, or None (pickle the data).
+    Any failure to make the reference falls back to the data."""
     from wendelin_cy.bigfile.file_zodb import zodb_storing
     if zodb_storing():
         return None
@@ -306,8 +307,9 @@ def _view_reduce(v):
 
 
 def _open_view(ref):
-    """Unpickling a view sent by reference: the read-only view at the snapshot.  Raises
-    DatabaseUnreachable when this process cannot open the database."""
+    """Unpickling a view sent by reference: the read-only view at the
+    snapshot.  Raises DatabaseUnreachable when this process cannot open the
+    database."""
     return ref.open()
 
 
@@ -412,7 +414,7 @@ class _Snapshot:
             pg0, pg1 = lo // bs, -(-hi // bs)
             vma = fh.mmap(pg0, pg1 - pg0)
         v = np.ndarray(ref.shape, ref.dtype, buffer=vma,
-                          offset=ref.offset - pg0 * bs, strides=ref.strides)
+                       offset=ref.offset - pg0 * bs, strides=ref.strides)
         v.flags.writeable = False
         return v
 

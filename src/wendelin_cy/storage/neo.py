@@ -15,8 +15,8 @@ Compression: NEO's client, compression on (its default), runs zlib over
 every record it stores; ``prepare`` makes it try big records on a 48 KiB
 sample first and store those whose sample does not shrink as they are,
 as NEO stores a record that does not compress (``skip_incompressible``;
-ingest of random bytes with compression on: 20 -> 90 MiB/s, see
-docs/benchmarks.md).  ``compress=false`` in the URI turns it off entirely.
+random bytes, 2 storage nodes: 90 MiB/s against 34 for NEO's raw client,
+benchmarks/bench_neo.py and docs/benchmarks.md).  ``compress=false`` in the URI turns it off entirely.
 
 Bounded waits: NEO's client never gives up by itself (by design: no
 request timeouts; a dead peer is seen when its socket closes, or after TCP
@@ -287,8 +287,8 @@ def skip_incompressible(app):
     NEO's client compresses every record it stores with zlib when
     compression is on (the default) and keeps the compressed form only if it
     is smaller.  Array blocks of numeric data rarely are: for 2 MiB of such
-    bytes zlib costs about 70 ms on this machine, and an ingest ran at
-    20 MiB/s with compression on against 35-110 without.  A record of
+    bytes zlib costs about 70 ms on this machine (NEO's raw client stored
+    random bytes at 34 MiB/s with compression on against 87 without).  A record of
     SAMPLE_MIN bytes or more is first tried on three SAMPLE_PART pieces
     (48 KiB, about 2 ms): if they compress to SAMPLE_GAIN of their size or
     more, the record is stored as is, as NEO itself would store a record that
