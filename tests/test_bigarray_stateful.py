@@ -26,7 +26,7 @@ BLKSIZE = 256 * 1024
 BUDGET = 1 << 20
 
 # WCY_HYPOTHESIS_EXAMPLES=1000 for a long run (children inherit it)
-NEXAMPLES = int(os.environ.get('WCY_HYPOTHESIS_EXAMPLES', '150'))
+NEXAMPLES = int(os.environ.get('WCY_HYPOTHESIS_EXAMPLES', '100'))
 # a guard against hangs only: generous, so that a loaded machine is no failure
 CHILD_TIMEOUT = 600 + 6 * NEXAMPLES
 SETTINGS = settings(max_examples=NEXAMPLES, stateful_step_count=30, deadline=None,
