@@ -451,3 +451,44 @@ def test_after_a_write_wendelin_core_cannot_be_mixed_in(db_path):
             print('guard2:', 'use wendelin.core in another process' in str(e))
     ''', os.path.dirname(db_path))
     assert 'names: True True' in out and 'guard: True' in out and 'guard2: True' in out, out
+
+
+def test_two_connections_change_different_blocks(db_path, monkeypatch):
+    # both commits put a new block object in blktab, so both rewrite the
+    # (unchanged) ZBigFile record: the conflict is resolved, each block
+    # keeps its change
+    import ZODB
+    from ZODB.FileStorage import FileStorage
+    from wendelin_cy import compat
+    from wendelin_cy.bigfile import _wcore
+    resolved = []
+    orig = _wcore.ZBigFile._p_resolveConflict
+
+    def spy(self, *states):
+        resolved.append(1)
+        return orig(self, *states)
+
+    monkeypatch.setattr(_wcore.ZBigFile, '_p_resolveConflict', spy)
+    db = ZODB.DB(FileStorage(db_path))
+    compat.install(db)
+    try:
+        tm1, tm2 = transaction.TransactionManager(), transaction.TransactionManager()
+        c1, c2 = db.open(tm1), db.open(tm2)
+        n = wc.N16
+        c1.root()['i16_mixed'][...][4 * n + 10] = 111         # the hole: a new ZBlk1
+        monkeypatch.setenv('WENDELIN_CORE_ZBLK_FMT', 'ZBlk0')
+        c2.root()['i16_mixed'][...][n + 10] = 222             # ZBlk1 -> a new ZBlk0
+        tm1.commit()
+        tm2.commit()
+        assert resolved
+        want = wc.expected()['i16_mixed']
+        want[4 * n + 10], want[n + 10] = 111, 222
+        c2.close()
+        c1.close()
+        tm3 = transaction.TransactionManager()
+        c3 = db.open(tm3)
+        np.testing.assert_array_equal(c3.root()['i16_mixed'][...], want)
+        tm3.abort()
+        c3.close()
+    finally:
+        db.close()

@@ -15,7 +15,8 @@ import wendelin.core (or wendelin_cy) and run by hand:
 
     # check a database with wendelin.core (the values as written, or after MODS)
     /work/wc-venv/bin/python tests/data/make_wendelin_core_db.py --check DB [--modified]
-    # apply MODS to a copy through wendelin_cy (this project's python)
+    # apply MODS to a copy through wendelin_cy (this project's python), and
+    # add an array made by wendelin_cy in wendelin.core's format
     PYTHONPATH=src python tests/data/make_wendelin_core_db.py --modify-with-wendelin-cy SRC DST
 
 What is in it (wendelin.core picks the block format of every block it
@@ -140,6 +141,15 @@ def expected_after():
     return e
 
 
+def made_by_wendelin_cy():
+    """The array --modify-with-wendelin-cy adds (a wendelin.core-format
+    ZBigArray made by wendelin_cy.compat.wendelin_core)."""
+    a = np.zeros((300, 7), dtype=np.float32, order='F')
+    a[10:20, 3] = 1.5
+    a[299, 6] = -3
+    return a
+
+
 # ~~~ by hand: need wendelin.core (or wendelin_cy)
 
 def _write(path):
@@ -229,6 +239,8 @@ def _check(path, modified):
     import wendelin.bigarray.array_zodb as az
     from wendelin.lib.zodb import dbclose, dbopen
     want = expected_after() if modified else expected()
+    if modified:
+        want['made_by_wendelin_cy'] = made_by_wendelin_cy()
     root = dbopen(path)
     bad = []
     try:
@@ -239,7 +251,7 @@ def _check(path, modified):
             ok = (A.shape == w.shape and A.dtype == w.dtype
                   and np.array_equal(np.asarray(got), w))
             if w.ndim > 1:
-                ok = ok and got.flags.f_contiguous == (ARRAYS[name][2] == 'F')
+                ok = ok and got.flags.f_contiguous == w.flags.f_contiguous
             print('%-16s %-28s %s' % (name, '%s %s' % (A.shape, A.dtype), 'ok' if ok else 'DIFFERS'))
             if not ok:
                 bad.append(name)
@@ -257,9 +269,14 @@ def _check(path, modified):
 def _modify_with_wendelin_cy(src, dst):
     import transaction
     from wendelin_cy.lib.zodb import dbclose, dbopen
+    from wendelin_cy.compat.wendelin_core import ZBigArray
     shutil.copyfile(src, dst)
     root = dbopen(dst)
     apply_mods({name: root[name] for name in ARRAYS})
+    want = made_by_wendelin_cy()
+    A = root['made_by_wendelin_cy'] = ZBigArray(want.shape, want.dtype, order='F')
+    transaction.commit()
+    A[...][:] = want
     transaction.commit()
     dbclose(root)
     print('applied MODS to', dst, 'with wendelin_cy')
