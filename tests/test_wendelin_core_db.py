@@ -492,3 +492,19 @@ def test_two_connections_change_different_blocks(db_path, monkeypatch):
         c3.close()
     finally:
         db.close()
+
+
+def test_info_and_verify_know_the_formats(db_path):
+    from wendelin_cy.dbinfo import array_info
+    from wendelin_cy.verify import verify_array
+    root = dbopen(db_path)
+    try:
+        info = array_info('i16_mixed', root['i16_mixed'])
+        assert info['blocks']['ZBlk0'] == 3 and info['blocks']['ZBlk1'] == 2
+        assert info['blocks']['hole'] == 1 and info['blocks']['other'] == 0
+        for name in wc.ARRAYS:
+            rep = verify_array(name, root[name])
+            assert rep.ok, (name, rep.problems)
+    finally:
+        transaction.abort()
+        dbclose(root)

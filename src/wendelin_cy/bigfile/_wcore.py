@@ -183,6 +183,8 @@ class ZBlk1(_ZBlkBase):
     absent chunk reads as zeros; chunks are of any length, not overlapping)."""
 
     __module__ = FILE_MODULE
+    base = None                     # (never: for the tools that read ZBlk1s,
+    chunksize = WCORE_CHUNKSIZE     # verify and info; not in the state)
 
     def __init__(self):
         self.chunktab = IOBTree()
