@@ -31,6 +31,7 @@ else the usual ZBigFile rules (``blob`` is written as ``auto``).
 """
 
 import importlib.abc
+import importlib.machinery
 import os
 import sys
 import types
@@ -103,6 +104,7 @@ def _ensure_names():
             m = types.ModuleType(modname, "wendelin_cy's classes under wendelin.core's "
                                  "name, for the records it writes (wendelin_cy.compat)")
             m.__dict__.update(classes)
+            m.__spec__ = importlib.machinery.ModuleSpec(modname, None)
             sys.modules[modname] = m
             _ALIASES[modname] = m
     # the pickler imports the module with __import__(name), which gives the
@@ -113,6 +115,7 @@ def _ensure_names():
         top = types.ModuleType('wendelin', "placeholder of wendelin_cy for wendelin.core's "
                                "class names (wendelin_cy.compat)")
         top.__path__ = []
+        top.__spec__ = importlib.machinery.ModuleSpec('wendelin', None, is_package=True)
         sys.modules['wendelin'] = top
         _ALIASES['wendelin'] = top
     if _GUARD not in sys.meta_path:
