@@ -508,3 +508,43 @@ def test_info_and_verify_know_the_formats(db_path):
     finally:
         transaction.abort()
         dbclose(root)
+
+
+def test_early_and_bad_states():
+    from wendelin_cy.compat.wendelin_core import ZBigArray, ZBigFile, ZBlk0, ZBlk1, ZData
+    # early wendelin.core wrote no _order: C order
+    A = ZBigArray.__new__(ZBigArray)
+    A.__setstate__(({'_dtype': np.dtype('<i2'), '_shape': (4, 3)}, {'zfile': ZBigFile()}))
+    assert A._order == 'C' and A._shape == (4, 3) and A._dtype == np.int16
+    for bad in ({'_shape': (3,)}, 'x', ({'_dtype': np.dtype('O'), '_shape': (2,)}, {'zfile': None}),
+                ({'_dtype': np.dtype('f8'), '_shape': (2,), '_order': 'K'}, {'zfile': None})):
+        with pytest.raises((TypeError, ValueError)):
+            ZBigArray.__new__(ZBigArray).__setstate__(bad)
+    with pytest.raises(TypeError):
+        ZBigFile.__new__(ZBigFile).__setstate__({'blksize': 4096})
+    with pytest.raises(ValueError):
+        ZBigFile.__new__(ZBigFile).__setstate__((0, None))
+    for cls in (ZBlk0, ZData):
+        with pytest.raises(TypeError):
+            cls.__new__(cls).__setstate__(u'text')
+    with pytest.raises(TypeError):
+        ZBlk1.__new__(ZBlk1).__setstate__({0: b'x'})
+    # a ZBlk1 with overlapping chunks, or one past the block: a clear error
+    z = ZBlk1()
+    z.chunktab[0] = ZData(b'\1' * 10)
+    z.chunktab[5] = ZData(b'\2')
+    with pytest.raises(ValueError, match='overlaps'):
+        z.loadblkdata(bytearray(4096))
+    z = ZBlk1()
+    z.chunktab[4090] = ZData(b'\3' * 10)
+    with pytest.raises(ValueError, match='past'):
+        z.loadblkdata(bytearray(4096))
+    z = ZBlk1()
+    z.chunktab[100] = ZData(b'\4' * 3)          # chunks of any length read
+    z.chunktab[1000] = ZData(b'\5' * 5000)
+    buf = bytearray(b'\xff' * 8192)
+    z.loadblkdata(buf)
+    want = bytearray(8192)
+    want[100:103] = b'\4' * 3
+    want[1000:6000] = b'\5' * 5000
+    assert buf == want
