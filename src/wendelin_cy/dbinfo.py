@@ -31,10 +31,12 @@ def block_format(z):
     """'ZBlk0', 'ZBlk1', 'blob', 'hole' (None) or 'other' for an entry of
     ``ZBigFile.blktab`` (a ghost stays a ghost)."""
     from wendelin_cy.bigfile.file_zodb import ZBlk0, ZBlk1, ZBlkSeg
+    from wendelin_cy.bigfile import _wcore      # (wendelin.core's formats)
     if z is None:
         return 'hole'
     t = type(z)
-    return {ZBlk0: 'ZBlk0', ZBlk1: 'ZBlk1', ZBlkSeg: 'blob'}.get(t, 'other')
+    return {ZBlk0: 'ZBlk0', ZBlk1: 'ZBlk1', ZBlkSeg: 'blob', _wcore.ZBlk0: 'ZBlk0',
+            _wcore.ZBlk1: 'ZBlk1'}.get(t, 'other')
 
 
 def tid_time(tid):

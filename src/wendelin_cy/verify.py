@@ -170,7 +170,7 @@ def _read_zblk1(z, bs):
         if not isinstance(off, int) or off % cs or not 0 <= off < bs:
             raise _Bad(oid, 'ZBlk1 chunk at offset %r: not a multiple of %d inside '
                        'the block' % (off, cs))
-        if type(zd) is not ZData:
+        if not isinstance(zd, ZData):       # (or wendelin.core's, a subclass)
             raise _Bad(oid, 'ZBlk1 chunk at offset %d is a %s, not ZData'
                        % (off, type(zd).__name__))
         data = _bytes_state(zd, min(cs, bs - off), 'ZData chunk at %d' % off)

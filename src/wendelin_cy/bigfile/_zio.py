@@ -175,7 +175,7 @@ class _ZBigFileIO(BigFile):
         todo = []
         for b in range(blk, blk + n):
             z = zfile.blktab.get(b)
-            if type(z) is ZBlk0 and z._p_changed is None:      # a ghost: not read yet
+            if isinstance(z, ZBlk0) and z._p_changed is None:  # a ghost: not read yet
                 todo.append((b, z))
         if not todo:
             return None

@@ -56,6 +56,8 @@ class ZBigFile(Persistent):
     ZBigFile lives in.
     """
 
+    _IO = _ZBigFileIO       # what the pager sees (bigfile._wcore: another)
+
     def __init__(self, blksize=DEFAULT_BLKSIZE, zblk_fmt=None):
         if isinstance(blksize, bool) or not isinstance(blksize, (int, np.integer)):
             raise TypeError('ZBigFile: blksize must be an int, not %s'
@@ -97,7 +99,7 @@ class ZBigFile(Persistent):
             _check_cache(jar)
         io = self.__dict__.get('_v_io')         # (does not load a ghost)
         if io is None:
-            io = _ZBigFileIO(self)
+            io = self._IO(self)
             self.__dict__['_v_io'] = io
             _IOS.add(io)
         return ZBigFileH(self, io, zblk_fmt, reserve)

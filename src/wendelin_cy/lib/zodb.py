@@ -171,6 +171,10 @@ def dbopen(uri, **dbkw):
     except BaseException:
         storage.close()
         raise
+    # databases written by wendelin.core give wendelin_cy's classes
+    # (wendelin_cy.compat; only this database's class factory changes)
+    from wendelin_cy import compat
+    compat.install(db)
     # remembered so that other processes can be told how to reach the same
     # database (wendelin_cy.ml.share, pickling a ZBigArray)
     uri = os.fspath(uri)
