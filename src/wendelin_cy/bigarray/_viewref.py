@@ -54,6 +54,7 @@ database raises ``DatabaseUnreachable`` while it unpickles its task.
 
 import atexit
 import bisect
+import logging
 import math
 import os
 import threading
@@ -67,6 +68,8 @@ from wendelin_cy.errors import WendelinError
 import wendelin_cy.storage as _storage
 from wendelin_cy.storage import mvcc as _mvcc
 
+_log = logging.getLogger(__name__)
+
 __all__ = ['share', 'share_view', 'SharedView', 'ArrayRef',
            'DatabaseUnreachable', 'SnapshotWarning', 'close_shared']
 
@@ -76,8 +79,9 @@ class DatabaseUnreachable(WendelinError, ConnectionError):
 
 
 class SnapshotWarning(UserWarning):
-    """The worker sees another state than the one shared (no history, or
-    uncommitted changes in the sender)."""
+    """The worker sees another state than the one shared: uncommitted changes
+    in the sender.  (A storage without history is logged on the
+    ``wendelin_cy.bigarray._viewref`` logger instead.)"""
 
 
 def _vma_of(v):
@@ -502,9 +506,8 @@ def _snapshot(ref):
         db = _db_for(ref)
         before = ref.before
         if before is not None and not _supports_history(db.storage):
-            warnings.warn('ArrayRef: storage of %r cannot load past states; '
-                          'opening its latest state instead' % (ref.uri,),
-                          SnapshotWarning, stacklevel=3)
+            _log.warning('ArrayRef: storage of %r cannot load past states; '
+                         'opening its latest state instead', ref.uri)
             before = None
         if before is not None and _owned_dbs.get(ref.uri) is db:
             db = _catch_up(ref.uri, db, before)
