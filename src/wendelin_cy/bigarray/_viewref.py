@@ -60,6 +60,7 @@ import os
 import threading
 import warnings
 import weakref
+from typing import Any
 
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
@@ -134,7 +135,7 @@ class SharedView:
         return 'SharedView(%r)' % (self.ref,)
 
 
-def share_view(obj, uri=None):
+def share_view(obj: Any, uri: str | None = None) -> 'SharedView':
     """``wendelin_cy.share``: a ZBigArray or an ndarray view of one -> a
     ``SharedView``, which unpickles to the read-only view (see ``share`` for
     what is shared and when it warns or refuses)."""
@@ -201,7 +202,7 @@ def _db_uri(db, uri=None):
     return uri
 
 
-def share(obj, uri=None):
+def share(obj: Any, uri: str | None = None) -> 'ArrayRef':
     """A small picklable reference to a ZBigArray or an ndarray view of one.
 
     ``share(A)``, ``share(A[1000:2000])``, ``share(A[:, 3])``: in any process,

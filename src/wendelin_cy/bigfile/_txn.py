@@ -34,7 +34,7 @@ _log = logging.getLogger(__name__)
 try:
     from transaction._transaction import Status
 except ImportError:         # pragma: no cover
-    class Status:
+    class Status:           # type: ignore[no-redef]
         ACTIVE = 'Active'
         COMMITTING = 'Committing'
         COMMITTED = 'Committed'
