@@ -93,6 +93,8 @@ in numpy (wendelin.core answers the major axis length for F order).  Field
 names index structured arrays (`A['x']`) like numpy.
 """
 
+from __future__ import annotations
+
 import errno
 import operator
 import os

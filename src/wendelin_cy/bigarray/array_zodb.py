@@ -13,6 +13,8 @@ of names / formats / offsets / itemsize for structured ones (recursively), so
 the record does not depend on how numpy pickles its dtype objects.
 """
 
+from __future__ import annotations
+
 import threading
 import time
 from typing import Any
