@@ -360,3 +360,58 @@ def test_demo_commands_are_the_demos(tmp_path):
     p = run('--help', cwd=tmp_path, check=0)
     for cmd in ('info', 'import', 'export', 'verify', 'demo', 'ml-demo'):
         assert cmd in p.stdout
+
+
+def _run_on_a_terminal(args, cwd):
+    """Run the command with stderr on a pseudo-terminal; -> (rc, what the
+    terminal showed)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))
+    env = env_with_src(WENDELIN_CY_RAM_BUDGET='32M', COLUMNS='100')
+    p = subprocess.Popen([sys.executable, '-m', 'wendelin_cy'] + [str(a) for a in args],
+                         cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    out = b''
+    try:
+        while True:
+            r, _, _ = select.select([master], [], [], 60)
+            if not r:
+                raise AssertionError('no output for 60 s')
+            try:
+                data = os.read(master, 65536)
+            except OSError:             # EIO: the other side is closed
+                break
+            if not data:
+                break
+            out += data
+    finally:
+        os.close(master)
+        rc = p.wait(timeout=60)
+        p.stdout.close()
+    return rc, out.decode(errors='replace')
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    """import, export and verify draw a tqdm bar when stderr is a terminal;
+    --quiet, and a stderr that is not a terminal, have none."""
+    write_npy(str(tmp_path / 'a.npy'), 8 * MiB)
+    for args, quiet in ((['import', 'a.npy', 'db.fs', 'A'], ['import', 'a.npy', 'db.fs', 'B']),
+                        (['export', 'db.fs', 'A', 'a1.npy'], ['export', 'db.fs', 'A', 'a2.npy']),
+                        (['verify', 'db.fs'], ['verify', 'db.fs'])):
+        rc, shown = _run_on_a_terminal(args, tmp_path)
+        assert rc == 0, shown
+        assert '%|' in shown and args[0] in shown, (args, shown)      # tqdm's bar
+        rc, shown = _run_on_a_terminal(quiet + ['--quiet'], tmp_path)
+        assert rc == 0 and '%|' not in shown, (quiet, shown)
+    assert data_digest(tmp_path / 'a1.npy') == data_digest(tmp_path / 'a.npy')
+    # a pipe (not a terminal): no bar
+    p = run('import', 'a.npy', 'db.fs', 'C', cwd=tmp_path, check=0)
+    assert '%|' not in p.stderr and 'imported a.npy into C' in p.stderr
+    p = run('verify', 'db.fs', cwd=tmp_path, check=0)
+    assert '%|' not in p.stderr + p.stdout and '3 arrays' in p.stdout
