@@ -235,9 +235,9 @@ def _wait_for_commits(p, n):
     raise AssertionError('the import ended before %d commits (rc %s)' % (n, p.wait()))
 
 
-@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_interrupted_import(tmp_path, sig):
-    """Killed (or Ctrl-C) in the middle, an import leaves the database as it
+    """Killed (or Ctrl-C, or SIGTERM) in the middle, an import leaves the database as it
     was plus an unfinished import that verify accepts and --resume finishes."""
     write_npy(str(tmp_path / 'big.npy'), 96 * MiB)
     np.save(tmp_path / 'small.npy', np.arange(5))
@@ -274,6 +274,38 @@ def test_interrupted_import(tmp_path, sig):
     run('export', 'db.fs', 'grp/A', 'out.npy', **c, check=0)
     assert data_digest(tmp_path / 'out.npy') == data_digest(tmp_path / 'big.npy')
     run('verify', 'db.fs', **c, check=0)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_export_leaves_no_destination(tmp_path, sig):
+    """An export stopped half way leaves no DEST (the data goes to a temporary
+    name beside it, renamed at the end); Ctrl-C also removes the temporary
+    file and exits with 130."""
+    write_npy(str(tmp_path / 'big.npy'), 96 * MiB)
+    run('import', 'big.npy', 'db.fs', 'A', cwd=tmp_path, check=0)
+    env = env_with_src(WENDELIN_CY_RAM_BUDGET='32M')
+    p = subprocess.Popen([sys.executable, '-m', 'wendelin_cy', 'export', 'db.fs', 'A',
+                          'out.npy'], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+    t0 = time.monotonic()
+    while True:         # until the temporary file holds some data
+        tmps = glob.glob(str(tmp_path / '.*wendelin_cy-tmp*'))
+        if tmps and os.path.getsize(tmps[0]) > 8 * MiB:
+            break
+        assert p.poll() is None, ('the export ended first', p.communicate())
+        assert time.monotonic() - t0 < 60, 'no temporary file after 60 s'
+        time.sleep(0.005)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert not (tmp_path / 'out.npy').exists()
+    if sig == signal.SIGINT:
+        assert p.returncode == 130 and 'Traceback' not in err, err
+        assert not glob.glob(str(tmp_path / '.*wendelin_cy-tmp*'))
+    else:
+        assert p.returncode == -signal.SIGKILL
+    run('export', 'db.fs', 'A', 'out.npy', cwd=tmp_path, check=0)      # again: fine
+    assert data_digest(tmp_path / 'out.npy') == data_digest(tmp_path / 'big.npy')
 
 
 def _db_with_blocks(tmp_path, fmt=None):
