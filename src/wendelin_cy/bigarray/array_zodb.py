@@ -85,6 +85,28 @@ class ZBigArray(BigArray, Persistent):
 
     A BigArray whose data and geometry live in ZODB: store it in a persistent
     container (``root['A'] = ZBigArray(...)``) and ``transaction.commit()``.
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+        The shape; ``append`` and ``resize`` change it later.
+    dtype : numpy dtype-like
+        Any fixed-size dtype, structured ones included (object dtypes are
+        refused).
+    order : {'C', 'F'}
+        Memory order of the data, as numpy's.
+    blksize : int
+        Bytes per block (default 2 MiB), the unit of loading, storing and
+        of the RAM budget.
+    zblk_fmt : {None, 'auto', 'ZBlk0', 'ZBlk1', 'blob'}
+        How blocks are stored; None: ``$WENDELIN_CY_ZBLK_FMT``, else 'auto'
+        (see ``wendelin_cy.bigfile.file_zodb``).
+
+    Notes
+    -----
+    ``A[...]`` is a ``numpy.ndarray`` view of the data (no copy): the pager
+    loads the blocks that numpy touches and writes back the changed ones at
+    ``transaction.commit()``; ``transaction.abort()`` drops the changes.
     """
 
     _STATE_VERSION = 1
