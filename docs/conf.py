@@ -8,7 +8,12 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'src'))
+SRC = os.path.join(os.path.dirname(HERE), 'src')
+# a tree built in place (python setup.py build_ext --inplace) is documented
+# from src/; otherwise the installed package (pip install -e .) is imported
+_PAGER = os.path.join(SRC, 'wendelin_cy', '_pager')
+if any(n.startswith('virtmem') and n.endswith('.so') for n in os.listdir(_PAGER)):
+    sys.path.insert(0, SRC)
 
 import wendelin_cy  # noqa: E402
 
