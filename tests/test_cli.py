@@ -235,9 +235,9 @@ def _wait_for_commits(p, n):
     raise AssertionError('the import ended before %d commits (rc %s)' % (n, p.wait()))
 
 
-@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_interrupted_import(tmp_path, sig):
-    """Killed (or Ctrl-C) in the middle, an import leaves the database as it
+    """Killed (or Ctrl-C, or SIGTERM) in the middle, an import leaves the database as it
     was plus an unfinished import that verify accepts and --resume finishes."""
     write_npy(str(tmp_path / 'big.npy'), 96 * MiB)
     np.save(tmp_path / 'small.npy', np.arange(5))
@@ -274,6 +274,38 @@ def test_interrupted_import(tmp_path, sig):
     run('export', 'db.fs', 'grp/A', 'out.npy', **c, check=0)
     assert data_digest(tmp_path / 'out.npy') == data_digest(tmp_path / 'big.npy')
     run('verify', 'db.fs', **c, check=0)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_export_leaves_no_destination(tmp_path, sig):
+    """An export stopped half way leaves no DEST (the data goes to a temporary
+    name beside it, renamed at the end); Ctrl-C also removes the temporary
+    file and exits with 130."""
+    write_npy(str(tmp_path / 'big.npy'), 96 * MiB)
+    run('import', 'big.npy', 'db.fs', 'A', cwd=tmp_path, check=0)
+    env = env_with_src(WENDELIN_CY_RAM_BUDGET='32M')
+    p = subprocess.Popen([sys.executable, '-m', 'wendelin_cy', 'export', 'db.fs', 'A',
+                          'out.npy'], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+    t0 = time.monotonic()
+    while True:         # until the temporary file holds some data
+        tmps = glob.glob(str(tmp_path / '.*wendelin_cy-tmp*'))
+        if tmps and os.path.getsize(tmps[0]) > 8 * MiB:
+            break
+        assert p.poll() is None, ('the export ended first', p.communicate())
+        assert time.monotonic() - t0 < 60, 'no temporary file after 60 s'
+        time.sleep(0.005)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert not (tmp_path / 'out.npy').exists()
+    if sig == signal.SIGINT:
+        assert p.returncode == 130 and 'Traceback' not in err, err
+        assert not glob.glob(str(tmp_path / '.*wendelin_cy-tmp*'))
+    else:
+        assert p.returncode == -signal.SIGKILL
+    run('export', 'db.fs', 'A', 'out.npy', cwd=tmp_path, check=0)      # again: fine
+    assert data_digest(tmp_path / 'out.npy') == data_digest(tmp_path / 'big.npy')
 
 
 def _db_with_blocks(tmp_path, fmt=None):
@@ -360,3 +392,58 @@ def test_demo_commands_are_the_demos(tmp_path):
     p = run('--help', cwd=tmp_path, check=0)
     for cmd in ('info', 'import', 'export', 'verify', 'demo', 'ml-demo'):
         assert cmd in p.stdout
+
+
+def _run_on_a_terminal(args, cwd):
+    """Run the command with stderr on a pseudo-terminal; -> (rc, what the
+    terminal showed)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))
+    env = env_with_src(WENDELIN_CY_RAM_BUDGET='32M', COLUMNS='100')
+    p = subprocess.Popen([sys.executable, '-m', 'wendelin_cy'] + [str(a) for a in args],
+                         cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    out = b''
+    try:
+        while True:
+            r, _, _ = select.select([master], [], [], 60)
+            if not r:
+                raise AssertionError('no output for 60 s')
+            try:
+                data = os.read(master, 65536)
+            except OSError:             # EIO: the other side is closed
+                break
+            if not data:
+                break
+            out += data
+    finally:
+        os.close(master)
+        rc = p.wait(timeout=60)
+        p.stdout.close()
+    return rc, out.decode(errors='replace')
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    """import, export and verify draw a tqdm bar when stderr is a terminal;
+    --quiet, and a stderr that is not a terminal, have none."""
+    write_npy(str(tmp_path / 'a.npy'), 8 * MiB)
+    for args, quiet in ((['import', 'a.npy', 'db.fs', 'A'], ['import', 'a.npy', 'db.fs', 'B']),
+                        (['export', 'db.fs', 'A', 'a1.npy'], ['export', 'db.fs', 'A', 'a2.npy']),
+                        (['verify', 'db.fs'], ['verify', 'db.fs'])):
+        rc, shown = _run_on_a_terminal(args, tmp_path)
+        assert rc == 0, shown
+        assert '%|' in shown and args[0] in shown, (args, shown)      # tqdm's bar
+        rc, shown = _run_on_a_terminal(quiet + ['--quiet'], tmp_path)
+        assert rc == 0 and '%|' not in shown, (quiet, shown)
+    assert data_digest(tmp_path / 'a1.npy') == data_digest(tmp_path / 'a.npy')
+    # a pipe (not a terminal): no bar
+    p = run('import', 'a.npy', 'db.fs', 'C', cwd=tmp_path, check=0)
+    assert '%|' not in p.stderr and 'imported a.npy into C' in p.stderr
+    p = run('verify', 'db.fs', cwd=tmp_path, check=0)
+    assert '%|' not in p.stderr + p.stdout and '3 arrays' in p.stdout

@@ -1,6 +1,7 @@
 """The pager core: mappings, faults, reclaim under the budget, dirty data."""
 import errno
 import gc
+import logging
 import os
 import signal
 import subprocess
@@ -227,7 +228,8 @@ def test_loadblk_error_inside_fault_ends_with_sigbus_and_diagnostic():
     assert "loading block 0 of <BigFile_RAM" in r.stderr
 
 
-def test_transient_loadblk_errors_are_retried_inside_fault():
+def test_transient_loadblk_errors_are_retried_inside_fault(caplog):
+    caplog.set_level(logging.WARNING, logger="wendelin_cy")
     class Flaky(BigFile_RAM):
         n = 0
 
@@ -241,6 +243,38 @@ def test_transient_loadblk_errors_are_retried_inside_fault():
     a = u8(f.fileh_open().mmap(0, 1))
     assert a[10] == 3
     assert Flaky.n == 3
+    # each retry is an event on the wendelin_cy.pager logger
+    retries = [r for r in caplog.records if r.name == "wendelin_cy.pager"
+               and "retry" in r.getMessage()]
+    assert [r.levelno for r in retries] == [logging.WARNING] * 2
+    assert "ConnectionResetError: blip; retry 1 of 3" in retries[0].getMessage()
+    assert "retry 2 of 3" in retries[1].getMessage()
+
+
+def test_budget_overshoot_is_logged(budget, caplog):
+    """Pinned blocks that fill the budget: the next load overshoots it, and
+    the overshoot reaches the wendelin_cy.pager logger (a warning the first
+    time in the process, debug after)."""
+    caplog.set_level(logging.DEBUG, logger="wendelin_cy.pager")
+    bs = 1 << 20
+    budget(2 * bs)
+    f = BigFile_RAM(bs)
+    fh = f.fileh_open()
+    a = u8(fh.mmap(0, 4))
+    before = wendelin_cy.pager_stats()["overshoots"]
+    for b in range(3):
+        a[b * bs] = 1
+        fh.pin(b)
+    a[3 * bs]                   # a 4th block, 3 pinned, budget of 2
+    a[3 * bs] = 1
+    n = wendelin_cy.pager_stats()["overshoots"]
+    assert n > before
+    over = [r for r in caplog.records if "RAM budget overshot" in r.getMessage()]
+    assert over and over[-1].name == "wendelin_cy.pager"
+    for b in range(3):
+        fh.unpin(b)
+    del a
+    fh.close()
 
 
 def test_real_segfault_reaches_faulthandler():
@@ -685,7 +719,7 @@ def test_sequential_faults_call_prefetch():
     assert f.asked == []
 
 
-def test_prefetch_errors_are_not_fatal(capfd):
+def test_prefetch_errors_are_not_fatal(caplog):
     class Bad(BigFile_RAM):
         def prefetch(self, blk, n):
             raise RuntimeError("prefetch broke")
@@ -693,7 +727,12 @@ def test_prefetch_errors_are_not_fatal(capfd):
     f.blocks[3] = bytes([1]) * BS
     a = u8(f.fileh_open().mmap(0, 8))
     assert [int(a[b * BS]) for b in range(8)] == [0, 0, 0, 1, 0, 0, 0, 0]
-    assert capfd.readouterr().err.count("RuntimeError: prefetch broke") == 1
+    errs = [r for r in caplog.records if r.name == "wendelin_cy.pager"
+            and r.exc_info and "prefetch broke" in str(r.exc_info[1])]
+    assert len(errs) == 1 and errs[0].levelno == logging.ERROR
+    assert "prefetch failed (ignored)" in errs[0].getMessage()
+    del errs
+    caplog.clear()          # the records' tracebacks hold the handle's frames
 
 
 def test_cycle_through_bigfile_and_handle_is_collected():
@@ -701,6 +740,7 @@ def test_cycle_through_bigfile_and_handle_is_collected():
 
     class Owning(BigFile_RAM):
         pass
+    gc.collect()            # what earlier tests left in cycles is not counted
     f = Owning(BS)
     f.fh = f.fileh_open()                # bigfile -> handle -> bigfile
     u8(f.fh.mmap(0, 1))[0] = 1
@@ -836,7 +876,7 @@ def test_prefetch_futures_completed_after_close_are_ignored():
     assert all(fut.done() for fut in futs)
 
 
-def test_prefetch_future_with_a_bad_block_number_is_reported(capfd):
+def test_prefetch_future_with_a_bad_block_number_is_reported(caplog):
     from concurrent.futures import Future
 
     class Bad(BigFile_RAM):
@@ -844,7 +884,11 @@ def test_prefetch_future_with_a_bad_block_number_is_reported(capfd):
             return [(-1, Future())]
     a = u8(Bad(BS).fileh_open().mmap(0, 8))
     assert [int(a[b * BS]) for b in range(8)] == [0] * 8
-    assert capfd.readouterr().err.count("ValueError: prefetch: bad (blk, future)") == 1
+    bad = [r for r in caplog.records if r.name == "wendelin_cy.pager" and r.exc_info
+           and "prefetch: bad (blk, future)" in str(r.exc_info[1])]
+    assert len(bad) == 1 and isinstance(bad[0].exc_info[1], ValueError)
+    del bad
+    caplog.clear()
 
 
 def test_loadblk_may_return_hole(budget):

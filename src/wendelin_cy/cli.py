@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Sequence
 
 __all__ = ['main', 'parser']
 
@@ -55,7 +56,7 @@ def _uri_key_json(s):
     s.add_argument('--json', action='store_true', help='JSON on stdout')
 
 
-def parser():
+def parser() -> argparse.ArgumentParser:
     from wendelin_cy.demo.__main__ import _size         # (sizes as the demos take them)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--budget', type=_size, metavar='SIZE',
@@ -385,7 +386,7 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ('demo', 'ml-demo'):
         # (argparse's REMAINDER does not take options first: pass them on as is)

@@ -21,13 +21,14 @@ loading the records (over a network storage that reads every block once).
 
 import datetime
 import os
+from typing import Any
 
 __all__ = ['database_info', 'array_info', 'block_format', 'FORMATS']
 
 FORMATS = ('ZBlk0', 'ZBlk1', 'blob', 'hole', 'other')
 
 
-def block_format(z):
+def block_format(z: Any) -> str:
     """'ZBlk0', 'ZBlk1', 'blob', 'hole' (None) or 'other' for an entry of
     ``ZBigFile.blktab`` (a ghost stays a ghost)."""
     from wendelin_cy.bigfile.file_zodb import ZBlk0, ZBlk1, ZBlkSeg
@@ -39,7 +40,7 @@ def block_format(z):
             _wcore.ZBlk1: 'ZBlk1'}.get(t, 'other')
 
 
-def tid_time(tid):
+def tid_time(tid: bytes | None) -> str | None:
     """8-byte tid -> ISO 8601 UTC time string (None for None)."""
     if not tid:
         return None
@@ -84,7 +85,7 @@ def _max(a, b):
     return b if a is None or (b is not None and b > a) else a
 
 
-def array_info(key, A, sizes=True):
+def array_info(key: str, A: Any, sizes: bool = True) -> dict[str, Any]:
     """Description of ZBigArray `A` (found at key path `key`); sizes=False
     skips ``disk_bytes`` and ``last_tid`` (no record is read then)."""
     zfile = A.zfile
@@ -150,7 +151,7 @@ def _hex(oid):
     return '0x' + oid.hex() if oid else None
 
 
-def database_info(root, sizes=True):
+def database_info(root: Any, sizes: bool = True) -> dict[str, Any]:
     """{'arrays': [array_info of each array below root], 'partial':
     [{'key', 'done', 'nbytes', 'source', 'array': array_info}]}."""
     from wendelin_cy import keypath, io

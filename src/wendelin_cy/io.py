@@ -64,11 +64,16 @@ import os
 import re
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wendelin_cy import keypath
 from wendelin_cy.errors import WendelinError
+
+if TYPE_CHECKING:
+    from wendelin_cy.bigarray import BigArray
+    from wendelin_cy.bigarray.array_zodb import ZBigArray
 
 __all__ = ['from_npy', 'from_hdf5', 'from_zarr', 'to_npy', 'to_hdf5', 'to_zarr',
            'import_from', 'export_to', 'parse_spec', 'partial_imports',
@@ -198,7 +203,8 @@ def _default_commit(limit):
 
 # ~~~ progress
 
-def progress_bar(enabled, total, desc, initial=0, unit='B'):
+def progress_bar(enabled: bool, total: int, desc: str, initial: int = 0,
+                 unit: str = 'B') -> Any:
     """A tqdm bar on stderr (a do-nothing one when not enabled)."""
     if not enabled:
         return _NoBar()
@@ -226,7 +232,7 @@ _H5_RE = re.compile(r'^(.*?\.(?:h5|hdf5|hdf|he5))(?::(.*))?$', re.IGNORECASE)
 _H5_MAGIC = b'\x89HDF\r\n\x1a\n'
 
 
-def parse_spec(spec):
+def parse_spec(spec: str) -> tuple[str, str, str | None]:
     """'x.npy' -> ('npy', 'x.npy', None); 'f.h5:/d' -> ('hdf5', 'f.h5', '/d');
     's.zarr/a/b' -> ('zarr', 's.zarr', 'a/b').  Without a known extension,
     an existing file is recognised by its magic bytes (and then 'file:dataset'
@@ -262,7 +268,7 @@ def parse_spec(spec):
 # ~~~ sources
 
 class _Source:
-    kind = None
+    kind: str | None = None
     align = 1
 
     def fingerprint(self):
@@ -431,14 +437,14 @@ def _open_source(kind, path, sub):
 
 # ~~~ import
 
-def partial_imports(root):
+def partial_imports(root: Any) -> dict[str, Any]:
     """{key path: {'array', 'source', 'done', 'nbytes', 'started'}} of the
     imports that have not finished."""
     staging = root.get(keypath.STAGING_KEY) if hasattr(root, 'get') else None
     return dict(staging.items()) if staging is not None else {}
 
 
-def discard_partial(root, key, commit=True):
+def discard_partial(root: Any, key: str, commit: bool = True) -> bool:
     """Remove the staging entry of an unfinished import to `key` (True if
     there was one)."""
     staging = root.get(keypath.STAGING_KEY)
@@ -562,7 +568,7 @@ _IMPORT_DOC = """
     """
 
 
-def import_from(spec, root, key, **kw):
+def import_from(spec: str, root: Any, key: str, **kw: Any) -> 'ZBigArray':
     """Import the source named by `spec` (``x.npy``, ``f.h5:/dataset``,
     ``store.zarr[/path]``)."""
     kind, path, sub = parse_spec(spec)
@@ -573,7 +579,7 @@ def import_from(spec, root, key, **kw):
         src.close()
 
 
-def from_npy(path, root, key, **kw):
+def from_npy(path: str | os.PathLike, root: Any, key: str, **kw: Any) -> 'ZBigArray':
     """Import the ``.npy`` file at `path` (C or Fortran order, kept)."""
     src = _NpySource(path)
     try:
@@ -582,7 +588,8 @@ def from_npy(path, root, key, **kw):
         src.close()
 
 
-def from_hdf5(path, root, key, dataset=None, **kw):
+def from_hdf5(path: str | os.PathLike, root: Any, key: str, dataset: str | None = None,
+              **kw: Any) -> 'ZBigArray':
     """Import HDF5 dataset `dataset` of file `path` (None: the file's only
     dataset)."""
     src = _H5Source(path, dataset)
@@ -592,7 +599,8 @@ def from_hdf5(path, root, key, dataset=None, **kw):
         src.close()
 
 
-def from_zarr(store, root, key, path=None, **kw):
+def from_zarr(store: str | os.PathLike, root: Any, key: str, path: str | None = None,
+              **kw: Any) -> 'ZBigArray':
     """Import the zarr array at `path` in the store (a directory) `store`
     (None: the store's root array)."""
     src = _ZarrSource(store, path)
@@ -600,7 +608,7 @@ def from_zarr(store, root, key, path=None, **kw):
 
 
 for _f in (import_from, from_npy, from_hdf5, from_zarr):
-    _f.__doc__ += _IMPORT_DOC
+    _f.__doc__ += _IMPORT_DOC       # type: ignore[operator]
 del _f
 
 
@@ -673,7 +681,8 @@ def _remove(path):
         os.unlink(path)
 
 
-def to_npy(A, path, overwrite=False, progress=False):
+def to_npy(A: 'BigArray', path: str | os.PathLike, overwrite: bool = False,
+           progress: bool = False) -> None:
     """Write BigArray `A` to a ``.npy`` file (Fortran order kept)."""
     _check_array(A)
     path = os.fspath(path)
@@ -712,8 +721,9 @@ def _h5_dtype_ok(h5py, dt, where):
                                'zarr instead' % (dt, where)) from None
 
 
-def to_hdf5(A, path, dataset=None, overwrite=False, progress=False, limit=None,
-            **create_kw):
+def to_hdf5(A: 'BigArray', path: str | os.PathLike, dataset: str | None = None,
+            overwrite: bool = False, progress: bool = False, limit: int | None = None,
+            **create_kw: Any) -> None:
     """Write BigArray `A` to dataset `dataset` (default ``/data``) of HDF5
     file `path` (created if missing; other datasets are kept).  Extra keyword
     arguments go to ``h5py.Group.create_dataset`` (chunks, compression, ...)."""
@@ -763,8 +773,9 @@ def _export_boxes(A, sink, bar, limit, align):
     A.tofile(_BoxWriter(A, sink, bar, limit, align), order='K')
 
 
-def to_zarr(A, store, path=None, overwrite=False, progress=False, limit=None,
-            **create_kw):
+def to_zarr(A: 'BigArray', store: str | os.PathLike, path: str | None = None,
+            overwrite: bool = False, progress: bool = False, limit: int | None = None,
+            **create_kw: Any) -> None:
     """Write BigArray `A` as a zarr (format 3) array in directory store
     `store`, at `path` in it (None: the store is the array).  Extra keyword
     arguments go to ``zarr.create_array`` (chunks, compressors, ...)."""
@@ -808,7 +819,7 @@ def to_zarr(A, store, path=None, overwrite=False, progress=False, limit=None,
         bar.close()
 
 
-def export_to(A, spec, **kw):
+def export_to(A: 'BigArray', spec: str, **kw: Any) -> None:
     """Export BigArray `A` to the destination named by `spec` (``x.npy``,
     ``f.h5:/dataset``, ``store.zarr[/path]``); keyword arguments as for
     to_npy / to_hdf5 / to_zarr."""

@@ -13,6 +13,8 @@ once, under the first path found), except the staging area of unfinished
 imports (``STAGING_KEY``, see ``wendelin_cy.io``).
 """
 
+from typing import Any, Iterable, Iterator
+
 from wendelin_cy.errors import WendelinError
 
 __all__ = ['KeyPathError', 'NotAnArray', 'STAGING_KEY', 'split', 'join',
@@ -34,7 +36,7 @@ class NotAnArray(WendelinError, TypeError):
     """A key path that names something other than a ZBigArray."""
 
 
-def split(key):
+def split(key: str) -> list[str]:
     """'a/b/c' -> ['a', 'b', 'c']; KeyPathError for an empty path or name."""
     if not isinstance(key, str):
         raise TypeError('a key path must be a str, not %s' % type(key).__name__)
@@ -48,7 +50,7 @@ def split(key):
     return parts
 
 
-def join(parts):
+def join(parts: Iterable[Any]) -> str:
     return '/'.join(str(p) for p in parts)
 
 
@@ -116,7 +118,7 @@ def _attrs(obj):
             if not k.startswith('_p_') and not k.startswith('_v_')}
 
 
-def resolve(root, key):
+def resolve(root: Any, key: str) -> Any:
     """The object at key path `key` below `root`; KeyPathError if missing."""
     obj = root
     parts = split(key)
@@ -130,7 +132,7 @@ def resolve(root, key):
     return obj
 
 
-def resolve_array(root, key):
+def resolve_array(root: Any, key: str) -> Any:
     """The ZBigArray at `key`; KeyPathError if missing, NotAnArray if it is
     something else."""
     obj = resolve(root, key)
@@ -166,11 +168,11 @@ def parent_for_write(root, key, create=False):
     return obj, parts[-1]
 
 
-def walk(root, skip_staging=True):
+def walk(root: Any, skip_staging: bool = True) -> Iterator[tuple[str, Any]]:
     """Yield (key path, ZBigArray) for every ZBigArray reachable from `root`,
     depth first, in the order of the containers (each object once)."""
     seen = set()
-    stack = [((), root)]
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), root)]
     from wendelin_cy.bigfile.file_zodb import ZBigFile
     while stack:
         path, obj = stack.pop()

@@ -78,7 +78,7 @@ def _meminfo_available():
     return None
 
 
-def default_ram_budget():
+def default_ram_budget() -> int:
     env = os.environ.get("WENDELIN_CY_RAM_BUDGET")
     if env:
         return _check(parse_size(env), "WENDELIN_CY_RAM_BUDGET")
@@ -95,18 +95,18 @@ def _check(nbytes, what="budget"):
     return nbytes
 
 
-def set_ram_budget(nbytes):
+def set_ram_budget(nbytes: int | str) -> None:
     """Set the RAM budget for block data, in bytes or as '512M'/'2G'.
 
     Lowering it reclaims clean blocks (and spills dirty ones) at once."""
     _vm.set_budget(_check(parse_size(nbytes)))
 
 
-def get_ram_budget():
+def get_ram_budget() -> int:
     return _vm.get_budget()
 
 
-def pager_stats():
+def pager_stats() -> dict[str, int]:
     """A dict of the pager's state and counters:
 
     budget, resident, dirty, spilled, pool, peak_resident: bytes

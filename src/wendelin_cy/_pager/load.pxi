@@ -54,6 +54,11 @@ LOAD_RETRIES = 3
 LOAD_RETRY_DELAY = 0.05        # seconds before the first retry ...
 LOAD_RETRY_BACKOFF = 4         # ... and each next one waits this many times longer
 
+# events a user may want to see: a retried load, the budget overshot, a
+# callback that failed where nothing can be raised
+_log = _logging.getLogger('wendelin_cy.pager')
+cdef uint64_t g_overshoots_logged = 0
+
 
 class _Hole:
     """Returned by loadblk instead of filling ``buf``: the block is a hole (all
@@ -132,11 +137,15 @@ def _call_loadblk(bigfile, blk, _Buf buf, int entry):
                 if entry:
                     raise
                 interrupted = True          # re-delivered once the fault is over
-            except TRANSIENT_ERRORS:
+            except TRANSIENT_ERRORS as e:
                 attempt += 1
                 if entry or attempt > LOAD_RETRIES:
                     raise
-                _time.sleep(LOAD_RETRY_DELAY * (LOAD_RETRY_BACKOFF ** (attempt - 1)))
+                delay = LOAD_RETRY_DELAY * (LOAD_RETRY_BACKOFF ** (attempt - 1))
+                _log.warning('loading block %d of %r inside a page fault: %s: %s; '
+                             'retry %d of %d in %.2f s', blk, bigfile,
+                             type(e).__name__, e, attempt, LOAD_RETRIES, delay)
+                _time.sleep(delay)
     finally:
         try:
             mv.release()
@@ -163,6 +172,8 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
     cdef _Buf buf = mkbuf(slot, r.blksize, 0)
     PyErr_Fetch(&et, &ev, &etb)
     try:
+        if st_overshoots != g_overshoots_logged:
+            _log_overshoot()
         res = _call_loadblk(<object>r.bigfile, blk, buf, entry)
         if res is HOLE:
             if recycled == SLOT_RECYCLED_WRITE:
@@ -187,6 +198,21 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
     return rc
 
 
+cdef void _log_overshoot() noexcept:
+    """The budget could not be kept (everything resident pinned or loading):
+    a warning the first time, debug messages after (with the count)."""
+    global g_overshoots_logged
+    first = g_overshoots_logged == 0
+    g_overshoots_logged = st_overshoots
+    try:
+        _log.log(_logging.WARNING if first else _logging.DEBUG,
+                 'RAM budget overshot (%d time(s) so far): every resident block '
+                 'was pinned or loading; see pager_stats()["overshoots"]',
+                 g_overshoots_logged)
+    except BaseException:
+        pass
+
+
 def _report_fault_error(bigfile, blk, exc):
     try:
         _sys.stderr.write(
@@ -202,10 +228,9 @@ def _report_fault_error(bigfile, blk, exc):
 
 def _report_ignored(what, e):
     """A callback from inside the pager failed where nothing can be raised
-    (a fault, or advice): say so on stderr and go on."""
+    (a fault, or advice): log it (with the traceback) and go on."""
     try:
-        _sys.stderr.write("wendelin_cy: %s (ignored):\n" % what)
-        _traceback.print_exception(type(e), e, e.__traceback__, file=_sys.stderr)
+        _log.error("%s (ignored)", what, exc_info=(type(e), e, e.__traceback__))
     except BaseException:
         pass
 

@@ -42,6 +42,7 @@ import os as _os
 import weakref as _weakref
 import sys as _sys
 import time as _time
+import logging as _logging
 import traceback as _traceback
 
 cdef extern from "Python.h":

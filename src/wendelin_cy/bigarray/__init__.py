@@ -93,12 +93,17 @@ in numpy (wendelin.core answers the major axis length for F order).  Field
 names index structured arrays (`A['x']`) like numpy.
 """
 
+from __future__ import annotations
+
 import errno
 import operator
 import os
 
+from typing import Any, Iterator
+
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
+from numpy.typing import ArrayLike, DTypeLike
 
 from wendelin_cy.bigarray._index import (_IndexPlan, _dense, _int_index_offsets,
                                         _is_field_index, _spans)
@@ -232,7 +237,8 @@ class BigArray:
 
     # NOTE no __slots__: ZBigArray mixes this class with Persistent.
 
-    def __init__(self, shape, dtype, fileh, order='C'):
+    def __init__(self, shape: int | tuple[int, ...], dtype: DTypeLike, fileh: Any,
+                 order: str = 'C') -> None:
         self._init_geometry(shape, dtype, order)
         self._fileh = fileh
 
@@ -247,35 +253,35 @@ class BigArray:
     # ~~~ ndarray-like attributes
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return self._shape
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         return self._dtype
 
     @property
-    def order(self):
+    def order(self) -> str:
         return self._order
 
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return len(self._shape)
 
     @property
-    def size(self):
+    def size(self) -> int:
         return _prod(self._shape)
 
     @property
-    def itemsize(self):
+    def itemsize(self) -> int:
         return self._dtype.itemsize
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return self.size * self._dtype.itemsize
 
     @property
-    def strides(self):
+    def strides(self) -> tuple[int, ...]:
         if self.size == 0:      # numpy's strides for empty arrays
             return np.empty(self._shape, self._dtype, order=self._order).strides
         return _strides(self._shape, self._dtype.itemsize, self._order)
@@ -285,17 +291,17 @@ class BigArray:
         """Axis along which append() grows: the one with the largest stride."""
         return 0 if self._order == 'C' else len(self._shape) - 1
 
-    def __len__(self):
+    def __len__(self) -> int:
         if not self._shape:
             raise TypeError('len() of unsized object')
         return self._shape[0]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         if not self._shape:
             raise TypeError('iteration over a 0-d array')
         return (self[i] for i in range(self._shape[0]))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return '<%s shape=%r dtype=%s order=%r>' % (
             type(self).__name__, self._shape, self._dtype, self._order)
 
@@ -345,7 +351,7 @@ class BigArray:
 
     # ~~~ indexing
 
-    def __getitem__(self, idx):
+    def __getitem__(self, idx: Any) -> Any:
         if _is_field_index(idx):        # A['x'], A[['x', 'y']]: field views
             return self[...][idx]
         plan = _IndexPlan(idx, self._shape)
@@ -357,7 +363,7 @@ class BigArray:
         box, m = self._map_box(plan.lohi)
         return box[plan.final]
 
-    def __setitem__(self, idx, value):
+    def __setitem__(self, idx: Any, value: ArrayLike) -> None:
         if _is_field_index(idx):
             box, m = self._map_box([(0, n) for n in self._shape])
             target = box[idx]
@@ -493,7 +499,7 @@ class BigArray:
 
     # ~~~ numpy interop
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         # The whole array as one view: fails (MemoryError from mmap) if it
         # does not fit in the address space; process it in chunks then.
         a = self[...]
@@ -506,7 +512,7 @@ class BigArray:
             return a.copy()
         return a
 
-    def view(self, dtype=None):
+    def view(self, dtype: DTypeLike | None = None) -> 'BigArray':
         """A BigArray over the same file handle with another dtype.
 
         Like ndarray.view(dtype): if the itemsize changes, the minor axis
@@ -539,7 +545,7 @@ class BigArray:
 
     # ~~~ changing the shape
 
-    def resize(self, new_shape, refcheck=True):
+    def resize(self, new_shape: int | tuple[int, ...], refcheck: bool = True) -> None:
         """Change the shape in place, keeping the first min(old, new) bytes
         of memory-order data; on shrink the dropped tail is zeroed.
 
@@ -576,7 +582,7 @@ class BigArray:
             del u8, m
             pos = stop
 
-    def append(self, values):
+    def append(self, values: ArrayLike) -> None:
         """Append `values` along the major axis (axis 0 for C order, the last
         axis for F order) in O(len(values)).
 
@@ -656,7 +662,7 @@ class BigArray:
 
     # ~~~ output
 
-    def tofile(self, fid, order='C'):
+    def tofile(self, fid: Any, order: str = 'C') -> None:
         """Write the array's data to a file object (or path) as raw bytes.
 
         order='C' (numpy's ndarray.tofile behaviour) writes in C order;

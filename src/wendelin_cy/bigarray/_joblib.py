@@ -23,9 +23,11 @@ already is; importing wendelin_cy does not import joblib.
 
 import importlib.abc
 import importlib.machinery
+import logging
 import sys
 import threading
-import warnings
+
+_log = logging.getLogger(__name__)
 
 __all__ = ['install', 'installed']
 
@@ -49,11 +51,9 @@ def _patch(mod):
             _state['patched'] = True
             return
         if call is None:
-            warnings.warn('wendelin_cy: this joblib (%s) has no '
-                          'ArrayMemmapForwardReducer.__call__; views of '
-                          'ZBigArrays go to its process workers as data'
-                          % getattr(sys.modules.get('joblib'), '__version__', '?'),
-                          RuntimeWarning, stacklevel=3)
+            _log.warning('this joblib (%s) has no ArrayMemmapForwardReducer.'
+                         '__call__; views of ZBigArrays go to its process workers '
+                         'as data', getattr(sys.modules.get('joblib'), '__version__', '?'))
             return
         from wendelin_cy.bigarray._viewref import _view_reduce, _vma_of
 
@@ -90,9 +90,8 @@ class _Finder(importlib.abc.MetaPathFinder):
             try:
                 _patch(module)
             except Exception as e:      # never break importing joblib
-                warnings.warn('wendelin_cy: could not hook joblib (%s: %s); '
-                              'views go to its workers as data'
-                              % (type(e).__name__, e), RuntimeWarning)
+                _log.warning('could not hook joblib (%s: %s); views go to its '
+                             'workers as data', type(e).__name__, e)
         spec.loader = _Loader(loader, exec_then_patch)
         return spec
 

@@ -54,11 +54,13 @@ database raises ``DatabaseUnreachable`` while it unpickles its task.
 
 import atexit
 import bisect
+import logging
 import math
 import os
 import threading
 import warnings
 import weakref
+from typing import Any
 
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
@@ -66,6 +68,8 @@ from numpy.lib.array_utils import byte_bounds
 from wendelin_cy.errors import WendelinError
 import wendelin_cy.storage as _storage
 from wendelin_cy.storage import mvcc as _mvcc
+
+_log = logging.getLogger(__name__)
 
 __all__ = ['share', 'share_view', 'SharedView', 'ArrayRef',
            'DatabaseUnreachable', 'SnapshotWarning', 'close_shared']
@@ -76,8 +80,9 @@ class DatabaseUnreachable(WendelinError, ConnectionError):
 
 
 class SnapshotWarning(UserWarning):
-    """The worker sees another state than the one shared (no history, or
-    uncommitted changes in the sender)."""
+    """The worker sees another state than the one shared: uncommitted changes
+    in the sender.  (A storage without history is logged on the
+    ``wendelin_cy.bigarray._viewref`` logger instead.)"""
 
 
 def _vma_of(v):
@@ -130,7 +135,7 @@ class SharedView:
         return 'SharedView(%r)' % (self.ref,)
 
 
-def share_view(obj, uri=None):
+def share_view(obj: Any, uri: str | None = None) -> 'SharedView':
     """``wendelin_cy.share``: a ZBigArray or an ndarray view of one -> a
     ``SharedView``, which unpickles to the read-only view (see ``share`` for
     what is shared and when it warns or refuses)."""
@@ -197,7 +202,7 @@ def _db_uri(db, uri=None):
     return uri
 
 
-def share(obj, uri=None):
+def share(obj: Any, uri: str | None = None) -> 'ArrayRef':
     """A small picklable reference to a ZBigArray or an ndarray view of one.
 
     ``share(A)``, ``share(A[1000:2000])``, ``share(A[:, 3])``: in any process,
@@ -502,9 +507,8 @@ def _snapshot(ref):
         db = _db_for(ref)
         before = ref.before
         if before is not None and not _supports_history(db.storage):
-            warnings.warn('ArrayRef: storage of %r cannot load past states; '
-                          'opening its latest state instead' % (ref.uri,),
-                          SnapshotWarning, stacklevel=3)
+            _log.warning('ArrayRef: storage of %r cannot load past states; '
+                         'opening its latest state instead', ref.uri)
             before = None
         if before is not None and _owned_dbs.get(ref.uri) is db:
             db = _catch_up(ref.uri, db, before)

@@ -13,10 +13,14 @@ of names / formats / offsets / itemsize for structured ones (recursively), so
 the record does not depend on how numpy pickles its dtype objects.
 """
 
+from __future__ import annotations
+
 import threading
 import time
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 from persistent import Persistent
 
 from wendelin_cy.bigarray import BigArray
@@ -81,12 +85,34 @@ class ZBigArray(BigArray, Persistent):
 
     A BigArray whose data and geometry live in ZODB: store it in a persistent
     container (``root['A'] = ZBigArray(...)``) and ``transaction.commit()``.
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+        The shape; ``append`` and ``resize`` change it later.
+    dtype : numpy dtype-like
+        Any fixed-size dtype, structured ones included (object dtypes are
+        refused).
+    order : {'C', 'F'}
+        Memory order of the data, as numpy's.
+    blksize : int
+        Bytes per block (default 2 MiB), the unit of loading, storing and
+        of the RAM budget.
+    zblk_fmt : {None, 'auto', 'ZBlk0', 'ZBlk1', 'blob'}
+        How blocks are stored; None: ``$WENDELIN_CY_ZBLK_FMT``, else 'auto'
+        (see ``wendelin_cy.bigfile.file_zodb``).
+
+    Notes
+    -----
+    ``A[...]`` is a ``numpy.ndarray`` view of the data (no copy): the pager
+    loads the blocks that numpy touches and writes back the changed ones at
+    ``transaction.commit()``; ``transaction.abort()`` drops the changes.
     """
 
     _STATE_VERSION = 1
 
-    def __init__(self, shape, dtype, order='C', blksize=DEFAULT_BLKSIZE,
-                 zblk_fmt=None):
+    def __init__(self, shape: int | tuple[int, ...], dtype: DTypeLike, order: str = 'C',
+                 blksize: int = DEFAULT_BLKSIZE, zblk_fmt: str | None = None) -> None:
         Persistent.__init__(self)
         self._init_geometry(shape, dtype, order)
         _dtype_state(self._dtype)          # refuse what cannot be stored
@@ -135,28 +161,28 @@ class ZBigArray(BigArray, Persistent):
         return fh
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         ZBigArray._ensure_state(self)
         return self._shape
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         ZBigArray._ensure_state(self)
         return self._dtype
 
-    def __getitem__(self, idx):
+    def __getitem__(self, idx: Any) -> Any:
         ZBigArray._ensure_state(self)
         return BigArray.__getitem__(self, idx)
 
-    def __setitem__(self, idx, value):
+    def __setitem__(self, idx: Any, value: ArrayLike) -> None:
         ZBigArray._ensure_state(self)
         BigArray.__setitem__(self, idx, value)
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         ZBigArray._ensure_state(self)
         return BigArray.__array__(self, dtype, copy)
 
-    @_fileh.setter
+    @_fileh.setter                  # type: ignore[no-redef, attr-defined]
     def _fileh(self, fh):
         self.__dict__['_v_fileh'] = fh
 

@@ -6,7 +6,8 @@ Connection's pickle cache ``_cache``, and of ``transaction._transaction``.
 Each is behind a check of its shape, with a fallback:
 
 * ``join_connection``: without ``_needs_to_join`` / ``_register`` (checked
-  once per Connection class; one StorageFastPathWarning) the Connection is
+  once per Connection class; one warning on the ``wendelin_cy.storage``
+  logger) the Connection is
   made to join by marking the ZBigFile changed (public API; costs one small
   record per commit that writes blocks).
 * ``synch_order``: without ``_synchs.as_weakref_list()`` the order is not
@@ -20,18 +21,20 @@ Each is behind a check of its shape, with a fallback:
   mmap or at its commit or abort, not at a savepoint taken before either.
 """
 
+import logging
 import threading
-import warnings
 import weakref
 
 import transaction as _transaction
 
 from wendelin_cy.storage.switch import fell_back, shape_mismatch
 
+_log = logging.getLogger(__name__)
+
 try:
     from transaction._transaction import Status
 except ImportError:         # pragma: no cover
-    class Status:
+    class Status:           # type: ignore[no-redef]
         ACTIVE = 'Active'
         COMMITTING = 'Committing'
         COMMITTED = 'Committed'
@@ -84,18 +87,17 @@ _warned_pure_cache = []
 
 
 def check_cache(conn):
-    """Warn once if the pickle cache is persistent's pure-Python one, which
+    """Log a warning once if the pickle cache is persistent's pure-Python one, which
     does not call _p_invalidate of ghosts: changes made by other connections
     to blocks held in memory would then go unnoticed."""
     cache = getattr(conn, '_cache', None)
     if (not _warned_pure_cache and cache is not None
             and type(cache).__module__ == 'persistent.picklecache'):
         _warned_pure_cache.append(True)
-        warnings.warn('wendelin_cy: the pure-Python persistent pickle cache is in '
-                      'use (PURE_PYTHON?); it does not deliver invalidations of '
-                      'ghost objects, so blocks changed by other connections may '
-                      'be seen stale.  Use the C implementation of persistent.',
-                      RuntimeWarning, stacklevel=3)
+        _log.warning('the pure-Python persistent pickle cache is in use '
+                     '(PURE_PYTHON?); it does not deliver invalidations of ghost '
+                     'objects, so blocks changed by other connections may be seen '
+                     'stale.  Use the C implementation of persistent.')
 
 
 def thread_manager(tm):

@@ -58,7 +58,7 @@ class ZBigFile(Persistent):
 
     _IO = _ZBigFileIO       # what the pager sees (bigfile._wcore: another)
 
-    def __init__(self, blksize=DEFAULT_BLKSIZE, zblk_fmt=None):
+    def __init__(self, blksize: int = DEFAULT_BLKSIZE, zblk_fmt: str | None = None) -> None:
         if isinstance(blksize, bool) or not isinstance(blksize, (int, np.integer)):
             raise TypeError('ZBigFile: blksize must be an int, not %s'
                             % type(blksize).__name__)
@@ -82,7 +82,7 @@ class ZBigFile(Persistent):
         d.setdefault('rev', 0)
         d.update(keep)
 
-    def fileh_open(self, zblk_fmt=None, reserve=None):
+    def fileh_open(self, zblk_fmt: str | None = None, reserve: int | None = None) -> ZBigFileH:
         """Open a handle: mmap it; commit/abort of the transaction write out /
         discard its changes."""
         if zblk_fmt is not None:

@@ -28,6 +28,7 @@ says so.
 
 import os
 import urllib.parse
+from typing import Any
 
 __all__ = ['dbopen', 'dbclose', 'dbstoropen']
 
@@ -114,7 +115,7 @@ def _zodburi(uri):
     return factory(), dbkw
 
 
-def dbstoropen(uri):
+def dbstoropen(uri: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """uri -> (storage, extra ZODB.DB keyword arguments)."""
     if not isinstance(uri, (str, os.PathLike)):
         raise TypeError('dbopen: uri must be a str, not %s' % type(uri).__name__)
@@ -157,7 +158,7 @@ def _file_args(uri):
     return path, kw
 
 
-def dbopen(uri, **dbkw):
+def dbopen(uri: str | os.PathLike, **dbkw: Any) -> Any:
     """Open the database named by uri and return its root mapping.
 
     The connection uses the default (thread-local) transaction manager, so
@@ -188,7 +189,7 @@ def dbopen(uri, **dbkw):
         raise
 
 
-def dbclose(root):
+def dbclose(root: Any) -> None:
     """Close the connection of `root` and its database.
 
     Open ZBigFile handles of the connection are closed first (their views

@@ -9,8 +9,8 @@ all over mvcc.Records) use private internals of ZODB, ZEO and RelStorage,
 each in one module, behind a check of the shape they expect; ``generic``
 uses the public API only, and serves every storage when the fast paths are
 off (``set_fast_paths(False)``, ``WENDELIN_CY_STORAGE_FAST_PATHS=0``), when
-no backend knows the storage, or after a shape check failed (one
-``StorageFastPathWarning``).
+no backend knows the storage, or after a shape check failed (one warning on the
+``wendelin_cy.storage`` logger).
 
 This package imports nothing of wendelin_cy.bigfile or bigarray.
 """

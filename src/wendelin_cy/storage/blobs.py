@@ -8,7 +8,7 @@ runs (what ``Blob.open('w')`` would set up, without the file being made in
 the system's tmp directory, as it would for a Blob without a connection).
 Both check once that Blob has these attributes and that the Connection's
 side of the protocol (``Blob._uncommitted``) is there; otherwise one
-StorageFastPathWarning and None (the caller uses the public API, or has no
+warning on the ``wendelin_cy.storage`` logger and None (the caller uses the public API, or has no
 ``blob`` format).
 """
 

@@ -1,4 +1,4 @@
-"""The fast-path switch and the one warning of the storage backends.
+"""The fast-path switch and the one log warning of the storage backends.
 
 Every fast path (a read that goes past the storage's public API) can be
 turned off for the whole process, with ``set_fast_paths(False)`` or, before
@@ -8,13 +8,13 @@ public API only.
 
 A backend checks once the shape of the internals it relies on (attributes
 present and callable, a class where it expects one).  When they are not what
-it was written for, ``shape_mismatch`` warns once (``StorageFastPathWarning``)
-and that backend is replaced by the generic one for the rest of the process:
+it was written for, ``shape_mismatch`` logs one warning on the
+``wendelin_cy.storage`` logger and that backend is replaced by the generic one for the rest of the process:
 slower, never wrong.
 """
 
+import logging
 import os
-import warnings
 
 __all__ = ['fast_paths', 'set_fast_paths', 'StorageFastPathWarning',
            'shape_mismatch', 'fell_back', 'FAST_PATHS_ENV']
@@ -23,11 +23,13 @@ FAST_PATHS_ENV = 'WENDELIN_CY_STORAGE_FAST_PATHS'
 
 _on = os.environ.get(FAST_PATHS_ENV, '1').strip().lower() not in ('0', 'no', 'off', 'false')
 _fallen = {}        # backend kind -> why it fell back to the generic path
+_log = logging.getLogger('wendelin_cy.storage')
 
 
 class StorageFastPathWarning(RuntimeWarning):
-    """A storage's internals are not of the shape a fast path expects: that
-    storage is read through ZODB's public API from now on."""
+    """No longer emitted: a fast path that falls back is logged on the
+    ``wendelin_cy.storage`` logger (nothing for the user's code to change).
+    Kept so that code filtering it still imports."""
 
 
 def fast_paths():
@@ -43,13 +45,12 @@ def set_fast_paths(on):
 
 def shape_mismatch(kind, why):
     """Backend `kind` (its name) cannot run on what is installed, because of
-    `why`: warn once, and serve its storages generically from now on."""
+    `why`: log it once, and serve its storages generically from now on."""
     if kind in _fallen:
         return
     _fallen[kind] = why
-    warnings.warn('wendelin_cy: the %s fast path is off: %s; using ZODB\'s public '
-                  'API instead (slower, same results)' % (kind, why),
-                  StorageFastPathWarning, stacklevel=3)
+    _log.warning('the %s fast path is off: %s; using ZODB\'s public API instead '
+                 '(slower, same results)', kind, why)
 
 
 def fell_back(kind):
