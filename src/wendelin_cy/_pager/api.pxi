@@ -84,9 +84,27 @@ cdef class BigFile:
 
     def __cinit__(self, *args, **kw):
         self._direct_fd = -1
+        # wendelin.core's BigFile takes blksize in __new__: subclasses there
+        # write ``obj = BigFile.__new__(cls, blksize)`` in their own __new__
+        if len(args) == 1 and not kw and type(args[0]) is int:
+            try:
+                self._set_blksize(args[0])
+            except ValueError:
+                pass            # __init__ reports it
 
-    def __init__(self, blksize):
-        self._set_blksize(blksize)
+    def __init__(self, *args, **kw):
+        # BigFile(blksize) / BigFile.__init__(self, blksize) sets it; other
+        # arguments are a subclass's own, passed on by type.__call__ after the
+        # subclass's __new__ gave blksize to BigFile.__new__ (wendelin.core's
+        # way), and are ignored as object.__init__ would
+        if not args and list(kw) == ["blksize"]:
+            self._set_blksize(kw["blksize"])
+        elif len(args) == 1 and not kw and not (self.blksize and type(args[0]) is not int):
+            self._set_blksize(args[0])
+        elif not self.blksize:
+            if kw or len(args) != 1:
+                raise TypeError("BigFile.__init__(blksize): give exactly blksize, got %d "
+                                "positional and %d keyword arguments" % (len(args), len(kw)))
 
     def _set_blksize(self, blksize):
         if isinstance(blksize, bool) or not isinstance(blksize, int):
@@ -431,7 +449,9 @@ cdef class BigFileH:
 
     def invalidate_page(self, pgoffset):
         """Drop the in-RAM copy of block pgoffset (it changed in storage); the next
-        access reloads it.  A dirty block cannot be invalidated (RuntimeError)."""
+        access reloads it.  A dirty block cannot be invalidated (RuntimeError).
+        A block being loaded in another thread is not waited for: that load
+        is thrown away when it ends and the block is loaded again."""
         cdef Region* r = self._region()
         cdef Page* p
         cdef int64_t blk = _index(pgoffset, "pgoffset")
@@ -444,6 +464,12 @@ cdef class BigFileH:
         while True:
             p = r.pages[blk]
             if p == NULL:
+                break
+            if p.state == PG_LOADING and not p.dirty and not p.pin:
+                # its loader may be waiting for us (a storage lock held by
+                # the invalidating thread): do not wait, the loader throws
+                # what it brought away and loads the block again
+                p.stale = 1
                 break
             if p.state == PG_LOADING or p.pin:
                 wait_change()

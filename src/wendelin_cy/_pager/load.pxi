@@ -345,6 +345,8 @@ cdef int load_finish(Load* ld, Region* r, int write, int rc) noexcept nogil:
     cdef int prot
     if rc == 0 and r.closed:
         rc = E_CLOSED
+    if rc == 0 and p.stale:
+        rc = E_STALE              # invalidated while loading: the caller loads again
     if rc == 0:
         if ld.spilled:
             prot = PROT_RW if (write > 0 or not p.writing) else PROT_RO
@@ -389,4 +391,5 @@ cdef void load_undo(Load* ld, Region* r, int rc) noexcept nogil:
             page_drop(p)
     else:
         page_free(p)
-    st_load_errors += 1
+    if rc != E_STALE:
+        st_load_errors += 1
