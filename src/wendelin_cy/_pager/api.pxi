@@ -58,7 +58,7 @@ cdef class BigFile:
     """A file of fixed-size blocks, served to the pager.
 
     Subclass it and define ``loadblk(blk, buf)`` (fill the writable memoryview
-    ``buf`` of ``blksize`` bytes completely; zeros for holes) and
+    ``buf`` of ``blksize`` bytes; bytes it leaves unwritten read as zeros) and
     ``storeblk(blk, buf)`` (persist the read-only memoryview ``buf``).
     Optionally ``readahead_max``: read when a handle is opened, at most that
     many blocks are asked for ahead (e.g. what a storage's cache holds).
@@ -204,6 +204,7 @@ cdef class BigFileH:
         r.direct_off = bigfile._direct_off
         r.last_load = -2
         r.has_prefetch = 1 if callable(getattr(bigfile, "prefetch", None)) else 0
+        r.fills_buf = 1 if getattr(bigfile, "_loadblk_fills_buf", False) else 0
         ra_max = getattr(bigfile, "readahead_max", None)
         r.ra_max = max(0, min(int(ra_max), RA_MAX_LIMIT)) if ra_max else 0
         lock()

@@ -161,6 +161,12 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
     cdef PyObject *etb
     cdef int rc = 0
     cdef _Buf buf = mkbuf(slot, r.blksize, 0)
+    if recycled and not r.fills_buf:
+        # what loadblk leaves unwritten reads as zeros, as in wendelin.core
+        # (not the bytes of the block evicted from this slot)
+        with nogil:
+            memset(slot, 0, r.blksize)
+        recycled = SLOT_FRESH
     PyErr_Fetch(&et, &ev, &etb)
     try:
         res = _call_loadblk(<object>r.bigfile, blk, buf, entry)

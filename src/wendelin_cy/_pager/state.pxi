@@ -96,6 +96,8 @@ cdef struct Region:
     int64_t ra_next      # first block not yet requested by readahead
     PyObject* dirty_hook # called (GIL taken) when the handle goes clean -> dirty
     int has_prefetch     # the BigFile has prefetch(blk, n): readahead for Python loaders
+    int fills_buf        # its loadblk always writes all of buf (_loadblk_fills_buf):
+                         # a recycled slot is not zeroed before the call
     int last_mapped      # the last load mapped a file (MapFile): it needed no staging
     int64_t ra_max       # BigFile.readahead_max: at most this many blocks ahead (0: any)
     int forked           # opened before a fork(), in the child: no Python loadblk
