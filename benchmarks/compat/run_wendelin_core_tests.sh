@@ -48,9 +48,10 @@ echo "wendelin.core commit: $commit" >&2
 # only let pytest name the test modules wendelin_cy.<pkg>.tests.<mod>
 touch "$tree/__init__.py" "$tree/bigarray/__init__.py" "$tree/bigfile/__init__.py" "$tree/lib/__init__.py"
 find "$tree" -name '*.py' -print0 | xargs -0 sed -i -E 's/\bwendelin\.(bigarray|bigfile|lib)\b/wendelin_cy.\1/g'
-# wendelin.core's lib/testing.py imports pkg_resources (setuptools) only to
-# tell the ZEO version for WENDELIN_CORE_TEST_DB=<zeo>: optional here
-sed -i -E 's/^import pkg_resources$/try: import pkg_resources\nexcept ImportError: pkg_resources = None/' \
+# wendelin.core's lib/testing.py imports pkg_resources (setuptools, gone from
+# recent ones) only to tell the ZEO version: without it, a stand-in from
+# importlib.metadata (the plugin below) answers working_set.find / parse_version
+sed -i -E 's/^import pkg_resources$/try: import pkg_resources\nexcept ImportError: from wct_plugin import pkg_resources_shim as pkg_resources/' \
     "$tree/lib/testing.py"
 
 # numpy 2 moved DummyArray (lib/tests/test_xnumpy.py imports it) out of
@@ -67,6 +68,28 @@ import pytest, transaction
 import wendelin_cy.bigarray, wendelin_cy.bigfile, wendelin_cy.lib
 for _m, _d in ((wendelin_cy.bigarray, "bigarray"), (wendelin_cy.bigfile, "bigfile"), (wendelin_cy.lib, "lib")):
     _m.__path__.append("$tree/" + _d)
+
+class pkg_resources_shim:
+    class _Dist:
+        def __init__(self, v):
+            from packaging.version import Version
+            self.parsed_version = Version(v)
+    class Requirement:
+        @staticmethod
+        def parse(name):
+            return name
+    class working_set:
+        @staticmethod
+        def find(name):
+            from importlib import metadata
+            try:
+                return pkg_resources_shim._Dist(metadata.version(name))
+            except metadata.PackageNotFoundError:
+                return None
+    @staticmethod
+    def parse_version(v):
+        from packaging.version import Version
+        return Version(v)
 
 @pytest.fixture(autouse=True)
 def transaction_reset():

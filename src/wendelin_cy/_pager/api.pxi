@@ -365,6 +365,12 @@ cdef class BigFileH:
         """Sorted block numbers currently in RAM."""
         return self._blocks(0)
 
+    def uses_mmap_overlay(self):
+        """False: blocks read are loaded into this process's memory (wendelin.core
+        answers True when its WCFS file system serves them, read-only, and only
+        changes live in the process)."""
+        return False
+
     def dirty_writeout(self, int flags=WRITEOUT_STORE | WRITEOUT_MARKSTORED):
         """STORE: bigfile.storeblk() every dirty block (in block order);
         MARKSTORED: make them clean and write-protected again.  If storeblk raises,
