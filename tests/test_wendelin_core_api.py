@@ -252,3 +252,23 @@ def test_structured_base_chain():
     assert s.base.base is a                 # through numpy's array-interface holder
     s['y'][1] = 77
     assert a[1, 1] == 77
+
+
+def test_zbigfile_with_open_handle_is_not_ghosted(zroot):
+    import transaction
+    from wendelin_cy.bigfile.file_zodb import ZBigFile
+    zroot['f'] = f = ZBigFile(BS)
+    transaction.commit()
+    fh = f.fileh_open()
+    m = memoryview(fh.mmap(0, 1))
+    m[0] = 5
+    transaction.commit()
+    zroot._p_jar.cacheMinimize()
+    assert f._p_state >= 0                  # not a ghost while a handle is open
+    m[0] = 6
+    transaction.commit()
+    m.release()
+    fh.close()
+    zroot._p_jar.cacheMinimize()
+    assert f._p_state < 0                   # without one it may go
+    assert memoryview(f.fileh_open().mmap(0, 1))[0] == 6

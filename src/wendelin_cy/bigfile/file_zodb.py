@@ -116,6 +116,9 @@ class ZBigFile(Persistent):
     # attributes; these keep them when the state is dropped.
 
     def _p_deactivate(self):
+        io = self.__dict__.get('_v_io')
+        if io is not None and any(not h.closed for h in list(io._handles)):
+            return      # with an open handle it stays alive (as wendelin.core's)
         keep = {k: v for k, v in self.__dict__.items() if k.startswith('_v_')}
         super()._p_deactivate()
         self.__dict__.update(keep)
