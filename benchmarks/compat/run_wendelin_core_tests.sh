@@ -15,7 +15,10 @@
 # project's own package is not modified.
 #
 # Tests that cannot apply are deselected from deselect.txt beside this
-# script (one "file::test  reason" a line).  KEEP=1 keeps the temp dir.
+# script (one "file::test  reason" a line; "n/a:" cannot apply, "bug:"
+# asserts a wendelin.core bug).  KEEP=1 keeps the temp dir.
+# Use --tb=native (pytest's default traceback crashes on these files) and,
+# with pytest-timeout, e.g. -p timeout --timeout=120 --timeout-method=thread.
 # Needs pygolang (wendelin.core's tests use golang.func/defer/chan) and six.
 set -euo pipefail
 
@@ -101,7 +104,7 @@ printf '[pytest]\naddopts = -p no:cacheprovider\n' > "$tmp/pytest.ini"
 deselect=()
 while read -r t _; do
     case "$t" in ''|'#'*) continue ;; esac
-    deselect+=(--deselect "$tree/$t")
+    deselect+=(--deselect "wendelin_cy/$t")   # node ids are relative to --rootdir $tmp
 done < "$here/deselect.txt"
 
 # run from an empty directory: "python -m pytest" puts its cwd first on
