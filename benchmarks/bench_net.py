@@ -59,7 +59,7 @@ import wendelin_cy  # noqa: E402
 from wendelin_cy.bigarray.array_zodb import ZBigArray  # noqa: E402
 from wendelin_cy._pager import virtmem  # noqa: E402
 from wendelin_cy.bigfile import file_zodb  # noqa: E402
-from wendelin_cy.lib.zodb import dbstoropen  # noqa: E402
+from wendelin_cy.lib.zodb import dbstoropen_kw  # noqa: E402
 from wendelin_cy.testing.servers import (ZEOServer, PGCluster, DelayProxy,  # noqa: E402
                                          NEOCluster, neo_missing, pg_missing)
 
@@ -69,7 +69,7 @@ PF_WINDOW = 4         # blocks asked ahead by raw+pf (ZEO's cache is 20 MB)
 
 
 def _db(uri):
-    st, kw = dbstoropen(uri)
+    st, kw = dbstoropen_kw(uri)
     return ZODB.DB(st, **kw)
 
 

@@ -15,7 +15,7 @@ import transaction
 import ZODB
 
 from wendelin_cy.bigarray.array_zodb import ZBigArray
-from wendelin_cy.lib.zodb import dbstoropen
+from wendelin_cy.lib.zodb import dbstoropen_kw
 
 from _zodb_util import Conn
 from storages import zeo_server, net_storage, pg_cluster  # noqa: F401
@@ -26,13 +26,13 @@ BS = 64 * 1024
 
 def _stale_count(uri, server_sync=True, server=None):
     from ZEO.ClientStorage import ClientStorage
-    st1, kw = dbstoropen(uri)
+    st1, kw = dbstoropen_kw(uri)
     db1 = ZODB.DB(st1, **kw)
     w = Conn(db1)
     w.root['A'] = A = ZBigArray((2 * BS // 8,), np.int64, blksize=BS)
     w.commit()
     if server_sync:
-        st2, _ = dbstoropen(uri)              # what dbopen gives
+        st2, _ = dbstoropen_kw(uri)           # what dbopen gives
     else:
         st2 = ClientStorage(('127.0.0.1', server.port), server_sync=False,
                             wait_timeout=30)

@@ -49,7 +49,7 @@ def _fill(uri):
 
 
 def _scan(uri, sent):
-    db = ZODB.DB(dbstoropen(uri)[0])
+    db = ZODB.DB(dbstoropen(uri))
     try:
         c = db.open()
         A = c.root()['A']
@@ -69,7 +69,7 @@ def _scan(uri, sent):
 
 
 def test_max_ahead(zeo_server):
-    st, _ = dbstoropen(zeo_server.uri)
+    st = dbstoropen(zeo_server.uri)
     try:
         assert _prefetch.storage_prefetches(st)
         # ZEO's client cache is 20 MB by default: 4 blocks of 2 MiB at once
@@ -124,7 +124,7 @@ def test_blocks_read_ahead_are_of_the_scanning_connection_snapshot(net_storage, 
     _fill(net_storage.uri)
     old = np.random.default_rng(1).integers(0, 256, NBLK * BS, dtype=np.uint8)
     budget(64 * BS)
-    db = ZODB.DB(dbstoropen(net_storage.uri)[0])
+    db = ZODB.DB(dbstoropen(net_storage.uri))
     try:
         tm1, tm2 = transaction.TransactionManager(), transaction.TransactionManager()
         c1, c2 = db.open(transaction_manager=tm1), db.open(transaction_manager=tm2)
@@ -183,7 +183,7 @@ def test_closing_a_relstorage_while_blocks_are_read_ahead(tmp_path):
         wendelin_cy.set_ram_budget(64 << 20)
         BS = %d
         for i in range(80):
-            db = ZODB.DB(dbstoropen(%r)[0])
+            db = ZODB.DB(dbstoropen(%r))
             c = db.open()
             a = c.root()['A'][:]
             k = 1 + i %% 6
@@ -192,7 +192,7 @@ def test_closing_a_relstorage_while_blocks_are_read_ahead(tmp_path):
             file_zodb._close_handles_of(c)
             c.close()
             db.close()                  # while the reader may be loading
-        db = ZODB.DB(dbstoropen(%r)[0])
+        db = ZODB.DB(dbstoropen(%r))
         c = db.open()
         a = c.root()['A'][:]
         print('sum', int(a.sum(dtype=np.int64)), 'hits', file_zodb._READER.hits > 0)

@@ -10,7 +10,7 @@ from hypothesis import settings, HealthCheck
 from hypothesis.stateful import run_state_machine_as_test
 
 from wendelin_cy.bigarray.array_zodb import ZBigArray
-from wendelin_cy.lib.zodb import dbopen, dbclose, dbstoropen
+from wendelin_cy.lib.zodb import dbopen, dbclose, dbstoropen_kw
 
 from _zodb_util import Conn, run_py
 from storages import storage, storage_uri, pg_cluster  # noqa: F401
@@ -74,7 +74,7 @@ def test_snapshots(storage_uri):
     """Two connections: each sees its snapshot until its transaction
     boundary, then the other's commits, with only changed blocks reloaded."""
     import wendelin_cy
-    st, kw = dbstoropen(storage_uri)
+    st, kw = dbstoropen_kw(storage_uri)
     db = ZODB.DB(st, **kw)
     c1, c2 = Conn(db), Conn(db)
     try:
@@ -117,7 +117,7 @@ def test_state_machine(storage_uri):
         FMT = 'auto'
 
         def open_db(self):
-            st, kw = dbstoropen(storage_uri)
+            st, kw = dbstoropen_kw(storage_uri)
             return ZODB.DB(st, **kw)
 
     run_state_machine_as_test(

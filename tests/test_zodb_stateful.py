@@ -314,7 +314,7 @@ class SqliteMachine(_TmpDir, ZBigArrayMachine):
     FMT = 'ZBlk0'
 
     def open_db_in(self, d):
-        from wendelin_cy.lib.zodb import dbstoropen
+        from wendelin_cy.lib.zodb import dbstoropen_kw as dbstoropen
         import ZODB
         st, kw = dbstoropen('sqlite://?data_dir=' + d)
         return ZODB.DB(st, **kw)
@@ -326,7 +326,7 @@ class ZEOMachine(_TmpDir, ZBigArrayMachine):
     def open_db_in(self, d):
         import ZEO
         import ZODB
-        from wendelin_cy.lib.zodb import dbstoropen
+        from wendelin_cy.lib.zodb import dbstoropen_kw as dbstoropen
         addr, self._stop = ZEO.server(path=os.path.join(d, 'zeo.fs'))
         st, kw = dbstoropen('zeo://%s:%d' % addr)
         return ZODB.DB(st, **kw)

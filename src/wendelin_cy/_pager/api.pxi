@@ -58,7 +58,7 @@ cdef class BigFile:
     """A file of fixed-size blocks, served to the pager.
 
     Subclass it and define ``loadblk(blk, buf)`` (fill the writable memoryview
-    ``buf`` of ``blksize`` bytes completely; zeros for holes) and
+    ``buf`` of ``blksize`` bytes; bytes it leaves unwritten read as zeros) and
     ``storeblk(blk, buf)`` (persist the read-only memoryview ``buf``).
     Optionally ``readahead_max``: read when a handle is opened, at most that
     many blocks are asked for ahead (e.g. what a storage's cache holds).
@@ -84,9 +84,27 @@ cdef class BigFile:
 
     def __cinit__(self, *args, **kw):
         self._direct_fd = -1
+        # wendelin.core's BigFile takes blksize in __new__: subclasses there
+        # write ``obj = BigFile.__new__(cls, blksize)`` in their own __new__
+        if len(args) == 1 and not kw and type(args[0]) is int:
+            try:
+                self._set_blksize(args[0])
+            except ValueError:
+                pass            # __init__ reports it
 
-    def __init__(self, blksize):
-        self._set_blksize(blksize)
+    def __init__(self, *args, **kw):
+        # BigFile(blksize) / BigFile.__init__(self, blksize) sets it; other
+        # arguments are a subclass's own, passed on by type.__call__ after the
+        # subclass's __new__ gave blksize to BigFile.__new__ (wendelin.core's
+        # way), and are ignored as object.__init__ would
+        if not args and list(kw) == ["blksize"]:
+            self._set_blksize(kw["blksize"])
+        elif len(args) == 1 and not kw and not (self.blksize and type(args[0]) is not int):
+            self._set_blksize(args[0])
+        elif not self.blksize:
+            if kw or len(args) != 1:
+                raise TypeError("BigFile.__init__(blksize): give exactly blksize, got %d "
+                                "positional and %d keyword arguments" % (len(args), len(kw)))
 
     def _set_blksize(self, blksize):
         if isinstance(blksize, bool) or not isinstance(blksize, int):
@@ -186,6 +204,7 @@ cdef class BigFileH:
         r.direct_off = bigfile._direct_off
         r.last_load = -2
         r.has_prefetch = 1 if callable(getattr(bigfile, "prefetch", None)) else 0
+        r.fills_buf = 1 if getattr(bigfile, "_loadblk_fills_buf", False) else 0
         ra_max = getattr(bigfile, "readahead_max", None)
         r.ra_max = max(0, min(int(ra_max), RA_MAX_LIMIT)) if ra_max else 0
         lock()
@@ -346,6 +365,12 @@ cdef class BigFileH:
         """Sorted block numbers currently in RAM."""
         return self._blocks(0)
 
+    def uses_mmap_overlay(self):
+        """False: blocks read are loaded into this process's memory (wendelin.core
+        answers True when its WCFS file system serves them, read-only, and only
+        changes live in the process)."""
+        return False
+
     def dirty_writeout(self, int flags=WRITEOUT_STORE | WRITEOUT_MARKSTORED):
         """STORE: bigfile.storeblk() every dirty block (in block order);
         MARKSTORED: make them clean and write-protected again.  If storeblk raises,
@@ -431,7 +456,9 @@ cdef class BigFileH:
 
     def invalidate_page(self, pgoffset):
         """Drop the in-RAM copy of block pgoffset (it changed in storage); the next
-        access reloads it.  A dirty block cannot be invalidated (RuntimeError)."""
+        access reloads it.  A dirty block cannot be invalidated (RuntimeError).
+        A block being loaded in another thread is not waited for: that load
+        is thrown away when it ends and the block is loaded again."""
         cdef Region* r = self._region()
         cdef Page* p
         cdef int64_t blk = _index(pgoffset, "pgoffset")
@@ -444,6 +471,12 @@ cdef class BigFileH:
         while True:
             p = r.pages[blk]
             if p == NULL:
+                break
+            if p.state == PG_LOADING and not p.dirty and not p.pin:
+                # its loader may be waiting for us (a storage lock held by
+                # the invalidating thread): do not wait, the loader throws
+                # what it brought away and loads the block again
+                p.stale = 1
                 break
             if p.state == PG_LOADING or p.pin:
                 wait_change()

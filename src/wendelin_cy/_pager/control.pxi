@@ -16,6 +16,30 @@ def set_budget(nbytes):
     reclaim(0, 0)
     unlock()
 
+RECLAIM_BATCH = 64
+
+def ram_reclaim():
+    """Evict up to RECLAIM_BATCH clean, resident blocks (of any handle) now,
+    least recently looked at first; returns how many (0: none left to evict).
+    Dirty blocks stay.  wendelin.core's name; the pager reclaims by itself
+    to keep within the budget, this is for tests and for giving RAM back."""
+    cdef Page* p
+    cdef Page* nx
+    cdef int64_t n = 0, left
+    lock()
+    left = g_nclock
+    p = g_hand
+    while p != NULL and left > 0 and n < RECLAIM_BATCH:
+        nx = p.next
+        left -= 1
+        if not p.dirty and not p.pin:
+            page_drop(p)
+            n += 1
+        p = nx if g_hand != NULL else NULL
+    pool_drain()
+    unlock()
+    return n
+
 def set_readahead(flag):
     """Enable (default) or disable readahead of sequential scans."""
     global g_ra_enabled

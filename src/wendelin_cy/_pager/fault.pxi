@@ -63,29 +63,34 @@ cdef int pager_access(Region* r, int64_t blk, int write, int entry,
     if not entry:
         st_faults += 1
     while True:
-        if r.closed:
-            unlock()
-            return E_CLOSED
-        if blk >= r.nblk:
-            unlock()
-            return EINVAL
-        p = r.pages[blk]
-        if p == NULL or p.state == PG_SPILLED:
-            break                                   # not in RAM: load it
-        if p.state == PG_LOADED:
-            return access_loaded(r, p, write, entry)    # (releases g_lock)
-        if p.loader == pthread_self():              # LOADING, by loadblk itself
-            unlock()
-            return E_RECURSE
-        wait_change()                               # LOADING by another thread
+        while True:
+            if r.closed:
+                unlock()
+                return E_CLOSED
+            if blk >= r.nblk:
+                unlock()
+                return EINVAL
+            p = r.pages[blk]
+            if p == NULL or p.state == PG_SPILLED:
+                break                                   # not in RAM: load it
+            if p.state == PG_LOADED:
+                return access_loaded(r, p, write, entry)    # (releases g_lock)
+            if p.loader == pthread_self():              # LOADING, by loadblk itself
+                unlock()
+                return E_RECURSE
+            wait_change()                               # LOADING by another thread
 
-    rc = load_begin(&ld, r, blk, p)
-    unlock()
-    if rc != 0:
-        return rc
-    rc = load_fill(&ld, r, blk, write, entry, exc)
-    lock()
-    rc = load_finish(&ld, r, write, rc)
+        rc = load_begin(&ld, r, blk, p)
+        unlock()
+        if rc != 0:
+            return rc
+        rc = load_fill(&ld, r, blk, write, entry, exc)
+        lock()
+        rc = load_finish(&ld, r, write, rc)
+        if rc == E_STALE:
+            notify()                # invalidated meanwhile: load it again
+            continue
+        break
     if rc != 0:
         notify()
         unlock()

@@ -170,6 +170,12 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
     cdef PyObject *etb
     cdef int rc = 0
     cdef _Buf buf = mkbuf(slot, r.blksize, 0)
+    if recycled and not r.fills_buf:
+        # what loadblk leaves unwritten reads as zeros, as in wendelin.core
+        # (not the bytes of the block evicted from this slot)
+        with nogil:
+            memset(slot, 0, r.blksize)
+        recycled = SLOT_FRESH
     PyErr_Fetch(&et, &ev, &etb)
     try:
         if st_overshoots != g_overshoots_logged:
@@ -370,6 +376,8 @@ cdef int load_finish(Load* ld, Region* r, int write, int rc) noexcept nogil:
     cdef int prot
     if rc == 0 and r.closed:
         rc = E_CLOSED
+    if rc == 0 and p.stale:
+        rc = E_STALE              # invalidated while loading: the caller loads again
     if rc == 0:
         if ld.spilled:
             prot = PROT_RW if (write > 0 or not p.writing) else PROT_RO
@@ -414,4 +422,5 @@ cdef void load_undo(Load* ld, Region* r, int rc) noexcept nogil:
             page_drop(p)
     else:
         page_free(p)
-    st_load_errors += 1
+    if rc != E_STALE:
+        st_load_errors += 1

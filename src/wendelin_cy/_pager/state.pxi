@@ -36,6 +36,7 @@ cdef enum:
     E_RECURSE = -3       # loadblk touched the block it is loading
     E_FORKED = -4        # Python loadblk in a forked child
     E_BUFKEPT = -5       # loadblk kept a reference to its buffer
+    E_STALE = -6         # invalidate_page came while loading: load again
 
 # Region.advice (VMA.madvise); WILLNEED and DONTNEED act at once, never stored
 cdef enum:
@@ -64,6 +65,8 @@ cdef struct Page:
     int pin              # > 0: being written out, reclaim leaves it alone
     int writing          # being written out; a write fault clears it
     int filemap          # mapped straight from a file's page cache (zero-copy)
+    int stale            # LOADING, and invalidate_page came meanwhile: what the
+                         # loader brings is out of date, it loads again
     int ra               # loaded ahead, not touched yet (PROT_NONE: its first
                          # touch is a soft fault that moves the window on)
     int64_t spill        # byte offset in the scratch file, or -1
@@ -93,6 +96,8 @@ cdef struct Region:
     int64_t ra_next      # first block not yet requested by readahead
     PyObject* dirty_hook # called (GIL taken) when the handle goes clean -> dirty
     int has_prefetch     # the BigFile has prefetch(blk, n): readahead for Python loaders
+    int fills_buf        # its loadblk always writes all of buf (_loadblk_fills_buf):
+                         # a recycled slot is not zeroed before the call
     int last_mapped      # the last load mapped a file (MapFile): it needed no staging
     int64_t ra_max       # BigFile.readahead_max: at most this many blocks ahead (0: any)
     int forked           # opened before a fork(), in the child: no Python loadblk

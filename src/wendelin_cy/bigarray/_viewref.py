@@ -439,7 +439,7 @@ class _Snapshot:
 def _open_db(uri):
     """uri -> ZODB.DB opened read-only where the storage allows it."""
     import ZODB
-    from wendelin_cy.lib.zodb import dbstoropen, _split_scheme, _file_args, _filestorage
+    from wendelin_cy.lib.zodb import dbstoropen_kw, _split_scheme, _file_args, _filestorage
     scheme, rest = _split_scheme(uri)
     if scheme is None or scheme == 'file':
         path, fkw = _file_args(uri)
@@ -461,7 +461,7 @@ def _open_db(uri):
         raise ValueError('a memory:// database lives in the process that created '
                          'it only')
     else:
-        storage, kw = dbstoropen(uri)
+        storage, kw = dbstoropen_kw(uri)
     try:
         return ZODB.DB(storage, **kw)
     except BaseException:

@@ -201,13 +201,16 @@ class ZBigArray(BigArray, Persistent):
     # -- persistent state
 
     def __getstate__(self):
-        return {
+        state = {
             'version': self._STATE_VERSION,
             'shape': list(self._shape),
             'dtype': _dtype_state(self._dtype),
-            'order': self._order,
+            'order': self.__dict__.get('_order'),
             'zfile': self.zfile,
         }
+        if state['order'] is None:  # (no order: read back as 'C', as wendelin.core does)
+            del state['order']
+        return state
 
     def __setstate__(self, state):
         d = self.__dict__
@@ -218,7 +221,7 @@ class ZBigArray(BigArray, Persistent):
                              % (state.get('version'),))
         d['_shape'] = tuple(int(x) for x in state['shape'])
         d['_dtype'] = _dtype_from_state(state['dtype'])
-        d['_order'] = state['order']
+        d['_order'] = state.get('order', 'C')
         d['zfile'] = state['zfile']
         d.update(keep)
 

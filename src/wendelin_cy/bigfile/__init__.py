@@ -13,7 +13,7 @@ changes.  Backends: ``file_file.BigFile_File`` (a local file),
 ``file_ram.BigFile_RAM`` (RAM), ``file_zodb.ZBigFile`` (ZODB).
 """
 from .._pager.virtmem import (BigFile, BigFileH, VMA, WRITEOUT_STORE,
-                              WRITEOUT_MARKSTORED, HOLE, MapFile)
+                              WRITEOUT_MARKSTORED, HOLE, MapFile, ram_reclaim)
 
 __all__ = ["BigFile", "BigFileH", "VMA", "WRITEOUT_STORE", "WRITEOUT_MARKSTORED", "HOLE",
-           "MapFile"]
+           "MapFile", "ram_reclaim"]

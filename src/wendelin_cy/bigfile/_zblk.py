@@ -16,7 +16,7 @@ from persistent import Persistent
 from wendelin_cy.storage import backend_of
 from wendelin_cy.storage.record import preadinto as _preadinto
 
-from ._zblk_io import _fill, _zero
+from ._zblk_io import CHUNKSIZE, _fill, _zero
 
 __all__ = ['ZBlk0', 'ZData', 'ZBlk1', 'ZBlkSeg']
 
@@ -187,6 +187,7 @@ class ZBlk1(_ZBlkBase):
     """Block as chunks: {offset: ZData} over an optional ZBlk0 base."""
 
     __module__ = _CLASS_MODULE
+    CHUNKSIZE = CHUNKSIZE       # (wendelin.core's name; blocks not a multiple of it use 4 KiB)
 
     def __init__(self, chunksize, base=None):
         self.chunksize = chunksize

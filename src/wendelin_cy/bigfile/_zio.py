@@ -97,6 +97,7 @@ class _ZBigFileIO(BigFile):
     """The BigFile the pager sees for one in-memory ZBigFile object."""
 
     PRUNE_MIN = 256     # watch at least this many blocks before pruning
+    _loadblk_fills_buf = True   # loadblk writes all of buf: the pager need not zero it
 
     def __init__(self, zfile):
         super().__init__(zfile.blksize)

@@ -42,9 +42,18 @@ __all__ = ['ZBigFile', 'ZBigFileH', 'ZBlk0', 'ZBlk1', 'ZData', 'ZBlkSeg',
 _reexports = (_READER, _close_handles_of, _write_blob_file, zodb_storing, SEG_BLOCKS)
 
 
+# wendelin.core's names for the formats: ZBlk_fmt_registry maps a format to its
+# class (_ZBlk_auto: chosen per block); ZBlk_fmt_write (read below, until
+# assigned) is the format written by default, $WENDELIN_CY_ZBLK_FMT or 'auto'
+_ZBlk_auto = object()
+ZBlk_fmt_registry = {'ZBlk0': ZBlk0, 'ZBlk1': ZBlk1, 'blob': ZBlkSeg, 'auto': _ZBlk_auto}
+
+
 def __getattr__(name):
     if name == '_zeo_direct_reads':         # a counter: read it where it counts
         return _zeo.direct_reads
+    if name == 'ZBlk_fmt_write':            # not assigned: the environment's
+        return _env_fmt()
     raise AttributeError('module %r has no attribute %r' % (__name__, name))
 
 
@@ -109,6 +118,9 @@ class ZBigFile(Persistent):
     # attributes; these keep them when the state is dropped.
 
     def _p_deactivate(self):
+        io = self.__dict__.get('_v_io')
+        if io is not None and any(not h.closed for h in list(io._handles)):
+            return      # with an open handle it stays alive (as wendelin.core's)
         keep = {k: v for k, v in self.__dict__.items() if k.startswith('_v_')}
         super()._p_deactivate()
         self.__dict__.update(keep)

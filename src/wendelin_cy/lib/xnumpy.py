@@ -3,6 +3,18 @@ import numpy as np
 
 __all__ = ['structured']
 
+try:        # numpy's own holder of an array interface (as wendelin.core: the
+            # view's .base, or its .base's .base for a subclass, is one)
+    from numpy.lib.stride_tricks import DummyArray as _DummyArray
+except ImportError:                                     # numpy >= 2
+    try:
+        from numpy.lib._stride_tricks_impl import DummyArray as _DummyArray
+    except ImportError:
+        class _DummyArray:
+            def __init__(self, interface, base=None):
+                self.__array_interface__ = interface
+                self.base = base
+
 
 def structured(arr, dtype):
     """View `arr` with its minor axis (the one of smallest absolute stride)
@@ -34,10 +46,7 @@ def structured(arr, dtype):
     iface.update(shape=shape, strides=strides, typestr='|V%d' % size,
                  descr=[('', '|V%d' % size)])
 
-    class _Iface:
-        __array_interface__ = iface
-        base = arr
-    out = np.asarray(_Iface())
+    out = np.asarray(_DummyArray(iface, base=arr))
     out.dtype = dtype
     if type(out) is not type(arr):
         out = out.view(type=type(arr))

@@ -30,7 +30,19 @@ import os
 import urllib.parse
 from typing import Any
 
-__all__ = ['dbopen', 'dbclose', 'dbstoropen']
+__all__ = ['dbopen', 'dbclose', 'dbstoropen', 'dbstoropen_kw']
+
+# wendelin.core's other names here (LivePersistent, deactivate_btree,
+# zconn_at, zstor_2zurl, ...): wendelin_cy.lib._zcompat, imported on first use
+_ZCOMPAT = ('LivePersistent', 'deactivate_btree', 'zconn_at', 'before2at', 'zmajor',
+            '_zhasNXDPatch', 'zstor_2zurl', 'zurl_normalize_main')
+
+
+def __getattr__(name):
+    if name in _ZCOMPAT:
+        from . import _zcompat
+        return getattr(_zcompat, name)
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
 
 
 def _split_scheme(uri):
@@ -115,7 +127,13 @@ def _zodburi(uri):
     return factory(), dbkw
 
 
-def dbstoropen(uri: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+def dbstoropen(uri: str | os.PathLike) -> Any:
+    """Open the storage named by uri (as wendelin.core's dbstoropen); the
+    ZODB.DB keyword arguments some URIs carry are dropped: dbstoropen_kw."""
+    return dbstoropen_kw(uri)[0]
+
+
+def dbstoropen_kw(uri: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """uri -> (storage, extra ZODB.DB keyword arguments)."""
     if not isinstance(uri, (str, os.PathLike)):
         raise TypeError('dbopen: uri must be a str, not %s' % type(uri).__name__)
@@ -165,7 +183,7 @@ def dbopen(uri: str | os.PathLike, **dbkw: Any) -> Any:
     ``transaction.commit()`` commits it.  Close with ``dbclose(root)``.
     """
     import ZODB
-    storage, kw = dbstoropen(uri)
+    storage, kw = dbstoropen_kw(uri)
     kw.update(dbkw)
     try:
         db = ZODB.DB(storage, **kw)
