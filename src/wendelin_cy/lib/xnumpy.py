@@ -5,12 +5,12 @@ __all__ = ['structured']
 
 try:        # numpy's own holder of an array interface (as wendelin.core: the
             # view's .base, or its .base's .base for a subclass, is one)
-    from numpy.lib.stride_tricks import DummyArray as _DummyArray
+    from numpy.lib.stride_tricks import DummyArray as _DummyArray  # type: ignore[attr-defined]
 except ImportError:                                     # numpy >= 2
     try:
         from numpy.lib._stride_tricks_impl import DummyArray as _DummyArray
     except ImportError:
-        class _DummyArray:
+        class _DummyArray:  # type: ignore[no-redef]
             def __init__(self, interface, base=None):
                 self.__array_interface__ = interface
                 self.base = base
