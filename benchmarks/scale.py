@@ -192,6 +192,7 @@ def main():
     args = ap.parse_args()
     if args.child:
         step, cfg = args.child
+        sys.path.insert(0, SRC)     # this checkout's wendelin_cy, not an installed one
         print(json.dumps(CHILDREN[step](json.loads(cfg))))
         return
 

@@ -7,7 +7,8 @@ import threading
 import weakref
 
 from wendelin_cy.bigfile import BigFile, HOLE, MapFile
-from wendelin_cy.storage import backend_of
+from wendelin_cy.ram import get_ram_budget
+from wendelin_cy.storage import backend_of, records_sent
 
 from ._zblk import ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blk_extent, _blob_data, _loaddata
 from ._txn import follows_this_thread
@@ -24,6 +25,7 @@ class _Writeout:
 
     def __init__(self, fh, fmt, lazy, conn=None):
         self.fh = fh            # the core BigFileH whose pages are written
+        self.conn = conn        # its ZODB connection (None: not known)
         self.fmt = fmt
         self.lazy = lazy        # read pages at pickling time (in a commit)
         # full blocks become Blobs ('blob'; 'auto' where the storage keeps
@@ -86,8 +88,15 @@ class _Writeout:
 
     def src(self, blk, off, size, buf):
         if self.lazy:
-            fh = self.fh
-            return lambda: _read_page(fh, blk, off, size)
+            fh, conn = self.fh, self.conn
+
+            def read():
+                # records are made one by one as the commit stores them: let
+                # the storage hold this one back until the server has taken
+                # enough of those sent before (ZEO: see storage.zeo)
+                records_sent(conn, size, get_ram_budget())
+                return _read_page(fh, blk, off, size)
+            return read
         return bytes(buf[off:off + size]).rstrip(b'\0')
 
 

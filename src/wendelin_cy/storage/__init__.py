@@ -28,7 +28,7 @@ from .switch import (FAST_PATHS_ENV, StorageFastPathWarning, fast_paths, fell_ba
                      set_fast_paths, shape_mismatch)
 from .zeo import ZEOBackend
 
-__all__ = ['backend_of', 'backend_for', 'uri_of', 'forget_reads', 'fast_paths',
+__all__ = ['backend_of', 'backend_for', 'uri_of', 'forget_reads', 'records_sent', 'fast_paths',
            'snapshot_before', 'changed_since', 'open_before',
            'set_fast_paths', 'StorageFastPathWarning', 'shape_mismatch', 'GENERIC',
            'FAST_PATHS_ENV']
@@ -64,6 +64,18 @@ def backend_of(conn):
 def uri_of(storage):
     """A URI another process can open `storage` with, or None."""
     return filestorage.uri(storage) or zeo.uri(storage)
+
+
+def records_sent(conn, nbytes, budget):
+    """A commit through connection `conn` is about to make (and then store) a
+    block record of `nbytes` bytes, with the pager's RAM budget `budget`: a
+    storage that queues what it is sent (ZEO) waits here until its server has
+    taken most of the records sent before (``zeo.backpressure``).  Not a
+    read fast path: done with the fast paths off too."""
+    if conn is not None:
+        db = getattr(conn, 'db', None)
+        if db is not None:
+            zeo.backpressure(db().storage, nbytes, budget)
 
 
 def forget_reads(conn):

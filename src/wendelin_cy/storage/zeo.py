@@ -32,14 +32,37 @@ the file meanwhile), the oid's current record, if it was written before the
 connection's snapshot and the oid has no non-current records cached.
 Anything else (a miss, a newer record, another layout) takes the generic
 path, which loads from the server.
+
+Backpressure on stores
+----------------------
+ClientStorage.store does not send: it hands the record to its IO thread
+(``loop.call_soon_threadsafe``) and returns, and that thread writes it to
+the socket or, when the socket's buffer is full, appends the encoded
+message to a deque that nothing bounds.  A server slower than the client
+(it writes every record to its commit log, then copies it into its
+FileStorage at vote) lets the records of a whole transaction pile up in the
+client: with 2 MiB blocks committed every GiB, hundreds of MiB over the RAM
+budget (issue 18).  So ``backpressure`` counts the bytes of the block
+records made in a commit and, every ``store_window(budget)`` bytes, makes
+one synchronous round trip, ``ClientStorage.ping()``: its answer comes after
+the server has read every message queued before it, so no more than about
+a window is ever waiting in the client.  The window is 1/16 of the budget,
+8 to 32 MiB; a round trip per window is a small price over a socket.  (No
+ping, another ZEO: one StorageFastPathWarning, and no backpressure.)
 """
 
 import os
+import threading
+import weakref
 
 from . import mvcc
 from .record import HEAD_PEEK, preadinto, record_payload
+from .switch import shape_mismatch
 
-__all__ = ['ZEOBackend', 'storage_prefetches', 'max_ahead', 'uri']
+__all__ = ['ZEOBackend', 'storage_prefetches', 'max_ahead', 'uri', 'backpressure',
+           'store_window']
+
+MiB = 1 << 20
 
 # a record in ZEO's cache file (ZEO/cache.py):
 #   'a', 4-byte size, oid (8), start tid (8), end tid (8: zeros if current),
@@ -74,6 +97,44 @@ def max_ahead(storage, blksize):
     if not size:
         return None
     return max(1, int(size // 2 // (blksize + 64)))
+
+
+def store_window(budget):
+    """Bytes of block records a commit may have sent a ZEO server before it
+    waits for the server to take them, for the pager's RAM budget `budget`."""
+    return min(32 * MiB, max(8 * MiB, int(budget) // 16))
+
+
+_unacked = weakref.WeakKeyDictionary()   # ClientStorage -> bytes since its last ping
+_unacked_lock = threading.Lock()
+round_trips = 0         # pings made by backpressure (for tests)
+
+
+def backpressure(storage, nbytes, budget):
+    """A commit is about to make a block record of `nbytes` bytes and store
+    it in (base) storage `storage`: if that is a ZEO ClientStorage and a
+    window of records was sent since the last round trip, wait until the
+    server has read them."""
+    global round_trips
+    if type(nbytes) is not int or nbytes < 0:
+        raise ValueError('backpressure: nbytes must be an int >= 0, not %r' % (nbytes,))
+    if not storage_prefetches(storage):
+        return
+    with _unacked_lock:
+        sent = _unacked.get(storage, 0)
+        if sent < store_window(budget):
+            _unacked[storage] = sent + nbytes
+            return
+        _unacked[storage] = nbytes
+    ping = getattr(storage, 'ping', None)
+    if not callable(ping):
+        shape_mismatch('ZEO store backpressure', 'ClientStorage has no ping()')
+        return
+    try:
+        ping()
+        round_trips += 1
+    except Exception:
+        pass        # (disconnected: the store itself reports it)
 
 
 class ZEOBackend(mvcc.Records):
