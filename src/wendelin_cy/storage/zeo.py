@@ -48,7 +48,8 @@ one synchronous round trip, ``ClientStorage.ping()``: its answer comes after
 the server has read every message queued before it, so no more than about
 a window is ever waiting in the client.  The window is 1/16 of the budget,
 8 to 32 MiB; a round trip per window is a small price over a socket.  (No
-ping, another ZEO: one StorageFastPathWarning, and no backpressure.)
+ping, another ZEO: one warning on the wendelin_cy.storage logger, and no
+backpressure.)
 """
 
 import os
