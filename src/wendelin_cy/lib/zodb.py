@@ -61,7 +61,7 @@ def _filestorage(path, **kw):
                          % (path, e)) from e
 
 
-def _zeo(rest):
+def _zeo(rest, read_only=False):
     from ZEO.ClientStorage import ClientStorage
     u = urllib.parse.urlsplit('zeo://' + rest)
     q = dict(urllib.parse.parse_qsl(u.query))
@@ -79,7 +79,7 @@ def _zeo(rest):
         addr = u.path               # unix socket
     else:
         raise ValueError('dbopen: zeo:// URI needs host:port or a socket path')
-    st = ClientStorage(addr, storage=storage, server_sync=True, **kw)
+    st = ClientStorage(addr, storage=storage, server_sync=True, read_only=read_only, **kw)
     register_zeo()      # page faults retry ClientDisconnected (bounded wait)
     from wendelin_cy.lib import malloc
     malloc.tune()       # ZEO's client thread: no page faults per record (see there)
@@ -157,17 +157,38 @@ def _file_args(uri):
     return path, kw
 
 
-def dbopen(uri, **dbkw):
+def dbopen(uri, verify=None, trusted=True, allow=(), **dbkw):
     """Open the database named by uri and return its root mapping.
 
     The connection uses the default (thread-local) transaction manager, so
     ``transaction.commit()`` commits it.  Close with ``dbclose(root)``.
+
+    ``verify``: content checks (checksums) of the blocks loaded, True or
+    False; None: ``$WENDELIN_CY_VERIFY``, else on (wendelin_cy.storage.checksum).
+    Sizes are always checked.
+
+    ``trusted=False``: a database from elsewhere.  It is opened read-only and
+    its records may only name the classes of an allow-list (wendelin_cy's
+    persistent classes, BTrees, persistent mappings and lists, blobs, numpy
+    dtypes; ``allow`` adds ``'module.name'`` strings or ``'module.*'``); any
+    other class or function a record names raises
+    ``wendelin_cy.lib.untrusted.UntrustedClassError`` before it runs
+    (see docs/guarantees.md).  For paths, file://, zeo:// and memory://.
     """
     import ZODB
-    storage, kw = dbstoropen(uri)
+    if trusted:
+        if allow:
+            raise ValueError('dbopen: allow= is for trusted=False')
+        storage, kw = dbstoropen(uri)
+    else:
+        from wendelin_cy.lib import untrusted
+        storage, kw = untrusted.storage_readonly(uri)
     kw.update(dbkw)
+    if verify is not None or not trusted:
+        from wendelin_cy.storage.checksum import set_checks
+        set_checks(storage, True if (verify is None and not trusted) else verify)
     try:
-        db = ZODB.DB(storage, **kw)
+        db = ZODB.DB(storage, **kw) if trusted else untrusted.open_db(storage, allow, **kw)
     except BaseException:
         storage.close()
         raise
