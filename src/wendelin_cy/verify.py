@@ -153,12 +153,12 @@ def _read_seg(z, bs, sums):
         raise _Bad(soid, 'blob file missing or unreadable: %s' % _err(e)) from None
     try:
         size = os.fstat(f.fileno()).st_size
-        if fsize is not None and size != fsize:
-            raise _Bad(soid, 'wrong blob file size: %s is %d bytes, %d when committed'
-                       % (f.name, size, fsize))
         if size < (index + 1) * bs:
             raise _Bad(soid, 'blob file %s is truncated: %d bytes, block %d of the '
                        'segment needs %d' % (f.name, size, index, (index + 1) * bs))
+        if fsize is not None and size != fsize:
+            raise _Bad(soid, 'wrong blob file size: %s is %d bytes, %d when committed'
+                       % (f.name, size, fsize))
         f.seek(index * bs)
         data = f.read(bs)
         if len(data) != bs:

@@ -64,6 +64,8 @@ class _BytesRecord(_ZBlkBase):
 
     def __getstate__(self):
         data = self._payload()
+        if not isinstance(data, bytes):     # (not ours: stored as it is)
+            return data
         return (data, len(data), digest(data))
 
     def __setstate__(self, state):
@@ -217,12 +219,12 @@ def _checked_extent(z, bs):
         raise corrupt(z, 'blob file missing', path) from None
     try:
         size = os.fstat(fd).st_size
-        if fsize is not None and size != fsize:
-            raise corrupt(z, 'wrong blob file size: %d bytes, %d when committed'
-                          % (size, fsize), path)
         if size < off + bs:
             raise corrupt(z, 'blob file truncated: %d bytes, block %d of the '
                           'segment needs %d' % (size, index, off + bs), path)
+        if fsize is not None and size != fsize:
+            raise corrupt(z, 'wrong blob file size: %d bytes, %d when committed'
+                          % (size, fsize), path)
         if h is not None and checks_on(_storage_of(z)):
             m = mmap.mmap(fd, bs, prot=mmap.PROT_READ, offset=off)
             try:

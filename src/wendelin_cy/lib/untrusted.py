@@ -20,12 +20,10 @@ other means (``pickle.loads`` of a record's bytes, a Connection of your own
 over the storage) - only the DB opened here has the hook.
 """
 
-import os
-
 from ZODB import DB
 from ZODB.POSException import POSError
 
-__all__ = ['ALLOWED', 'UntrustedClassError', 'storage_readonly', 'open_db', 'restrict']
+__all__ = ['ALLOWED', 'UntrustedClassError', 'open_db', 'restrict']
 
 _CY = 'wendelin_cy.bigfile.file_zodb'
 _WC = 'wendelin.bigfile.file_zodb'
@@ -100,26 +98,3 @@ def open_db(storage, allow=(), **kw):
         def classFactory(self, connection, modulename, globalname):
             return factory(connection, modulename, globalname)
     return _DB(storage, **kw)
-
-
-def storage_readonly(uri):
-    """uri -> (read-only storage, DB keyword arguments)."""
-    from wendelin_cy.lib import zodb
-    if not isinstance(uri, (str, os.PathLike)):
-        raise TypeError('dbopen: uri must be a str, not %s' % type(uri).__name__)
-    uri = os.fspath(uri)
-    scheme, rest = zodb._split_scheme(uri)
-    if scheme in (None, 'file'):
-        path, kw = zodb._file_args(uri)
-        if not os.path.exists(os.path.expanduser(path)):
-            raise ValueError('dbopen(trusted=False): %r does not exist' % path)
-        kw['read_only'] = True
-        return zodb._filestorage(path, **kw), {}
-    if scheme == 'zeo':
-        st = zodb._zeo(rest, read_only=True)
-        return st, {}
-    if scheme == 'memory':
-        st, kw = zodb.dbstoropen(uri)
-        return st, kw
-    raise ValueError('dbopen(trusted=False) opens file paths, file://, zeo:// and '
-                     'memory:// databases, not %r' % (uri,))

@@ -156,6 +156,27 @@ def _file_args(uri):
         kw['read_only'] = v[0].lower() in ('1', 'true', 'yes', '')
     return path, kw
 
+def _storage_readonly(uri):
+    """uri -> (read-only storage, DB keyword arguments)."""
+    if not isinstance(uri, (str, os.PathLike)):
+        raise TypeError('dbopen: uri must be a str, not %s' % type(uri).__name__)
+    uri = os.fspath(uri)
+    scheme, rest = _split_scheme(uri)
+    if scheme in (None, 'file'):
+        path, kw = _file_args(uri)
+        if not os.path.exists(os.path.expanduser(path)):
+            raise ValueError('dbopen(trusted=False): %r does not exist' % path)
+        kw['read_only'] = True
+        return _filestorage(path, **kw), {}
+    if scheme == 'zeo':
+        st = _zeo(rest, read_only=True)
+        return st, {}
+    if scheme == 'memory':
+        st, kw = dbstoropen(uri)
+        return st, kw
+    raise ValueError('dbopen(trusted=False) opens file paths, file://, zeo:// and '
+                     'memory:// databases, not %r' % (uri,))
+
 
 def dbopen(uri, verify=None, trusted=True, allow=(), **dbkw):
     """Open the database named by uri and return its root mapping.
@@ -182,7 +203,7 @@ def dbopen(uri, verify=None, trusted=True, allow=(), **dbkw):
         storage, kw = dbstoropen(uri)
     else:
         from wendelin_cy.lib import untrusted
-        storage, kw = untrusted.storage_readonly(uri)
+        storage, kw = _storage_readonly(uri)
     kw.update(dbkw)
     if verify is not None or not trusted:
         from wendelin_cy.storage.checksum import set_checks
