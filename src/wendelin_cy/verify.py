@@ -93,7 +93,11 @@ def _activate(obj, what):
     try:
         obj._p_activate()
     except Exception as e:
-        raise _Bad(_hex(obj._p_oid), 'load error (%s): %s' % (what, _err(e))) from None
+        from wendelin_cy.errors import CorruptBlockError
+        c = e.__cause__         # (ZODB's StateLoadError hides what __setstate__ said)
+        if isinstance(c, CorruptBlockError):
+            raise _Bad(_hex(obj._p_oid), c.detail) from None
+        raise _Bad(_hex(obj._p_oid), 'load error (%s): %s' % (what, _err(c or e))) from None
 
 
 def _fields(obj, what, *names):

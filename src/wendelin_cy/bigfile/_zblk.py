@@ -313,13 +313,22 @@ class ZBlk1(_ZBlkBase):
         n = len(buf)
         cs = self.chunksize
         base = self.base
+        if type(cs) is not int or cs <= 0 or n % cs:
+            raise corrupt(self, 'ZBlk1 chunk size %r does not divide the block size %d'
+                          % (cs, n))
         if base is not None:
+            if type(base) not in (ZBlk0, ZBlkSeg):
+                raise corrupt(self, 'ZBlk1 base is a %s' % type(base).__name__)
             _load_base(base, buf)
         else:
             _zero(buf, 0, n)
         for off, zd in self.chunktab.items():
-            if off >= n:
-                break
+            if type(off) is not int or off < 0 or off % cs or off >= n:
+                raise corrupt(self, 'ZBlk1 chunk at offset %r: not a multiple of %d '
+                              'inside the block' % (off, cs))
+            if type(zd) is not ZData:
+                raise corrupt(self, 'ZBlk1 chunk at offset %d is a %s, not ZData'
+                              % (off, type(zd).__name__))
             _fill(buf, off, _loaddata(zd), min(off + cs, n))
         if not self._p_changed:
             self._p_deactivate()

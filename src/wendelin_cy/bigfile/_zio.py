@@ -144,8 +144,11 @@ class _ZBigFileIO(BigFile):
             zblk = self._zfile.blktab.get(blk)
             self._track(blk, zblk)
             return self._load_obj(zblk, buf)
-        except CorruptBlockError as e:
-            raise e.locate(blk, self.array_name()) from None
+        except Exception as e:
+            c = _corrupt_cause(e)
+            if c is None:
+                raise
+            raise c.locate(blk, self.array_name()) from None
 
     def array_name(self):
         """The array (if a ZBigArray said so) and its ZBigFile, for errors."""
@@ -551,6 +554,16 @@ class _ZBigFileIO(BigFile):
             for blk in pending:
                 if blk not in dirty:
                     fh.invalidate_page(blk)
+
+
+def _corrupt_cause(e):
+    """The CorruptBlockError that `e` is or comes from (ZODB wraps errors of
+    __setstate__ in StateLoadError), or None."""
+    for _ in range(8):
+        if e is None or isinstance(e, CorruptBlockError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _read_checked(fd, off, n, h):
