@@ -78,11 +78,14 @@ FORMATS = ['ZBlk0', 'ZBlk1', 'blob']
 
 
 @pytest.mark.parametrize('fmt', FORMATS)
-@pytest.mark.parametrize('verify', [None, True])
-def test_flipped_bytes_are_an_error_naming_array_block_oid_file(tmp_path, fmt, verify):
+@pytest.mark.parametrize('verify', [True, 'env'])
+def test_flipped_bytes_are_an_error_naming_array_block_oid_file(tmp_path, fmt, verify,
+                                                                 monkeypatch):
     path, zoid = _build(tmp_path, fmt)
     damaged = _flip_value(path, fmt)
-    root = dbopen(path, verify=verify)
+    if verify == 'env':
+        monkeypatch.setenv('WENDELIN_CY_VERIFY', '1')
+    root = dbopen(path, verify=None if verify == 'env' else verify)
     try:
         A = root['A']
         assert A[[0]][0] == 0 and A[[N - 1]][0] == N - 1      # other blocks: fine
@@ -167,7 +170,8 @@ def test_in_a_page_fault_the_process_ends_with_the_diagnostic(tmp_path, fmt):
     path, zoid = _build(tmp_path, fmt)
     _flip_value(path, fmt)
     r = subprocess.run([sys.executable, '-c', textwrap.dedent(_FAULT)], cwd=str(tmp_path),
-                       env=env_with_src(), capture_output=True, text=True, timeout=300)
+                       env=env_with_src(WENDELIN_CY_VERIFY='1'), capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == -signal.SIGBUS, (r.returncode, r.stdout, r.stderr[-3000:])
     assert 'first: 5' in r.stdout
     assert 'sum:' not in r.stdout                   # never a sum of wrong data
@@ -188,7 +192,7 @@ def test_zeo_client_reads_no_corrupt_block(tmp_path):
         srv.stop()
         _flip_value(fs, 'ZBlk0')
         srv.start()
-        root = dbopen(srv.uri)
+        root = dbopen(srv.uri, verify=True)
         try:
             with pytest.raises(CorruptBlockError):
                 root['A'][[MID]]
