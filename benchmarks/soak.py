@@ -25,7 +25,6 @@ RSS over the bound.
 import argparse
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
