@@ -321,11 +321,15 @@ def cmd_verify(args):
         _close(root)
     if args.json:
         print(json.dumps({'ok': r.ok, 'arrays': r.arrays, 'blocks': r.blocks,
-                          'nbytes': r.nbytes,
+                          'nbytes': r.nbytes, 'unchecked': r.unchecked,
                           'problems': [p._asdict() for p in r.problems]}, indent=2))
     else:
         for p in r.problems:
             print(p)
+        if r.unchecked:
+            print('%d block%s without checksums (written before wendelin_cy had them, '
+                  'or in wendelin.core\'s format): sizes and structure checked only'
+                  % (r.unchecked, 's' * (r.unchecked != 1)))
         print('%d array%s, %d blocks (%s) read: %s' % (
             r.arrays, 's' * (r.arrays != 1), r.blocks, _fmt_bytes(r.nbytes),
             'no problems' if r.ok else '%d problem%s' % (len(r.problems),

@@ -13,13 +13,17 @@ structure:
   ``ZBlk0`` or a segment block;
 * blob segment blocks (``ZBlkSeg``): the segment is a Blob, its file exists,
   is readable and holds the whole block (segment files are written whole);
-* block numbers lie inside the array.
+* block numbers lie inside the array;
+* sizes and checksums: each record's bytes have the size and the xxh3-64
+  digest recorded when it was committed (blob files: the file size too),
+  whatever the content-check switch of loads says.  Records written by
+  versions before checksums (and blocks in wendelin.core's own format) have
+  none: they are counted in ``Report.unchecked`` (blocks), not problems.
 
 Then each block's bytes go through the content checks (``CONTENT_CHECKS``,
 or the ``checks`` argument): callables ``check(ref, data)`` with ``ref`` a
 ``BlockRef`` and ``data`` the stored bytes of the block (shorter than the
-block size: the rest is zeros), returning None or a message.  None are
-registered yet; checksums will be one.
+block size: the rest is zeros), returning None or a message.
 
 A problem is a ``Problem(key, blk, oid, fmt, message)``; ``blk`` is None for
 a problem of the array itself.
@@ -63,6 +67,7 @@ class Report(NamedTuple):
     blocks: int             # blocks read (holes are not)
     nbytes: int             # bytes read
     problems: List[Problem]
+    unchecked: int = 0      # blocks read with a record that has no checksum
 
     @property
     def ok(self):
@@ -88,7 +93,11 @@ def _activate(obj, what):
     try:
         obj._p_activate()
     except Exception as e:
-        raise _Bad(_hex(obj._p_oid), 'load error (%s): %s' % (what, _err(e))) from None
+        from wendelin_cy.errors import CorruptBlockError
+        c = e.__cause__         # (ZODB's StateLoadError hides what __setstate__ said)
+        if isinstance(c, CorruptBlockError):
+            raise _Bad(_hex(obj._p_oid), c.detail) from None
+        raise _Bad(_hex(obj._p_oid), 'load error (%s): %s' % (what, _err(c or e))) from None
 
 
 def _fields(obj, what, *names):
@@ -100,11 +109,18 @@ def _fields(obj, what, *names):
         obj._p_deactivate()
 
 
-def _bytes_state(obj, limit, what):
-    """The bytes of a ZBlk0 / ZData record (checked to fit `limit`)."""
+def _digest(data):
+    from wendelin_cy.storage.checksum import digest
+    return digest(data)
+
+
+def _bytes_state(obj, limit, what, sums):
+    """The bytes of a ZBlk0 / ZData record (checked to fit `limit`, and
+    against their digest if they have one; sums[0] += 1 if not)."""
     _activate(obj, what)
     try:
-        state = obj.__getstate__()
+        state = obj.__dict__.get('_data')
+        h = obj.__dict__.get('_h')
     finally:
         obj._p_deactivate()
     if not isinstance(state, bytes):
@@ -113,13 +129,23 @@ def _bytes_state(obj, limit, what):
     if len(state) > limit:
         raise _Bad(_hex(obj._p_oid), 'wrong record size: %s holds %d bytes, more '
                    'than the %d it has room for' % (what, len(state), limit))
+    if h is None:
+        sums[0] += 1
+    elif _digest(state) != h:
+        raise _Bad(_hex(obj._p_oid), 'checksum mismatch: %s holds bytes that are '
+                   'not those committed' % what)
     return state
 
 
-def _read_seg(z, bs):
+def _read_seg(z, bs, sums):
     from ZODB.blob import Blob
     oid = _hex(z._p_oid)
-    seg, index = _fields(z, 'segment block', 'seg', 'index')
+    _activate(z, 'segment block')
+    try:
+        d = z.__dict__
+        seg, index, h, fsize = d.get('seg'), d.get('index'), d.get('h'), d.get('fsize')
+    finally:
+        z._p_deactivate()
     if not isinstance(seg, Blob):
         raise _Bad(oid, 'segment block names a %s, not a Blob' % type(seg).__name__)
     if not isinstance(index, int) or index < 0:
@@ -134,10 +160,18 @@ def _read_seg(z, bs):
         if size < (index + 1) * bs:
             raise _Bad(soid, 'blob file %s is truncated: %d bytes, block %d of the '
                        'segment needs %d' % (f.name, size, index, (index + 1) * bs))
+        if fsize is not None and size != fsize:
+            raise _Bad(soid, 'wrong blob file size: %s is %d bytes, %d when committed'
+                       % (f.name, size, fsize))
         f.seek(index * bs)
         data = f.read(bs)
         if len(data) != bs:
             raise _Bad(soid, 'short read of blob file %s' % f.name)
+        if h is None:
+            sums[0] += 1
+        elif _digest(data) != h:
+            raise _Bad(oid, 'checksum mismatch: blob file %s does not hold the bytes '
+                       'committed for block %d of the segment' % (f.name, index))
         return data
     except OSError as e:
         raise _Bad(soid, 'blob file %s unreadable: %s' % (f.name, _err(e))) from None
@@ -147,7 +181,7 @@ def _read_seg(z, bs):
             seg._p_deactivate()
 
 
-def _read_zblk1(z, bs):
+def _read_zblk1(z, bs, sums):
     from wendelin_cy.bigfile.file_zodb import ZBlk0, ZBlkSeg, ZData
     oid = _hex(z._p_oid)
     cs, base, tab = _fields(z, 'ZBlk1', 'chunksize', 'base', 'chunktab')
@@ -160,9 +194,9 @@ def _read_zblk1(z, bs):
     buf = bytearray(bs)
     if base is not None:
         if type(base) is ZBlk0:
-            data = _bytes_state(base, bs, 'ZBlk1 base ZBlk0')
+            data = _bytes_state(base, bs, 'ZBlk1 base ZBlk0', sums)
         elif type(base) is ZBlkSeg:
-            data = _read_seg(base, bs)
+            data = _read_seg(base, bs, sums)
         else:
             raise _Bad(oid, 'ZBlk1 base is a %s' % type(base).__name__)
         buf[:len(data)] = data
@@ -173,21 +207,22 @@ def _read_zblk1(z, bs):
         if not isinstance(zd, ZData):       # (or wendelin.core's, a subclass)
             raise _Bad(oid, 'ZBlk1 chunk at offset %d is a %s, not ZData'
                        % (off, type(zd).__name__))
-        data = _bytes_state(zd, min(cs, bs - off), 'ZData chunk at %d' % off)
+        data = _bytes_state(zd, min(cs, bs - off), 'ZData chunk at %d' % off, sums)
         end = min(off + cs, bs)
         buf[off:off + len(data)] = data
         buf[off + len(data):end] = bytes(end - off - len(data))
     return bytes(buf)
 
 
-def _read_block(z, fmt, bs):
-    """Stored bytes of block record `z`; _Bad for any problem."""
+def _read_block(z, fmt, bs, sums):
+    """Stored bytes of block record `z`; _Bad for any problem; sums[0] > 0
+    if a record of it has no checksum."""
     if fmt == 'ZBlk0':
-        return _bytes_state(z, bs, 'ZBlk0')
+        return _bytes_state(z, bs, 'ZBlk0', sums)
     if fmt == 'ZBlk1':
-        return _read_zblk1(z, bs)
+        return _read_zblk1(z, bs, sums)
     if fmt == 'blob':
-        return _read_seg(z, bs)
+        return _read_seg(z, bs, sums)
     raise _Bad(_hex(getattr(z, '_p_oid', None)),
                'unknown block record type %s' % type(z).__name__)
 
@@ -197,7 +232,7 @@ def verify_array(key, A, checks=None, bar=None):
     from wendelin_cy.dbinfo import block_format
     checks = CONTENT_CHECKS if checks is None else checks
     problems = []
-    nblk = nbytes = 0
+    nblk = nbytes = unchecked = 0
     try:
         zfile = A.zfile
         bs = zfile.blksize
@@ -216,12 +251,14 @@ def verify_array(key, A, checks=None, bar=None):
             if not 0 <= blk < nblocks:
                 problems.append(Problem(key, blk, oid, fmt, 'block beyond the end '
                                         'of the array (%d blocks)' % nblocks))
+            sums = [0]
             try:
-                data = _read_block(z, fmt, bs)
+                data = _read_block(z, fmt, bs, sums)
             except _Bad as e:
                 problems.append(Problem(key, blk, e.oid, fmt, e.message))
             else:
                 nblk += 1
+                unchecked += sums[0] > 0
                 nbytes += len(data)
                 ref = BlockRef(key, A, blk, oid, fmt, bs)
                 for check in checks:
@@ -236,7 +273,7 @@ def verify_array(key, A, checks=None, bar=None):
     except Exception as e:          # the block table itself (a bucket)
         problems.append(Problem(key, None, _hex(blktab._p_oid), None,
                                 'block table unreadable: %s' % _err(e)))
-    return Report(1, nblk, nbytes, problems)
+    return Report(1, nblk, nbytes, problems, unchecked)
 
 
 def verify_database(root, key=None, checks=None, progress=False):
@@ -256,7 +293,7 @@ def verify_database(root, key=None, checks=None, progress=False):
         except Exception:
             pass
     bar = io.progress_bar(progress, total, 'verify', unit='blk')
-    arrays = blocks = nbytes = 0
+    arrays = blocks = nbytes = unchecked = 0
     problems = []
     try:
         for k, A in targets:
@@ -264,7 +301,8 @@ def verify_database(root, key=None, checks=None, progress=False):
             arrays += 1
             blocks += r.blocks
             nbytes += r.nbytes
+            unchecked += r.unchecked
             problems += r.problems
     finally:
         bar.close()
-    return Report(arrays, blocks, nbytes, problems)
+    return Report(arrays, blocks, nbytes, problems, unchecked)

@@ -156,6 +156,9 @@ class ZBigArray(BigArray, Persistent):
                     reserve = 4 * nbytes if nbytes > (16 << 30) else None
                     fh = self.zfile.fileh_open(reserve=reserve)
                     self.__dict__['_v_fileh'] = fh
+                    io = self.zfile.__dict__.get('_v_io')
+                    if io is not None and self._p_oid is not None:
+                        io.array = '<ZBigArray oid=%s>' % self._p_oid.hex()   # (errors)
         else:
             fh.join_current()
         return fh

@@ -13,7 +13,9 @@ import weakref
 from BTrees.IOBTree import IOBTree
 from persistent import Persistent
 
+from wendelin_cy.errors import CorruptBlockError
 from wendelin_cy.storage import backend_of
+from wendelin_cy.storage.checksum import DIGEST_SIZE, checks_on, digest
 from wendelin_cy.storage.record import preadinto as _preadinto
 
 from ._zblk_io import CHUNKSIZE, _fill, _zero
@@ -44,7 +46,10 @@ class _ZBlkBase(Persistent):
 
 
 class _BytesRecord(_ZBlkBase):
-    """State: bytes with trailing zeros cut off.
+    """State: ``(bytes, size, digest)``, the bytes with trailing zeros cut
+    off, their length and xxh3-64 digest (made when pickled, i.e. at commit).
+    Records of older versions hold the bytes alone and still load (with no
+    digest: ``_h`` is None).
 
     While being committed the object carries ``_v_src``, a callable returning
     the bytes from the pager page, so that no copy is made before pickling.
@@ -53,17 +58,36 @@ class _BytesRecord(_ZBlkBase):
     def __init__(self, data=b''):
         self._data = bytes(data).rstrip(b'\0')
 
-    def __getstate__(self):
+    def _payload(self):
         src = self.__dict__.get('_v_src')
-        if src is not None:
-            return src()
-        return self._data
+        return src() if src is not None else self._data
+
+    def __getstate__(self):
+        data = self._payload()
+        if not isinstance(data, bytes):     # (not ours: stored as it is)
+            return data
+        return (data, len(data), digest(data))
 
     def __setstate__(self, state):
-        if not isinstance(state, bytes):
+        d = self.__dict__
+        if isinstance(state, bytes):            # (an older record: no checksum)
+            d['_data'] = state
+            d['_h'] = None
+            return
+        if (type(state) is not tuple or len(state) != 3 or not isinstance(state[0], bytes)
+                or type(state[1]) is not int or not isinstance(state[2], bytes)
+                or len(state[2]) != DIGEST_SIZE):
             raise TypeError('%s: corrupt state of type %s'
                             % (type(self).__name__, type(state).__name__))
-        self.__dict__['_data'] = state
+        data, n, h = state
+        if len(data) != n:
+            raise corrupt(self, 'wrong record size: %d bytes stored, %d when committed'
+                          % (len(data), n))
+        if checks_on(_storage_of(self)) and digest(data) != h:
+            raise corrupt(self, 'checksum mismatch: the %d stored bytes are not '
+                          'those committed' % n)
+        d['_data'] = data
+        d['_h'] = h
 
     def _set_src(self, src):
         """Mark changed; the new bytes are `src` or, if it is callable, come
@@ -71,6 +95,7 @@ class _BytesRecord(_ZBlkBase):
         if self._p_jar is not None:
             self._p_changed = True          # may load the old state first
         d = self.__dict__
+        d.pop('_h', None)
         if callable(src):
             old = d.pop('_data', None)
             if self._p_jar is None and old is not None and '_v_old' not in d:
@@ -87,7 +112,7 @@ def _loaddata(obj):
     is not changed).  A function, not a method: looking up any attribute not
     starting with _p_ on a ghost would load its state."""
     if obj._p_changed:
-        return obj.__getstate__()
+        return _BytesRecord._payload(obj)
     if obj._p_changed is None:          # ghost: try the storage's direct path
         data = backend_of(obj._p_jar).payload(obj)
         if data is not None:
@@ -122,9 +147,20 @@ class ZBlkSeg(_ZBlkBase):
 
     __module__ = _CLASS_MODULE
 
-    def __init__(self, seg, index):
+    def __init__(self, seg, index, h=None, fsize=None):
         self.seg = seg
         self.index = index
+        if h is not None:
+            self.h = h                  # xxh3-64 digest of the block's bytes
+        if fsize is not None:
+            self._v_fsize = fsize       # callable: size of the segment's file
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        fsize = self.__dict__.get('_v_fsize')
+        if fsize is not None:
+            state = dict(state or {}, fsize=fsize())
+        return state
 
 
 # ~~~ blob blocks
@@ -146,16 +182,84 @@ def _blob_path(blob):
     return backend_of(blob._p_jar).blob_path(blob)
 
 
+def _seg_fields(z):
+    """(seg, index, digest, file size) of ZBlkSeg `z` (digest and file size:
+    None in older records); z stays a ghost."""
+    ghost = z._p_changed is None
+    if ghost:
+        z._p_activate()
+    d = z.__dict__
+    try:
+        return d['seg'], d['index'], d.get('h'), d.get('fsize')
+    except KeyError:
+        raise corrupt(z, 'segment block record without seg/index') from None
+    finally:
+        if ghost:
+            z._p_deactivate()
+
+
 def _blk_extent(z, bs):
     """(path, offset) of the bytes of block ZBlkSeg `z` (its part of the
     segment's file); z stays a ghost."""
-    if z._p_changed is None:
-        z._p_activate()
-        seg, index = z.seg, z.index
-        z._p_deactivate()
-    else:
-        seg, index = z.seg, z.index
+    seg, index = _seg_fields(z)[:2]
     return _blob_path(seg), index * bs
+
+
+def _checked_extent(z, bs):
+    """_blk_extent, once the file's size (always) and the block's digest
+    (content checks on) are found to be those committed; else
+    CorruptBlockError."""
+    seg, index, h, fsize = _seg_fields(z)
+    if type(index) is not int or index < 0:
+        raise corrupt(z, 'segment block with a bad index %r' % (index,))
+    path, off = _blob_path(seg), index * bs
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise corrupt(z, 'blob file missing', path) from None
+    try:
+        size = os.fstat(fd).st_size
+        if size < off + bs:
+            raise corrupt(z, 'blob file truncated: %d bytes, block %d of the '
+                          'segment needs %d' % (size, index, off + bs), path)
+        if fsize is not None and size != fsize:
+            raise corrupt(z, 'wrong blob file size: %d bytes, %d when committed'
+                          % (size, fsize), path)
+        if h is not None and checks_on(_storage_of(z)):
+            m = mmap.mmap(fd, bs, prot=mmap.PROT_READ, offset=off)
+            try:
+                ok = digest(m) == h
+            finally:
+                m.close()
+            if not ok:
+                raise corrupt(z, 'checksum mismatch: the blob file does not hold '
+                              'the bytes committed for block %d of the segment'
+                              % index, path)
+    finally:
+        os.close(fd)
+    return path, off
+
+
+def _storage_of(obj):
+    try:
+        return obj._p_jar.db().storage
+    except Exception:
+        return None
+
+
+def _storage_name(st):
+    try:
+        return st.getName() if st is not None else None
+    except Exception:
+        return None
+
+
+def corrupt(obj, detail, file=None):
+    """CorruptBlockError for record `obj` (array and block: filled in by the
+    caller that knows them)."""
+    oid = getattr(obj, '_p_oid', None)
+    return CorruptBlockError(detail, '0x' + oid.hex() if oid else None,
+                             file or _storage_name(_storage_of(obj)))
 
 
 def _blob_data(z, bs):
@@ -172,11 +276,11 @@ def _blob_data(z, bs):
 def _load_base(base, buf):
     """buf = content of the ZBlk0 or ZBlkSeg `base` (zeros after it)."""
     if type(base) is ZBlkSeg:
-        path, off = _blk_extent(base, len(buf))
+        path, off = _checked_extent(base, len(buf))
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if not _preadinto(fd, buf, off, max(0, min(len(buf), os.fstat(fd).st_size - off))):
-                raise ValueError('%r: short blob file %s' % (base, path))
+            if not _preadinto(fd, buf, off, len(buf)):
+                raise corrupt(base, 'short read of the blob file', path)
         finally:
             os.close(fd)
     else:
@@ -210,13 +314,22 @@ class ZBlk1(_ZBlkBase):
         n = len(buf)
         cs = self.chunksize
         base = self.base
+        if type(cs) is not int or cs <= 0 or n % cs:
+            raise corrupt(self, 'ZBlk1 chunk size %r does not divide the block size %d'
+                          % (cs, n))
         if base is not None:
+            if type(base) not in (ZBlk0, ZBlkSeg):
+                raise corrupt(self, 'ZBlk1 base is a %s' % type(base).__name__)
             _load_base(base, buf)
         else:
             _zero(buf, 0, n)
         for off, zd in self.chunktab.items():
-            if off >= n:
-                break
+            if type(off) is not int or off < 0 or off % cs or off >= n:
+                raise corrupt(self, 'ZBlk1 chunk at offset %r: not a multiple of %d '
+                              'inside the block' % (off, cs))
+            if type(zd) is not ZData:
+                raise corrupt(self, 'ZBlk1 chunk at offset %d is a %s, not ZData'
+                              % (off, type(zd).__name__))
             _fill(buf, off, _loaddata(zd), min(off + cs, n))
         if not self._p_changed:
             self._p_deactivate()

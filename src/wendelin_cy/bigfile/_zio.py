@@ -9,8 +9,13 @@ import weakref
 from wendelin_cy.bigfile import BigFile, HOLE, MapFile
 from wendelin_cy.ram import get_ram_budget
 from wendelin_cy.storage import backend_of, records_sent
+from wendelin_cy.storage.record import preadinto as _preadinto
 
-from ._zblk import ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blk_extent, _blob_data, _loaddata
+from wendelin_cy.errors import CorruptBlockError
+from wendelin_cy.storage.checksum import checks_on, digest
+
+from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blob_data, _checked_extent,
+                    _loaddata)
 from ._txn import follows_this_thread
 from ._zforeign import check_foreign, load_foreign
 from ._zblk_io import (SEG_BLOCKS, _blob_pool, _chunksize, _iszero, _open_blob_file,
@@ -143,17 +148,28 @@ class _ZBigFileIO(BigFile):
         return me == self._owner
 
     def loadblk(self, blk, buf):
-        if not self.owns():
-            return load_foreign(self, blk, buf, self._load_obj)
-        zblk = self._zfile.blktab.get(blk)
-        self._track(blk, zblk)
-        return self._load_obj(zblk, buf)
+        try:
+            if not self.owns():
+                return load_foreign(self, blk, buf, self._load_obj)
+            zblk = self._zfile.blktab.get(blk)
+            self._track(blk, zblk)
+            return self._load_obj(zblk, buf)
+        except Exception as e:
+            c = _corrupt_cause(e)
+            if c is None:
+                raise
+            raise c.locate(blk, self.array_name()) from None
+
+    def array_name(self):
+        """The array (if a ZBigArray said so) and its ZBigFile, for errors."""
+        a = self.__dict__.get('array')
+        return '%s of %s' % (a, self._zfile) if a else repr(self._zfile)
 
     def _load_obj(self, zblk, buf):
         if zblk is None:
             return HOLE         # the pager maps zero pages: no 2 MiB of zeros copied
         elif type(zblk) is ZBlkSeg:
-            return MapFile(*_blk_extent(zblk, self.blksize))   # mapped, not copied
+            return MapFile(*_checked_extent(zblk, self.blksize))   # mapped, not copied
         else:
             # through the class: an attribute of a ghost would load its state
             type(zblk).loadblkdata(zblk, buf)
@@ -192,6 +208,7 @@ class _ZBigFileIO(BigFile):
         be = backend_of(conn)
         if be.reads_extents:
             extents = []
+            check = checks_on(conn.db().storage)
             for b, z in todo:
                 e = be.extent(z)
                 if e is not None:
@@ -199,7 +216,12 @@ class _ZBigFileIO(BigFile):
                     # block, our boundary invalidates it, which drops the
                     # request, or the page it became
                     self._track(b, z)
-                    extents.append((b,) + e)
+                    if check and e[3] is not None:
+                        # content checks: read and checked in a thread of
+                        # ours (the pager's readahead does not hash)
+                        extents.append((b, _blob_pool().submit(_read_checked, *e)))
+                    else:
+                        extents.append((b,) + e[:3])
             return extents
         futs = be.prefetch(conn, [z._p_oid for _, z in todo])
         out = []
@@ -379,7 +401,8 @@ class _ZBigFileIO(BigFile):
             wo.blob_fds.append(fd)
             weakref.finalize(sblob, _unlink_quiet, path)    # if never committed
             seg = wo.seg = [sblob, fd, 0]
-        new = ZBlkSeg(seg[0], seg[2])
+        bs = len(buf)
+        new = ZBlkSeg(seg[0], seg[2], digest(buf), lambda seg=seg: seg[2] * bs)
         wo.blob_todo.append((blk, seg[1], seg[2] * len(buf)))
         seg[2] += 1
         wo.blob_dir = d
@@ -541,6 +564,28 @@ class _ZBigFileIO(BigFile):
             for blk in pending:
                 if blk not in dirty:
                     fh.invalidate_page(blk)
+
+
+def _corrupt_cause(e):
+    """The CorruptBlockError that `e` is or comes from (ZODB wraps errors of
+    __setstate__ in StateLoadError), or None."""
+    for _ in range(8):
+        if e is None or isinstance(e, CorruptBlockError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _read_checked(fd, off, n, h):
+    """(A reader thread.)  The n bytes at off in fd if their digest is h,
+    else None (the fault's own load then reports the block)."""
+    buf = bytearray(n)
+    try:
+        if not _preadinto(fd, buf, off, n) or digest(buf) != h:
+            return None
+    except OSError:
+        return None
+    return buf
 
 
 def _first_owner(zfile):

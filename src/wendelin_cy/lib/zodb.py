@@ -74,7 +74,7 @@ def _filestorage(path, **kw):
                          % (path, e)) from e
 
 
-def _zeo(rest):
+def _zeo(rest, read_only=False):
     from ZEO.ClientStorage import ClientStorage
     u = urllib.parse.urlsplit('zeo://' + rest)
     q = dict(urllib.parse.parse_qsl(u.query))
@@ -92,11 +92,29 @@ def _zeo(rest):
         addr = u.path               # unix socket
     else:
         raise ValueError('dbopen: zeo:// URI needs host:port or a socket path')
-    st = ClientStorage(addr, storage=storage, server_sync=True, **kw)
+    st = ClientStorage(addr, storage=storage, server_sync=True, read_only=read_only, **kw)
+    _forget_oids_on_reconnect(st)
     register_zeo()      # page faults retry ClientDisconnected (bounded wait)
     from wendelin_cy.lib import malloc
     malloc.tune()       # ZEO's client thread: no page faults per record (see there)
     return st
+
+
+def _forget_oids_on_reconnect(st):
+    """ZEO's ClientStorage keeps the oids it fetched ahead from the server
+    (``new_oids``) across a reconnection.  A server that was killed and
+    restarted has forgotten the oids it handed out and not committed, and
+    hands them out again, to other clients: two objects would get the same
+    oid, and the later commit overwrites the other object (found by
+    benchmarks/soak.py with the server killed every 2 minutes).  Drop them
+    at each (re)connection."""
+    orig = st.notify_connected
+
+    def notify_connected(conn, info):
+        st._oids[:] = []
+        return orig(conn, info)
+    if isinstance(getattr(st, '_oids', None), list):
+        st.notify_connected = notify_connected
 
 
 def _neo(uri):
@@ -175,18 +193,61 @@ def _file_args(uri):
         kw['read_only'] = v[0].lower() in ('1', 'true', 'yes', '')
     return path, kw
 
+def _storage_readonly(uri):
+    """uri -> (read-only storage, DB keyword arguments)."""
+    if not isinstance(uri, (str, os.PathLike)):
+        raise TypeError('dbopen: uri must be a str, not %s' % type(uri).__name__)
+    uri = os.fspath(uri)
+    scheme, rest = _split_scheme(uri)
+    if scheme in (None, 'file'):
+        path, kw = _file_args(uri)
+        if not os.path.exists(os.path.expanduser(path)):
+            raise ValueError('dbopen(trusted=False): %r does not exist' % path)
+        kw['read_only'] = True
+        return _filestorage(path, **kw), {}
+    if scheme == 'zeo':
+        st = _zeo(rest, read_only=True)
+        return st, {}
+    if scheme == 'memory':
+        st, kw = dbstoropen_kw(uri)
+        return st, kw
+    raise ValueError('dbopen(trusted=False) opens file paths, file://, zeo:// and '
+                     'memory:// databases, not %r' % (uri,))
 
-def dbopen(uri: str | os.PathLike, **dbkw: Any) -> Any:
+
+def dbopen(uri: str | os.PathLike, verify: bool | None = None, trusted: bool = True,
+           allow: Any = (), **dbkw: Any) -> Any:
     """Open the database named by uri and return its root mapping.
 
     The connection uses the default (thread-local) transaction manager, so
     ``transaction.commit()`` commits it.  Close with ``dbclose(root)``.
+
+    ``verify``: content checks (checksums) of the blocks loaded, True or
+    False; None: ``$WENDELIN_CY_VERIFY``, else off (wendelin_cy.storage.checksum).
+    Sizes are always checked.
+
+    ``trusted=False``: a database from elsewhere.  It is opened read-only and
+    its records may only name the classes of an allow-list (wendelin_cy's
+    persistent classes, BTrees, persistent mappings and lists, blobs, numpy
+    dtypes; ``allow`` adds ``'module.name'`` strings or ``'module.*'``); any
+    other class or function a record names raises
+    ``wendelin_cy.lib.untrusted.UntrustedClassError`` before it runs
+    (see docs/guarantees.md).  For paths, file://, zeo:// and memory://.
     """
     import ZODB
-    storage, kw = dbstoropen_kw(uri)
+    if trusted:
+        if allow:
+            raise ValueError('dbopen: allow= is for trusted=False')
+        storage, kw = dbstoropen_kw(uri)
+    else:
+        from wendelin_cy.lib import untrusted
+        storage, kw = _storage_readonly(uri)
     kw.update(dbkw)
+    if verify is not None or not trusted:
+        from wendelin_cy.storage.checksum import set_checks
+        set_checks(storage, True if (verify is None and not trusted) else verify)
     try:
-        db = ZODB.DB(storage, **kw)
+        db = ZODB.DB(storage, **kw) if trusted else untrusted.open_db(storage, allow, **kw)
     except BaseException:
         storage.close()
         raise

@@ -47,8 +47,9 @@ class Backend:
         raise NotImplementedError
 
     def extent(self, obj):
-        """(fd, offset, nbytes): where ghost record `obj`'s payload lies in a
-        file that stays readable, or None."""
+        """(fd, offset, nbytes, digest): where ghost record `obj`'s payload
+        lies in a file that stays readable, and its recorded digest (None
+        for an older record), or None."""
         raise NotImplementedError
 
     def record_size(self, storage, oid):

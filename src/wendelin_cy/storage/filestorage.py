@@ -31,6 +31,7 @@ from ZODB.blob import BlobStorage
 from ZODB.interfaces import IBlobStorage
 
 from . import mvcc
+from .checksum import checks_on, digest
 from .record import HEAD_PEEK, preadinto, record_payload
 
 try:
@@ -79,8 +80,9 @@ class FileStorageBackend(mvcc.Records):
         return None
 
     def extent(self, obj):
-        """(fd, offset, nbytes) of ghost ZBlk0 `obj`'s payload at its
-        connection's snapshot, or None."""
+        """(fd, offset, nbytes, digest) of ghost ZBlk0 `obj`'s payload at
+        its connection's snapshot (digest: None for an older record), or
+        None."""
         jar = obj._p_jar
         start = mvcc.snapshot(jar)
         if start is None:
@@ -118,6 +120,10 @@ class FileStorageBackend(mvcc.Records):
     def readinto(self, obj, buf):
         ext = self.extent(obj)
         if ext is not None and ext[2] <= len(buf) and preadinto(ext[0], buf, ext[1], ext[2]):
+            if ext[3] is not None and checks_on(obj._p_jar.db().storage):
+                with memoryview(buf) as v:
+                    if digest(v[:ext[2]]) != ext[3]:
+                        return None     # the object's load reports it
             return ext[2]
         return None
 

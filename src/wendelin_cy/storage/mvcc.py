@@ -67,11 +67,11 @@ class Records(Generic):
         inst = instance(jar)
         if inst is None:
             return None
-        view = READER.take(inst, jar.db().storage, obj._p_oid)
+        view = READER.take(inst, jar.db().storage, obj._p_oid)   # (checked)
         if view is not None:
             return view
         p, _ = inst.load(obj._p_oid)
-        return payload_view(p)
+        return payload_view(p, jar.db().storage)
 
     def blob_dir(self, conn):
         try:

@@ -96,7 +96,7 @@ class _Reader:
         """(Reader thread.)  The payload of record oid at snapshot snap, or None."""
         try:
             p = be.thread_load(base, snap, oid)
-            return None if p is None else payload_view(p)
+            return None if p is None else payload_view(p, base)
         except Exception:
             return None         # the fault's own load will say what is wrong
 

@@ -57,6 +57,7 @@ import threading
 import weakref
 
 from . import mvcc
+from .checksum import checks_on, digest
 from .record import HEAD_PEEK, preadinto, record_payload
 from .switch import shape_mismatch
 
@@ -183,8 +184,12 @@ class ZEOBackend(mvcc.Records):
                     return None
                 ldata = int.from_bytes(h[_REC_DLEN], 'big')
                 span = record_payload(fd, ofs + _REC_HDR, ldata, h[_REC_HDR:_REC_HDR + ldata])
-                if span is None or span[1] > len(buf) or not preadinto(fd, buf, *span):
+                if span is None or span[1] > len(buf) or not preadinto(fd, buf, *span[:2]):
                     return None
+            if span[2] is not None and checks_on(jar.db().storage):
+                with memoryview(buf) as v:
+                    if digest(v[:span[1]]) != span[2]:
+                        return None     # the object's load reports it
             direct_reads += 1
             return span[1]
         except Exception:
