@@ -105,10 +105,12 @@ import numpy as np
 from numpy.lib.array_utils import byte_bounds
 from numpy.typing import ArrayLike, DTypeLike
 
+from wendelin_cy.bigarray import _arrayref
+from wendelin_cy.bigarray._arrayref import ArrayRef, _flatbytev  # noqa: F401 (wendelin.core names)
 from wendelin_cy.bigarray._index import (_IndexPlan, _dense, _int_index_offsets,
                                         _is_field_index, _spans)
 
-__all__ = ['MAX_NBYTES', 'BigArray']
+__all__ = ['MAX_NBYTES', 'BigArray', 'ArrayRef']
 
 #: Largest array (in bytes) a BigArray may describe: 2**47 bytes (128 TiB).
 #: Every block of a handle has one fixed address, so a file cannot be used
@@ -337,6 +339,7 @@ class BigArray:
         # (making an ndarray over it touches no memory)
         probe = np.ndarray((1,), np.uint8, buffer=vma)
         addr = probe.__array_interface__['data'][0]
+        _arrayref._register(vma, self, addr - base)     # for ArrayRef(view)
         return _Mapping(vma, base, addr, bs)
 
     def _bytes_view(self, start, end):
