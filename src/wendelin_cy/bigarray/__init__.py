@@ -210,6 +210,11 @@ def _chunk_nbytes(blksize):
     return max(blksize, (budget // 4) // blksize * blksize)
 
 
+class AppendDtypeError(TypeError, ValueError):
+    """append() of values whose dtype does not cast safely to the array's
+    (a ValueError too, as in wendelin.core)."""
+
+
 class _Mapping:
     """A VMA over file bytes [base, base + len) plus the address it starts at."""
     __slots__ = ('addr', 'base', 'blksize', 'vma')
@@ -265,6 +270,12 @@ class BigArray:
     @property
     def order(self) -> str:
         return self._order
+
+    @property
+    def data(self):
+        """No single buffer holds a BigArray (as ndarray.data): TypeError."""
+        raise TypeError('%s has no .data buffer: use A[...] for an ndarray view'
+                        % type(self).__name__)
 
     @property
     def ndim(self) -> int:
@@ -632,7 +643,7 @@ class BigArray:
         if isinstance(values, (np.ndarray, np.generic)):
             v = np.asarray(values)
             if not np.can_cast(v.dtype, dt, 'safe'):
-                raise TypeError('cannot append values of dtype %s to %s of dtype '
+                raise AppendDtypeError('cannot append values of dtype %s to %s of dtype '
                                 '%s: cast is not safe' % (
                                     v.dtype, type(self).__name__, dt))
             return v

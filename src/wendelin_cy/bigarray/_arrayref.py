@@ -65,9 +65,19 @@ class ArrayRef:
     def __init__(self, x):
         x = x if isinstance(x, np.ndarray) else np.asarray(x)
         top = x
-        while isinstance(top.base, np.ndarray):
-            top = top.base
-        owner = _owners.get(top.base) if top.base is not None else None
+        while True:
+            b = top.base
+            if not isinstance(b, np.ndarray):
+                # numpy's as_strided holder (DummyArray) and ours keep the
+                # ndarray they view in .base: go through them
+                b = getattr(b, 'base', None) if hasattr(b, '__array_interface__') else None
+                if not isinstance(b, np.ndarray):
+                    break
+            top = b
+        try:
+            owner = _owners.get(top.base) if top.base is not None else None
+        except (TypeError, ValueError):     # unhashable base (a memoryview)
+            owner = None
         array = owner[0]() if owner is not None else None
         if array is not None:
             root, addr0 = array, owner[1]
@@ -80,7 +90,7 @@ class ArrayRef:
         if x.size == 0:
             # nothing is viewed: any one byte of the root will do
             self.lo, self.hi, self.z0 = 0, 1, 0
-            self.stridev = np.empty(x.shape, x.dtype).strides
+            self.stridev = x.strides
             return
         lo, hi = _extent(x)
         self.lo, self.hi = lo - addr0, hi - addr0
