@@ -106,11 +106,11 @@ from numpy.lib.array_utils import byte_bounds
 from numpy.typing import ArrayLike, DTypeLike
 
 from wendelin_cy.bigarray import _arrayref
-from wendelin_cy.bigarray._arrayref import ArrayRef, _flatbytev  # noqa: F401 (wendelin.core names)
+from wendelin_cy.bigarray._arrayref import ArrayRef, _flatbytev  # wendelin.core's names
 from wendelin_cy.bigarray._index import (_IndexPlan, _dense, _int_index_offsets,
                                         _is_field_index, _spans)
 
-__all__ = ['MAX_NBYTES', 'BigArray', 'ArrayRef']
+__all__ = ['MAX_NBYTES', 'BigArray', 'ArrayRef', '_flatbytev']
 
 #: Largest array (in bytes) a BigArray may describe: 2**47 bytes (128 TiB).
 #: Every block of a handle has one fixed address, so a file cannot be used
