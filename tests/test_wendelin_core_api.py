@@ -429,3 +429,40 @@ def test_fmt_change_rewrites_unchanged_block(zroot):
     transaction.commit()
     assert 0 not in f.blktab
     m.release()
+
+
+def test_clean_handle_freed_after_its_connection_closes(tmp_path):
+    """A handle with a live view when its connection closes leaves the
+    transaction it joined: once the view and the file go, it is freed (the
+    transaction, which closing the connection does not end, kept it)."""
+    import gc
+    import weakref
+    import transaction
+    from wendelin_cy.bigfile.file_zodb import ZBigFile
+    from wendelin_cy.lib.zodb import dbopen
+    root = dbopen(str(tmp_path / 'g.fs'))
+    conn = root._p_jar
+    db = conn.db()
+    try:
+        root['f'] = f = ZBigFile(BS)
+        transaction.commit()
+        fh = f.fileh_open()
+        vma = fh.mmap(0, 1)
+        assert memoryview(vma)[0] == 0
+        wfh = weakref.ref(fh)
+        conn.close()
+        del vma, fh, f, root
+        gc.collect()
+        assert wfh() is None
+        # the database still works, in the same transaction
+        conn2 = db.open()
+        f2 = conn2.root()['f']
+        m = memoryview(f2.fileh_open().mmap(0, 1))
+        m[0] = 7
+        transaction.commit()
+        assert m[0] == 7
+        m.release()
+        conn2.close()
+    finally:
+        transaction.abort()
+        db.close()

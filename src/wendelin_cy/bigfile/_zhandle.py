@@ -160,7 +160,22 @@ class ZBigFileH:
         try:
             self.close()
         except RuntimeError:        # views alive
-            pass
+            self._leave_txn()
+
+    def _leave_txn(self):
+        """A clean handle whose connection closed leaves the transaction it
+        joined (at fileh_open / mmap), so that transaction (which the closed
+        connection does not end) does not keep it alive.  transaction has no
+        public way to leave: its resource list is used, when it has one."""
+        txn = self._txn
+        if txn is None or self._fh.closed or self._fh.isdirty():
+            return
+        res = getattr(txn, '_resources', None)
+        if isinstance(res, list) and txn.status == Status.ACTIVE \
+                and not getattr(txn, '_savepoint2index', None):
+            while self in res:
+                res.remove(self)
+            self._txn = None
 
     def _current_tm(self):
         conn = self._conn()
