@@ -466,3 +466,28 @@ def test_clean_handle_freed_after_its_connection_closes(tmp_path):
     finally:
         transaction.abort()
         db.close()
+
+
+def test_arrayref_random_views_property():
+    """ArrayRef(v).deref() == v for random basic-indexed, transposed and
+    re-typed views of an ndarray and of a RAMArray (a BigArray)."""
+    import numpy as np
+    from hypothesis import given, settings, strategies as st
+    from wendelin_cy.bigarray.array_ram import RAMArray
+    data = np.arange(48 * 40, dtype=np.uint16).reshape(48, 40).copy()   # (no .base)
+    R = RAMArray(data.shape, data.dtype)
+    R[...] = data
+    sl = st.builds(slice, st.integers(-50, 50) | st.none(), st.integers(-50, 50) | st.none(),
+                   st.sampled_from([None, 1, 2, 3, -1, -2, -5]))
+
+    @settings(max_examples=150, deadline=None)
+    @given(sl, sl, st.booleans(), st.sampled_from([None, np.uint8, np.int16]))
+    def check(s0, s1, transpose, dt):
+        for root, a in ((data, data), (R, R[...])):
+            v = a[s0, s1]
+            if transpose:
+                v = v.T
+            if dt is not None and v.size and v.strides[-1] == v.itemsize:
+                v = v.view(dt)
+            _arrayref_ok(v, root)
+    check()
