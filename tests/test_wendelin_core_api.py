@@ -491,3 +491,47 @@ def test_arrayref_random_views_property():
                 v = v.view(dt)
             _arrayref_ok(v, root)
     check()
+
+
+def test_handle_kept_across_connection_close_works_again(tmp_path):
+    """A handle kept by the user (here in a volatile attribute of a
+    LivePersistent) whose connection closed maps again once the connection
+    is reopened; one the user closed stays closed."""
+    import transaction
+    from wendelin_cy.bigfile.file_zodb import ZBigFile
+    from wendelin_cy.lib.zodb import dbopen, LivePersistent
+    root = dbopen(str(tmp_path / 'h.fs'))
+    conn = root._p_jar
+    db = conn.db()
+    try:
+        root['f'] = f = ZBigFile(BS)
+        root['a'] = a = LivePersistent()
+        transaction.commit()
+        a._v_fileh = fh = f.fileh_open()
+        m = memoryview(fh.mmap(0, 1))
+        m[0] = 11
+        transaction.commit()
+        m.release()
+        del m, f, a, root
+        conn.close()
+        assert fh.closed
+        with pytest.raises(ValueError, match='connection is closed'):
+            fh.mmap(0, 1)
+        conn2 = db.open()
+        assert conn2 is conn                # the pool gives it back
+        a2 = conn2.root()['a']
+        assert a2._v_fileh is fh
+        m = memoryview(fh.mmap(0, 1))
+        assert m[0] == 11
+        m[0] = 12
+        transaction.commit()
+        m.release()
+        fh.close()
+        with pytest.raises(ValueError):
+            fh.mmap(0, 1)
+        f2 = conn2.root()['f']
+        assert memoryview(f2.fileh_open().mmap(0, 1))[0] == 12
+        conn2.close()
+    finally:
+        transaction.abort()
+        db.close()
