@@ -274,6 +274,163 @@ def test_zbigfile_with_open_handle_is_not_ghosted(zroot):
     assert memoryview(f.fileh_open().mmap(0, 1))[0] == 6
 
 
+# ~~~ issue 17 part 2, continued: bigarray.ArrayRef / _flatbytev, array_ram,
+# BigArray.data, append dtype error, block format changes
+
+def _arrayref_ok(x, root):
+    """ArrayRef(x) has root `root`, its [lo, hi) covers exactly the bytes of
+    x, and deref() remakes x from those bytes only."""
+    import numpy as np
+    from wendelin_cy.bigarray import ArrayRef, _flatbytev
+    ref = ArrayRef(x)
+    assert ref.root is root
+    assert ref.shape == x.shape and ref.dtype == x.dtype
+    y = ref.deref()
+    assert type(y) is type(x) and y.dtype == x.dtype
+    np.testing.assert_array_equal(y, x)
+    if x.size:
+        assert ref.stridev == x.strides
+        # only bytes [lo, hi) of the root matter
+        flat = np.copy(_flatbytev(root[...] if not isinstance(root, np.ndarray) else root))
+        for fill in (0, 0xff):
+            flat[:ref.lo] = fill
+            flat[ref.hi:] = fill
+            ref.root = flat
+            np.testing.assert_array_equal(ref.deref(), x)
+    return ref
+
+
+def test_arrayref_ndarray_attributes():
+    import numpy as np
+    from wendelin_cy.bigarray import ArrayRef
+    data = np.arange(1000, dtype=np.uint16).view(np.uint8)
+    ref = ArrayRef(data[100:140])
+    assert ref.root is data.base        # the outermost ndarray
+    assert (ref.lo, ref.hi, ref.z0) == (100, 140, 0)
+    ref = ArrayRef(data[139:99:-1])
+    assert (ref.lo, ref.hi, ref.z0, ref.stridev) == (100, 140, 39, (-1,))
+    ref = ArrayRef(data[5:1])           # empty: one byte, offset 0
+    assert (ref.lo, ref.hi, ref.z0, ref.shape) == (0, 1, 0, (0,))
+    assert ref.deref().shape == (0,)
+
+
+def _views(a):
+    import numpy as np
+    from numpy.lib.stride_tricks import as_strided
+    u32 = a[:4000].view(np.uint32)
+    yield a[1:10:3]
+    yield a[10:1:-2]
+    yield a[2:-2].view(np.uint32)[::-1]
+    yield a[1:1 + 5 * 10].view('V5')[::-1]
+    yield u32.reshape(8, -1)[:, ::-1]
+    yield np.swapaxes(u32.reshape(8, -1), 0, 1)[::-1]
+    yield u32.reshape(8, -1)[:, np.newaxis, :]
+    yield as_strided(u32, strides=(1,))[:100]
+    yield a[:4000].view([('w', '<i2'), ('l', '<i2')])['l']
+    yield a[:4000].view([('w', '<i2'), ('l', '<i2')]).view(np.recarray)
+
+
+def test_arrayref_views_of_ndarray_and_bigarray():
+    import numpy as np
+    from wendelin_cy.bigarray import BigArray
+    from wendelin_cy.bigarray.array_ram import RAMArray
+    data = np.random.RandomState(0).randint(0, 256, 8192).astype(np.uint8)
+    rdata = np.asarray(memoryview(data[::-1]))      # a root with stride -1
+    for root, a in ((data, data), (rdata, rdata[::-1])):
+        for v in _views(a):
+            _arrayref_ok(v, root)
+
+    class Data(BigFile):
+        def loadblk(self, blk, buf):
+            seg = data[blk * BS:(blk + 1) * BS]
+            buf[:len(seg)] = seg.tobytes()
+
+        def storeblk(self, blk, buf):
+            raise AssertionError('not written')
+    f = Data(BS)
+    A = BigArray((len(data),), np.uint8, f.fileh_open())
+    R = RAMArray((len(data),), np.uint8)
+    R[...] = data
+    for root in (A, R):
+        for v in _views(root[...]):
+            ref = _arrayref_ok(v, root)
+            assert ref.hi <= root.nbytes
+        # a view of a slice that starts inside the file: offsets are the array's
+        v = root[3000:3100]
+        ref = _arrayref_ok(v, root)
+        assert (ref.lo, ref.hi) == (3000, 3100)
+
+
+def test_flatbytev_is_memory_order():
+    import numpy as np
+    from wendelin_cy.bigarray import _flatbytev
+    a = np.arange(24, dtype=np.int16).reshape(4, 6)
+    for x in (a, a[::-1], a[:, ::-1], a.T, np.asfortranarray(a)):
+        b = _flatbytev(x)
+        assert b.dtype == np.uint8 and b.ndim == 1 and b.nbytes == x.nbytes
+        assert sorted(b.view(np.int16).tolist()) == list(range(24))
+        p = x.__array_interface__['data'][0]
+        assert b.__array_interface__['data'][0] == min(
+            p + i * x.strides[0] + j * x.strides[1] for i in (0, 3) for j in (0, 5))
+
+
+def test_ramarray_and_bigarray_compat_errors():
+    import numpy as np
+    from wendelin_cy.bigarray.array_ram import RAMArray
+    R = RAMArray((10, 3), np.int32, order='F')
+    with pytest.raises(TypeError):
+        R.data
+    R[...] = np.arange(30).reshape(10, 3)
+    R.append(np.ones((10, 2), np.int32))
+    assert R.shape == (10, 5)
+    np.testing.assert_array_equal(R[:, 3:], 1)
+    with pytest.raises(ValueError):     # (a TypeError too)
+        R.append(np.asarray([[0]] * 10, dtype=object))
+    with pytest.raises(TypeError):
+        R.append(np.zeros((10, 1), np.float64))
+    assert R.shape == (10, 5)
+
+
+def test_fmt_change_rewrites_unchanged_block(zroot):
+    import transaction
+    from wendelin_cy.bigfile import file_zodb
+    from wendelin_cy.bigfile.file_zodb import ZBigFile, ZBlk_fmt_registry
+    zroot['f'] = f = ZBigFile(BS)
+    transaction.commit()
+    fh = f.fileh_open()
+    m = memoryview(fh.mmap(0, 2))
+    try:
+        # a zero block written with the knob assigned: stored, not a hole
+        for fmt in ('ZBlk0', 'ZBlk1', 'blob', 'ZBlk1', 'ZBlk0'):
+            file_zodb.ZBlk_fmt_write = fmt
+            m[0] = 0                        # dirty, same (zero) bytes
+            transaction.commit()
+            assert type(f.blktab[0]) is ZBlk_fmt_registry[fmt]
+        # same nonzero bytes, another format: rewritten in the new one
+        m[BS + 7] = 5
+        transaction.commit()
+        for fmt in ('ZBlk1', 'ZBlk0', 'ZBlk1'):
+            file_zodb.ZBlk_fmt_write = fmt
+            m[BS + 7] = 5
+            transaction.commit()
+            assert type(f.blktab[1]) is ZBlk_fmt_registry[fmt]
+            assert bytes(m[BS:BS + 8]) == b'\0' * 7 + b'\x05'
+        # same bytes, same format: nothing stored
+        z = f.blktab[1]
+        m[BS + 7] = 5
+        transaction.commit()
+        assert f.blktab[1] is z
+    finally:
+        del file_zodb.ZBlk_fmt_write
+        m.release()
+    # without the knob (auto), a zero block is a hole again
+    m = memoryview(fh.mmap(0, 1))
+    m[:] = b'\0' * BS
+    transaction.commit()
+    assert 0 not in f.blktab
+    m.release()
+
+
 def test_clean_handle_freed_after_its_connection_closes(tmp_path):
     """A handle with a live view when its connection closes leaves the
     transaction it joined: once the view and the file go, it is freed (the
@@ -305,6 +462,75 @@ def test_clean_handle_freed_after_its_connection_closes(tmp_path):
         transaction.commit()
         assert m[0] == 7
         m.release()
+        conn2.close()
+    finally:
+        transaction.abort()
+        db.close()
+
+
+def test_arrayref_random_views_property():
+    """ArrayRef(v).deref() == v for random basic-indexed, transposed and
+    re-typed views of an ndarray and of a RAMArray (a BigArray)."""
+    import numpy as np
+    from hypothesis import given, settings, strategies as st
+    from wendelin_cy.bigarray.array_ram import RAMArray
+    data = np.arange(48 * 40, dtype=np.uint16).reshape(48, 40).copy()   # (no .base)
+    R = RAMArray(data.shape, data.dtype)
+    R[...] = data
+    sl = st.builds(slice, st.integers(-50, 50) | st.none(), st.integers(-50, 50) | st.none(),
+                   st.sampled_from([None, 1, 2, 3, -1, -2, -5]))
+
+    @settings(max_examples=150, deadline=None)
+    @given(sl, sl, st.booleans(), st.sampled_from([None, np.uint8, np.int16]))
+    def check(s0, s1, transpose, dt):
+        for root, a in ((data, data), (R, R[...])):
+            v = a[s0, s1]
+            if transpose:
+                v = v.T
+            if dt is not None and v.size and v.strides[-1] == v.itemsize:
+                v = v.view(dt)
+            _arrayref_ok(v, root)
+    check()
+
+
+def test_handle_kept_across_connection_close_works_again(tmp_path):
+    """A handle kept by the user (here in a volatile attribute of a
+    LivePersistent) whose connection closed maps again once the connection
+    is reopened; one the user closed stays closed."""
+    import transaction
+    from wendelin_cy.bigfile.file_zodb import ZBigFile
+    from wendelin_cy.lib.zodb import dbopen, LivePersistent
+    root = dbopen(str(tmp_path / 'h.fs'))
+    conn = root._p_jar
+    db = conn.db()
+    try:
+        root['f'] = f = ZBigFile(BS)
+        root['a'] = a = LivePersistent()
+        transaction.commit()
+        a._v_fileh = fh = f.fileh_open()
+        m = memoryview(fh.mmap(0, 1))
+        m[0] = 11
+        transaction.commit()
+        m.release()
+        del m, f, a, root
+        conn.close()
+        assert fh.closed
+        with pytest.raises(ValueError, match='connection is closed'):
+            fh.mmap(0, 1)
+        conn2 = db.open()
+        assert conn2 is conn                # the pool gives it back
+        a2 = conn2.root()['a']
+        assert a2._v_fileh is fh
+        m = memoryview(fh.mmap(0, 1))
+        assert m[0] == 11
+        m[0] = 12
+        transaction.commit()
+        m.release()
+        fh.close()
+        with pytest.raises(ValueError):
+            fh.mmap(0, 1)
+        f2 = conn2.root()['f']
+        assert memoryview(f2.fileh_open().mmap(0, 1))[0] == 12
         conn2.close()
     finally:
         transaction.abort()

@@ -105,10 +105,12 @@ import numpy as np
 from numpy.lib.array_utils import byte_bounds
 from numpy.typing import ArrayLike, DTypeLike
 
+from wendelin_cy.bigarray import _arrayref
+from wendelin_cy.bigarray._arrayref import ArrayRef, _flatbytev  # wendelin.core's names
 from wendelin_cy.bigarray._index import (_IndexPlan, _dense, _int_index_offsets,
                                         _is_field_index, _spans)
 
-__all__ = ['MAX_NBYTES', 'BigArray']
+__all__ = ['MAX_NBYTES', 'BigArray', 'ArrayRef', '_flatbytev']
 
 #: Largest array (in bytes) a BigArray may describe: 2**47 bytes (128 TiB).
 #: Every block of a handle has one fixed address, so a file cannot be used
@@ -208,6 +210,11 @@ def _chunk_nbytes(blksize):
     return max(blksize, (budget // 4) // blksize * blksize)
 
 
+class AppendDtypeError(TypeError, ValueError):
+    """append() of values whose dtype does not cast safely to the array's
+    (a ValueError too, as in wendelin.core)."""
+
+
 class _Mapping:
     """A VMA over file bytes [base, base + len) plus the address it starts at."""
     __slots__ = ('addr', 'base', 'blksize', 'vma')
@@ -263,6 +270,12 @@ class BigArray:
     @property
     def order(self) -> str:
         return self._order
+
+    @property
+    def data(self):
+        """No single buffer holds a BigArray (as ndarray.data): TypeError."""
+        raise TypeError('%s has no .data buffer: use A[...] for an ndarray view'
+                        % type(self).__name__)
 
     @property
     def ndim(self) -> int:
@@ -337,6 +350,7 @@ class BigArray:
         # (making an ndarray over it touches no memory)
         probe = np.ndarray((1,), np.uint8, buffer=vma)
         addr = probe.__array_interface__['data'][0]
+        _arrayref._register(vma, self, addr - base)     # for ArrayRef(view)
         return _Mapping(vma, base, addr, bs)
 
     def _bytes_view(self, start, end):
@@ -629,7 +643,7 @@ class BigArray:
         if isinstance(values, (np.ndarray, np.generic)):
             v = np.asarray(values)
             if not np.can_cast(v.dtype, dt, 'safe'):
-                raise TypeError('cannot append values of dtype %s to %s of dtype '
+                raise AppendDtypeError('cannot append values of dtype %s to %s of dtype '
                                 '%s: cast is not safe' % (
                                     v.dtype, type(self).__name__, dt))
             return v

@@ -42,6 +42,12 @@ def _env_fmt():
     return _check_fmt(fmt, '$' + ZBLK_FMT_ENV)
 
 
+def _fmt_assigned():
+    """True when wendelin.core's knob file_zodb.ZBlk_fmt_write is assigned."""
+    fz = sys.modules.get('wendelin_cy.bigfile.file_zodb')
+    return bool(vars(fz).get('ZBlk_fmt_write')) if fz is not None else False
+
+
 def _chunksize(blksize):
     return CHUNKSIZE if blksize % CHUNKSIZE == 0 else _OSPAGE
 

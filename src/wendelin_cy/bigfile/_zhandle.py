@@ -46,7 +46,9 @@ class ZBigFileH:
         self.zfile = zfile
         self._io = io
         self._fmt = zblk_fmt
+        self._reserve = reserve
         self._fh = io.fileh_open(reserve) if reserve is not None else io.fileh_open()
+        self._conn_closed_it = False    # closed by _conn_closed: mmap reopens
         self._txn = None        # transaction we joined
         self._wo = None         # _Writeout of the commit in progress
         self._registering = False
@@ -85,8 +87,24 @@ class ZBigFileH:
         return self._fh.closed
 
     def mmap(self, pgoffset, pglen):
+        if self._conn_closed_it and self._fh.closed:
+            self._reopen()
         self.join_current()
         return self._fh.mmap(pgoffset, pglen)
+
+    def _reopen(self):
+        """The handle was closed only because its connection closed (kept by
+        the user, e.g. in a volatile attribute of a LivePersistent): it works
+        again once the connection is reopened, as wendelin.core's does."""
+        io, reserve = self._io, self._reserve
+        if self._conn() is None or getattr(self._conn(), 'opened', None) is None:
+            raise ValueError('%r: its connection is closed' % self)
+        self._fh = io.fileh_open(reserve) if reserve is not None else io.fileh_open()
+        self._conn_closed_it = False
+        self._txn = None
+        io._handles.add(self)
+        self._watch_conn_close()
+        self._fh.set_dirty_hook(self._on_dirty)
 
     def isdirty(self):
         return self._fh.isdirty()
@@ -121,6 +139,7 @@ class ZBigFileH:
     def close(self):
         """Close the handle (raises while views are alive); changes not
         committed are discarded."""
+        self._conn_closed_it = False    # (closed by the user: stays closed)
         if self._fh.closed:
             return
         self._fh.close()
@@ -160,7 +179,24 @@ class ZBigFileH:
         try:
             self.close()
         except RuntimeError:        # views alive
-            pass
+            self._leave_txn()
+        else:
+            self._conn_closed_it = True
+
+    def _leave_txn(self):
+        """A clean handle whose connection closed leaves the transaction it
+        joined (at fileh_open / mmap), so that transaction (which the closed
+        connection does not end) does not keep it alive.  transaction has no
+        public way to leave: its resource list is used, when it has one."""
+        txn = self._txn
+        if txn is None or self._fh.closed or self._fh.isdirty():
+            return
+        res = getattr(txn, '_resources', None)
+        if isinstance(res, list) and txn.status == Status.ACTIVE \
+                and not getattr(txn, '_savepoint2index', None):
+            while self in res:
+                res.remove(self)
+            self._txn = None
 
     def _current_tm(self):
         conn = self._conn()

@@ -18,7 +18,7 @@ from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blob_data, _checked_e
                     _loaddata)
 from ._txn import follows_this_thread
 from ._zforeign import check_foreign, load_foreign
-from ._zblk_io import (SEG_BLOCKS, _blob_pool, _chunksize, _iszero, _open_blob_file,
+from ._zblk_io import (SEG_BLOCKS, _blob_pool, _chunksize, _fmt_assigned, _iszero, _open_blob_file,
                        _read_page, _same, _unlink_quiet, _write_blob_file, _zero_flags)
 
 # every _ZBigFileIO (for dbclose)
@@ -247,11 +247,14 @@ class _ZBigFileIO(BigFile):
         blktab = zfile.blktab
         old = blktab.get(blk)
         bs = len(buf)
-        if _iszero(buf):
+        fmt = wo.fmt
+        # a zero block is a hole, except with wendelin.core's knob
+        # file_zodb.ZBlk_fmt_write = 'ZBlk0'/'ZBlk1'/'blob' assigned: then it is
+        # stored as an (empty) block of that format, as wendelin.core does
+        if _iszero(buf) and not (fmt != 'auto' and _fmt_assigned()):
             if old is not None:
                 self._set(wo, blk, None, old)
             return
-        fmt = wo.fmt
         cs = _chunksize(bs)
         if fmt == 'blob':
             if type(old) is ZBlkSeg and _same(buf, _blob_data(old, bs)):
@@ -276,6 +279,11 @@ class _ZBigFileIO(BigFile):
         # ZBlk1 and auto need to know which chunks changed
         nch = -(-bs // cs)
         changed, zero, same_base = _diff(buf, old, cs, nch)
+        if fmt == 'ZBlk1' and not (type(old) is ZBlk1 and old.base is None):
+            # stored in another format (or not at all): rewritten as a ZBlk1
+            # even when its bytes did not change
+            self._new1(wo, blk, old, buf, cs, nch, zero)
+            return
         if not changed:
             return
         if fmt == 'ZBlk1':
