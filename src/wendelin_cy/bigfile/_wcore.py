@@ -155,30 +155,27 @@ def _set_bytes_state(obj, state):
     obj.__dict__['_data'] = state
 
 
-class ZBlk0(_ZBlk0):
+class _BytesState:
+    """wendelin.core's state of a bytes record: the bytes themselves."""
+
+    def __getstate__(self):
+        _ensure_names()
+        return _bytes_state(self)
+
+    def __setstate__(self, state):
+        _set_bytes_state(self, state)
+
+
+class ZBlk0(_BytesState, _ZBlk0):
     """A block in one record: its bytes, trailing zeros cut."""
 
     __module__ = FILE_MODULE
 
-    def __getstate__(self):
-        _ensure_names()
-        return _bytes_state(self)
 
-    def __setstate__(self, state):
-        _set_bytes_state(self, state)
-
-
-class ZData(_ZData):
+class ZData(_BytesState, _ZData):
     """One chunk of a ZBlk1: its bytes, trailing zeros cut."""
 
     __module__ = FILE_MODULE
-
-    def __getstate__(self):
-        _ensure_names()
-        return _bytes_state(self)
-
-    def __setstate__(self, state):
-        _set_bytes_state(self, state)
 
 
 class ZBlk1(_ZBlkBase):
