@@ -42,7 +42,7 @@ from wendelin_cy.errors import WendelinError
 from wendelin_cy.storage.record import zero as _zero
 
 from ._zblk import ZBlk0 as _ZBlk0, ZData as _ZData, _ZBlkBase, _loaddata
-from ._zblk_io import DEFAULT_BLKSIZE, _check_fmt, _iszero, _same, _zero_flags
+from ._zblk_io import DEFAULT_BLKSIZE, _check_fmt, _iszero, _zero_flags
 from ._zio import _ZBigFileIO
 from .file_zodb import ZBigFile as _ZBigFile
 
@@ -314,25 +314,11 @@ class _WCoreIO(_ZBigFileIO):
                 nonzero = nch - sum(_zero_flags(buf, WCORE_CHUNKSIZE))
                 fmt = 'ZBlk1' if nonzero <= nch / 2 else 'ZBlk0'
         if fmt == 'ZBlk0':
-            self._store0(wo, blk, old, old_kind, buf)
+            self._store0(wo, blk, old, buf, ZBlk0)
         elif old_kind is ZBlk1 and _aligned(old):
             self._update1(wo, blk, old, buf)
         else:
             self._new1(wo, blk, old, buf)
-
-    def _store0(self, wo, blk, old, old_kind, buf):
-        if old_kind is ZBlk0:
-            old._p_activate()
-            data = old.__dict__.get('_data')
-            if data is not None and _same(buf, data):
-                if not old._p_changed:
-                    old._p_deactivate()
-                return                  # same bytes: nothing to write
-            self._rewrite0(wo, blk, old, buf)
-        else:
-            new = ZBlk0()
-            new._set_src(wo.src(blk, 0, len(buf), buf))
-            self._set(wo, blk, new, old)
 
     def _new1(self, wo, blk, old, buf):
         cs = WCORE_CHUNKSIZE

@@ -262,18 +262,7 @@ class _ZBigFileIO(BigFile):
             self._newB(wo, blk, old, buf)
             return
         if fmt == 'ZBlk0':
-            if type(old) is ZBlk0:
-                old._p_activate()
-                data = old.__dict__.get('_data')
-                if data is not None and _same(buf, data):
-                    if not old._p_changed:
-                        old._p_deactivate()
-                    return              # same bytes: nothing to write
-                self._rewrite0(wo, blk, old, buf)
-            else:
-                new = ZBlk0()
-                new._set_src(wo.src(blk, 0, bs, buf))
-                self._set(wo, blk, new, old)
+            self._store0(wo, blk, old, buf, ZBlk0)
             return
 
         # ZBlk1 and auto need to know which chunks changed
@@ -415,6 +404,22 @@ class _ZBigFileIO(BigFile):
         seg[2] += 1
         wo.blob_dir = d
         self._set(wo, blk, new, old)
+
+    def _store0(self, wo, blk, old, buf, cls):
+        """Store block blk as one record of class `cls` (a ZBlk0): the old
+        record is rewritten in place, or kept when its bytes are the same."""
+        if type(old) is cls:
+            old._p_activate()
+            data = old.__dict__.get('_data')
+            if data is not None and _same(buf, data):
+                if not old._p_changed:
+                    old._p_deactivate()
+                return                  # same bytes: nothing to write
+            self._rewrite0(wo, blk, old, buf)
+        else:
+            new = cls()
+            new._set_src(wo.src(blk, 0, len(buf), buf))
+            self._set(wo, blk, new, old)
 
     def _rewrite0(self, wo, blk, old, buf):
         self._in_place()
