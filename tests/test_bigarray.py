@@ -168,7 +168,11 @@ def test_invalid_geometry(shape, dtype, order, exc):
 
 def test_huge_array_touches_only_its_tail():
     A, fh, f = new_array((MAX_NBYTES // 8,), np.int64)
-    assert A.nbytes == MAX_NBYTES
+    assert A.nbytes == MAX_NBYTES // 8 * 8
+    with pytest.raises(MemoryError):        # beyond any address space
+        np.asarray(A)
+    with pytest.raises(MemoryError):
+        A[-1]
     # 1 TiB: beyond the handle's default address reservation, so reserve
     f = BigFile_RAM(BS)
     fh = f.fileh_open(reserve=1 << 40)
@@ -177,6 +181,34 @@ def test_huge_array_touches_only_its_tail():
     assert B[-1] == 5
     assert B[(1 << 37) - 2:].tolist() == [0, 5]
     assert fh.dirty_blocks() == [(1 << 40) // BS - 1]
+
+
+def test_default_handle_maps_a_1tib_array_and_refuses_more_than_memory():
+    """The default reservation (64 GiB) grows in place: reservations are
+    placed with free addresses after them (as in wendelin.core, asarray() of
+    a 1 TiB array on a handle opened without reserve= works, and touches
+    nothing); an array bigger than the address space is made, but mapping
+    it is a MemoryError, not a ValueError or a crash."""
+    f = BigFile_RAM(BS)
+    fh = f.fileh_open()
+    small = np.asarray(BigArray((10,), np.uint8, fh))       # a live view first
+    assert fh.reserved < 1 << 40
+    B = BigArray((1 << 40,), np.uint8, fh)
+    b = np.asarray(B)
+    assert type(b) is np.ndarray and b.nbytes == 1 << 40
+    assert fh.reserved >= 1 << 40
+    b[-1] = 7
+    small[0] = 3
+    assert b[0] == 3 and B[-1] == 7                         # one memory
+    assert fh.dirty_blocks() == [0, (1 << 40) // BS - 1]
+    for i in (47, 48, 56, 64):
+        C = BigArray(((1 << i) - 1,), np.uint8, fh)
+        assert C.nbytes == (1 << i) - 1
+        with pytest.raises(MemoryError):
+            np.asarray(C)
+    D = BigArray((1, (1 << 64) - 1), np.uint8, fh)          # stride 2**64 - 1
+    with pytest.raises(ValueError, match='do not fit numpy'):
+        D[0, :10]
 
 
 # ~~~ views

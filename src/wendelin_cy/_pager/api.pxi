@@ -182,7 +182,7 @@ cdef class BigFileH:
         if size == 0:
             size = bs
         install_handler()
-        base = map_aligned(size, HUGE, PROT_NONE)
+        base = reserve_region(size)
         if base == NULL:
             raise MemoryError("cannot reserve %d bytes of address space" % size)
         r = <Region*>calloc(1, sizeof(Region))
@@ -291,7 +291,8 @@ cdef class BigFileH:
         if pgoffset < 0 or pglen < 0:
             raise ValueError("pgoffset and pglen must be >= 0")
         if pgoffset + pglen > BLOCKS_MAX:
-            raise ValueError("mapping too large")
+            raise MemoryError("cannot map blocks [%d, %d): more than a handle can "
+                              "address" % (pgoffset, pgoffset + pglen))
         install_handler()
         if pgoffset + pglen > r.nblk:
             self._grow(pgoffset + pglen)

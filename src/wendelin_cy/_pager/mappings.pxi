@@ -75,6 +75,40 @@ cdef char* map_aligned(size_t size, size_t align, int prot) noexcept nogil:
         munmap(<char*>a + size, align - head)
     return <char*>a
 
+# Where reservations go.  The kernel's mmap() places mappings top-down from
+# below the stack (~127 TiB), and a PIE executable and its heap sit near
+# 85 TiB, so the addresses from ZONE_LO up stay free until tens of TiB are
+# mapped.  A handle's reservation is put at the start of one of ZONE_SLOTS
+# slots ZONE_STRIDE apart (MAP_FIXED_NOREPLACE: a slot in use, by us or by
+# anything else, is skipped), which leaves free addresses after it: _grow can
+# then extend it in place up to the next slot, so a handle opened with the
+# default 64 GiB reservation still maps a file of 1 TiB.  When no slot is
+# free the kernel chooses the address (map_aligned), as before.
+cdef uintptr_t ZONE_LO = (<uintptr_t>20) << 40
+cdef uintptr_t ZONE_STRIDE = (<uintptr_t>2) << 40
+cdef int ZONE_SLOTS = 30
+cdef int g_zone_next = 0        # next slot to try (round robin; under the GIL)
+
+cdef char* reserve_region(size_t size) noexcept:
+    """A PROT_NONE reservation of size bytes, 2 MiB aligned, with room to grow."""
+    global g_zone_next
+    cdef int k, i
+    cdef uintptr_t a
+    cdef void* p
+    for k in range(ZONE_SLOTS):
+        i = (g_zone_next + k) % ZONE_SLOTS
+        a = ZONE_LO + <uintptr_t>i * ZONE_STRIDE
+        p = mmap(<void*>a, size, PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0)
+        if p == MAP_FAILED:
+            continue                    # taken (EEXIST), or too big here
+        if p != <void*>a:               # a kernel without MAP_FIXED_NOREPLACE
+            munmap(p, size)
+            break
+        g_zone_next = (i + 1) % ZONE_SLOTS
+        return <char*>p
+    return map_aligned(size, HUGE, PROT_NONE)
+
 cdef inline size_t align_for(size_t blksize) noexcept nogil:
     return HUGE if blksize % HUGE == 0 else OSPAGE
 

@@ -7,7 +7,10 @@ array itself holds no data and may be far larger than RAM; what users compute
 on are the real `numpy.ndarray` views that `A[index]` returns.  Each block of
 a handle has one fixed address, so the file must fit the handle's address
 reservation (64 GiB by default: open the handle with `fileh_open(reserve=...)`
-for more) and at most MAX_NBYTES (128 TiB) can be described.
+for more; reservations are placed with free addresses after them, so they
+usually grow in place up to 2 TiB) and views beyond the 128 TiB of user
+address space raise MemoryError.  Up to MAX_NBYTES (2**64 - 1) can be
+described.
 
 Views
 -----
@@ -112,11 +115,13 @@ from wendelin_cy.bigarray._index import (_IndexPlan, _dense, _int_index_offsets,
 
 __all__ = ['MAX_NBYTES', 'BigArray', 'ArrayRef', '_flatbytev']
 
-#: Largest array (in bytes) a BigArray may describe: 2**47 bytes (128 TiB).
-#: Every block of a handle has one fixed address, so a file cannot be used
-#: beyond the address space (47 bits of user space on x86-64 Linux); the
-#: bound also keeps every stride and offset far inside int64.
-MAX_NBYTES = 1 << 47
+#: Largest array (in bytes) a BigArray may describe: 2**64 - 1, as in
+#: wendelin.core.  Only what fits a handle's address reservation can be
+#: mapped (a view, asarray()): beyond it mmap raises MemoryError; the user
+#: address space is 2**47 bytes (128 TiB) on x86-64 Linux.
+MAX_NBYTES = (1 << 64) - 1
+
+_INTP_MAX = int(np.iinfo(np.intp).max)
 
 _FALLBACK_CHUNK = 64 << 20      # chunk size when no RAM budget is known
 
@@ -170,7 +175,8 @@ def _check_shape(shape, itemsize):
         out.append(d)
     out = tuple(out)
     # Bound the product with zero dimensions counted as 1: it bounds every
-    # stride as well as nbytes, so int64 never overflows anywhere.
+    # stride as well as nbytes (uint64); a view whose strides or offset do
+    # not fit int64 is refused when it is made (_index.py).
     span = _prod(max(d, 1) for d in out) * itemsize
     if span > MAX_NBYTES:
         raise ValueError('BigArray: shape %r of %d-byte items is too big: '
@@ -331,6 +337,9 @@ class BigArray:
         bshape = tuple(hi - lo for lo, hi in lohi)
         if any(n == 0 for n in bshape):
             return np.ndarray(bshape, dt), None
+        if max(strides, default=0) > _INTP_MAX:
+            raise ValueError('BigArray: strides %r of shape %r do not fit numpy '
+                             '(intp): no view of it can be made' % (strides, shape))
         start = sum(lo * s for (lo, _), s in zip(lohi, strides))
         end = sum((hi - 1) * s for (_, hi), s in zip(lohi, strides)) + dt.itemsize
         m = self._map_bytes(start, end)
