@@ -8,16 +8,19 @@ committed (a record that still holds a checksum can only give its own
 bytes)."""
 import glob
 import os
+import shutil
 
 import numpy as np
 import pytest
 import transaction
 from BTrees.IOBTree import IOBTree
 from BTrees.LOBTree import LOBTree
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from ZODB.Connection import TransactionMetaData
 from ZODB.serialize import ObjectReader
 
 from wendelin_cy.bigarray.array_zodb import ZBigArray
+from wendelin_cy.bigfile import ram_reclaim
 from wendelin_cy.bigfile.file_zodb import ZBigFile, ZBlk1, ZData
 from wendelin_cy.errors import LoadError
 from wendelin_cy.lib.zodb import dbclose, dbopen
@@ -28,6 +31,7 @@ BLK = 2
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
+MUTATE = settings(SETTINGS, max_examples=150)      # (each: well under 0.1 s)
 
 
 def _mutate(data, edits, cut, extra):
@@ -61,7 +65,11 @@ def db(tmp_path_factory):
 
 def _read(db_, fmt):
     """Block BLK of array fmt, read through an entry point of a fresh
-    connection: the values, or the LoadError."""
+    connection: the values, or the LoadError.  Clean pages of earlier reads
+    are dropped first: a ZBlk1's readers watch the ZBlk1 object (its rev),
+    not its chunks, and the record changed under them here is a chunk."""
+    while ram_reclaim():
+        pass
     tm = transaction.TransactionManager()
     c = db_.open(tm)
     try:
@@ -76,16 +84,27 @@ def _read(db_, fmt):
         c.close()
 
 
-def _put_raw(storage, oid, data):
-    t = transaction.Transaction()
-    storage.tpc_begin(t)
+def _put_raw(db_, oid, data):
+    """Store `data` as record `oid`, as another client would: through the
+    DB's MVCC adapter, so that the connections of db_ are told (a store on
+    the storage itself would leave their caches holding the old state).
+    The transaction is ZODB's TransactionMetaData: BaseStorage.tpc_begin
+    takes the commit lock before it reads the transaction's
+    extension_bytes, so a transaction.Transaction (which has none) left the
+    lock taken and the next store waiting for it."""
+    inst = db_._mvcc_storage.new_instance()
     try:
-        storage.store(oid, storage.load(oid)[1], data, '', t)
-        storage.tpc_vote(t)
-    except BaseException:
-        storage.tpc_abort(t)        # (else the storage's commit lock stays taken)
-        raise
-    storage.tpc_finish(t)
+        t = TransactionMetaData()
+        inst.tpc_begin(t)
+        try:
+            inst.store(oid, db_.storage.load(oid)[1], data, '', t)
+            inst.tpc_vote(t)
+        except BaseException:
+            inst.tpc_abort(t)
+            raise
+        inst.tpc_finish(t)
+    finally:
+        inst.release()
 
 
 def _state(conn, p):
@@ -108,10 +127,8 @@ _IDX = np.arange(BLK * BS // 8, (BLK + 1) * BS // 8)
 EXPECT = np.arange(N)[BLK * BS // 8:(BLK + 1) * BS // 8] * 3 + 1
 
 
-@pytest.mark.skip(reason='KNOWN HANG, issue 19 open: an example leaves the FileStorage commit '
-                         'lock taken and the next _put_raw waits in tpc_begin; not yet analysed')
 @pytest.mark.parametrize('fmt', ['ZBlk0', 'ZBlk1'])
-@SETTINGS
+@MUTATE
 @given(data=st.data(), m=mutations, raw=st.booleans())
 def test_mutated_block_records(db, fmt, data, m, raw):
     db_, _ = db
@@ -120,8 +137,12 @@ def test_mutated_block_records(db, fmt, data, m, raw):
     oid = data.draw(st.sampled_from(oids))
     orig = st_.load(oid)[0]
     new = os.urandom(len(m[2]) * 20) if raw else _mutate(orig, *m)
+    # (FileStorage writes an empty record as a back-pointer of zeros, the
+    # record of an undone creation, and its own load then fails on it: not a
+    # record a block can have)
+    assume(new)
     try:
-        _put_raw(st_, oid, new)
+        _put_raw(db_, oid, new)
         got = _read(db_, fmt)
         if not isinstance(got, LoadError):
             if not (got == EXPECT).all():
@@ -133,45 +154,43 @@ def test_mutated_block_records(db, fmt, data, m, raw):
                 finally:
                     c.close()
     finally:
-        _put_raw(st_, oid, orig)
+        _put_raw(db_, oid, orig)
     assert (_read(db_, fmt) == EXPECT).all()
 
 
-@pytest.mark.skip(reason='NOT YET SHOWN TO FINISH, issue 19 open: did not complete within 400 s '
-                         'in its first runs; not yet analysed')
-@SETTINGS
+@MUTATE
 @given(m=mutations, verify=st.booleans())
-def test_mutated_blob_files(db, m, verify):
-    db_, path = db
-    (f,) = [b for b in glob.glob(path + '.blobs/**/*.blob', recursive=True)
+def test_mutated_blob_files(db, tmp_path_factory, m, verify):
+    """A blob file damaged on disk, then the database opened: every example
+    on its own copy of the database.  (Rewriting the file in place under a
+    process that has it mapped is another matter: the kernel raises SIGBUS
+    in that process for the pages cut off, see docs/guarantees.md.)"""
+    _, path = db
+    d = str(tmp_path_factory.mktemp('blobfuzz'))
+    shutil.copy(path, d)
+    shutil.copytree(path + '.blobs', os.path.join(d, 'data.fs.blobs'))
+    (f,) = [b for b in glob.glob(d + '/data.fs.blobs/**/*.blob', recursive=True)
             if os.path.getsize(b) == 4 * BS]
     orig = open(f, 'rb').read()
+    changed = _mutate(orig, *m)
     os.chmod(f, 0o644)
+    with open(f, 'wb') as fp:
+        fp.write(changed)
+    root = dbopen(os.path.join(d, 'data.fs'), verify=verify)
     try:
-        with open(f, 'wb') as fp:
-            fp.write(_mutate(orig, *m))
-        tm = transaction.TransactionManager()
-        c = db_.open(tm)
         try:
-            c.db().storage._wendelin_cy_verify = verify
-            A = c.root()['blob']
-            try:
-                got = A[_IDX]
-            except LoadError:
-                pass
-            else:
-                changed = _mutate(orig, *m)
-                blk_changed = changed[BLK * BS:(BLK + 1) * BS] != orig[BLK * BS:(BLK + 1) * BS]
-                assert not verify or (got == EXPECT).all()
-                assert len(changed) == len(orig)        # (sizes: always checked)
-                assert blk_changed or (got == EXPECT).all()
-            tm.abort()
-        finally:
-            c.db().storage._wendelin_cy_verify = True
-            c.close()
+            got = root['blob'][_IDX]
+        except LoadError:
+            pass
+        else:
+            blk_changed = changed[BLK * BS:(BLK + 1) * BS] != orig[BLK * BS:(BLK + 1) * BS]
+            assert not verify or (got == EXPECT).all()
+            assert len(changed) == len(orig)        # (sizes: always checked)
+            assert blk_changed or (got == EXPECT).all()
+        transaction.abort()
     finally:
-        with open(f, 'wb') as fp:
-            fp.write(orig)
+        dbclose(root)
+        shutil.rmtree(d)
 
 
 ints = st.integers(-(1 << 40), 1 << 40) | st.sampled_from([0, 4096, 8192, BS, 1 << 30])
