@@ -100,11 +100,14 @@ class _Data:
         return {'dir': d, 'raw': raw, 'fs': fs, 'h5': h5}
 
 
-class ColdScan(_Data):
+class _Once(_Data):
+    """Each sample is one run from a fresh state made by setup()."""
     number = 1
     repeat = 3
     warmup_time = 0
 
+
+class ColdScan(_Once):
     def setup(self, paths):
         set_ram_budget(BUDGET)
         _drop_caches()
@@ -139,11 +142,8 @@ print(s)
 '''
 
 
-class CappedScan(_Data):
+class CappedScan(_Once):
     """A fresh process in a memory cgroup (budget + 256 MiB), cold at first."""
-    number = 1
-    repeat = 3
-    warmup_time = 0
     CG = '/sys/fs/cgroup/memory/wcy_asv_perf2'
 
     def setup(self, paths):
@@ -178,12 +178,10 @@ class CappedScan(_Data):
         self._run('memmap', paths['raw'])
 
 
-class WarmFirstPass(_Data):
+class WarmFirstPass(_Once):
     """np.sum over a freshly opened database (a new handle: nothing mapped,
     nothing in the pager), the page cache warm."""
-    number = 1
     repeat = 5
-    warmup_time = 0
 
     def setup(self, paths):
         set_ram_budget(BUDGET)
@@ -239,11 +237,8 @@ class RandomReads(_Data):
             d[i]
 
 
-class RandomWrites(_Data):
+class RandomWrites(_Once):
     """NWRITES random element writes and one commit (flush for memmap)."""
-    number = 1
-    repeat = 3
-    warmup_time = 0
 
     def setup(self, paths):
         set_ram_budget(BUDGET)

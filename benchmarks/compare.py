@@ -456,8 +456,6 @@ def child(cfg):
         # scan-warm/-cold/-capped map the data anew for every repeat (the
         # process starts with nothing mapped); scan-hot rescans one mapping
         expect = None
-        if w == 'scan-warm1':
-            rep = 1             # the parent runs one child per repeat
         if w in ('scan-warm', 'scan-hot'):
             s.open()
             expect = s.sum()        # warm the page cache (and the mapping)
