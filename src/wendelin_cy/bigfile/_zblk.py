@@ -28,6 +28,11 @@ _CLASS_MODULE = 'wendelin_cy.bigfile.file_zodb'     # where databases find them
 # the ZBlk objects: ghostification clears an object's __dict__.
 _OWNER = weakref.WeakKeyDictionary()
 
+# ZBlkSeg -> (serial, blksize, path, offset) of its bytes, as last checked at a load
+# (ZBlkSegs and their segments are never modified): a commit comparing the
+# block with what is stored finds the file without loading the Blob again.
+_EXTENT = weakref.WeakKeyDictionary()
+
 
 class _ZBlkBase(Persistent):
     """Common part of the objects that hold bytes of a block.
@@ -201,6 +206,9 @@ def _seg_fields(z):
 def _blk_extent(z, bs):
     """(path, offset) of the bytes of block ZBlkSeg `z` (its part of the
     segment's file); z stays a ghost."""
+    e = _EXTENT.get(z)
+    if e is not None and e[:2] == (z._p_serial, bs):
+        return e[2:]
     seg, index = _seg_fields(z)[:2]
     return _blob_path(seg), index * bs
 
@@ -237,6 +245,8 @@ def _checked_extent(z, bs):
                               % index, path)
     finally:
         os.close(fd)
+    if z._p_jar is not None and z._p_serial != b'\0' * 8:
+        _EXTENT[z] = (z._p_serial, bs, path, off)
     return path, off
 
 
@@ -262,6 +272,9 @@ def corrupt(obj, detail, file=None):
                              file or _storage_name(_storage_of(obj)))
 
 
+_MAP_POPULATE = getattr(mmap, 'MAP_POPULATE', 0)
+
+
 def _blob_data(z, bs):
     """Content of block ZBlkSeg `z` as a read-only buffer (a private mapping
     of its file, no copy)."""
@@ -270,7 +283,26 @@ def _blob_data(z, bs):
         n = min(bs, os.fstat(f.fileno()).st_size - off)
         if n <= 0:
             return b''
-        return mmap.mmap(f.fileno(), n, prot=mmap.PROT_READ, offset=off)
+        # (populated at once: it is read whole, 4 KiB faults would cost more
+        # than the comparison it is made for)
+        return mmap.mmap(f.fileno(), n, flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                         prot=mmap.PROT_READ, offset=off)
+
+
+def _blob_chunks(z, bs, idx, cs):
+    """Chunks idx (of cs bytes) of block ZBlkSeg `z`, read from its file."""
+    path, off = _blk_extent(z, bs)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        out = []
+        for i in idx:
+            data = os.pread(fd, cs, off + i * cs)
+            if len(data) != cs:
+                raise corrupt(z, 'short read of the blob file', path)
+            out.append(data)
+        return out
+    finally:
+        os.close(fd)
 
 
 def _load_base(base, buf):
