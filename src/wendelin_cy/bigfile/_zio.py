@@ -45,6 +45,7 @@ class _Writeout:
         self.blob_fds = []      # segment files open for writing
         self.seg = None         # (Blob, fd, number of blocks) being filled
         self.written = {}       # blk -> object now in blktab (None: hole)
+        self.bases = {}         # blk -> base of the ZBlk1 now in blktab
         self.touched = []       # objects to turn into ghosts afterwards
         self.undo = []          # (blk, old) of blktab changes
         self.bumped = False
@@ -240,12 +241,11 @@ class _ZBigFileIO(BigFile):
             out.append((b, fut))
         return out or None
 
-    def _track(self, blk, zblk):
+    def _track(self, blk, zblk, base=None):
         m = self._mapped.get(blk)
-        # (a ZBlk1 we just wrote over the block mapped keeps its file pages;
-        # __dict__: not to load a ghost)
-        if m is not None and m is not zblk and (
-                zblk is None or zblk.__dict__.get('base') is not m):
+        # (`base`: of the ZBlk1 zblk that we just wrote over the block mapped,
+        # whose pages stay those of the file)
+        if m is not None and m is not zblk and base is not m:
             del self._mapped[blk]
         old = self._loaded.get(blk)
         if old is not None and old is not zblk:
@@ -328,6 +328,7 @@ class _ZBigFileIO(BigFile):
                         old._p_deactivate()
                     jar.readCurrent(old)
                 z1 = ZBlk1(cs, base=old)
+                wo.bases[blk] = old
                 for i in changed:
                     zd = ZData()
                     zd._set_src(wo.src(blk, i * cs, cs, buf))
@@ -504,13 +505,15 @@ class _ZBigFileIO(BigFile):
         z1.rev = z1.rev + 1         # readers watch the ZBlk1 object only
         wo.touched.append(z1)
         wo.written[blk] = z1
+        if base is not None:
+            wo.bases[blk] = base
 
     # -- after a writeout
 
     def _committed(self, wo):
         """The transaction that stored wo is durable: forget the page refs."""
         for blk, z in wo.written.items():
-            self._track(blk, z)     # (first: an overlay written is not a ghost yet)
+            self._track(blk, z, wo.bases.get(blk))
         for obj in wo.touched:
             d = obj.__dict__
             d.pop('_v_src', None)
@@ -672,14 +675,16 @@ def _diff(buf, old, cs, nch, written=None):
     Objects activated to compare are turned back into ghosts.
     """
     n = len(buf)
-    zero = _zero_flags(buf, cs)
     same_base = [False] * nch
     if old is None:             # a new block: only which chunks are zero
+        zero = _zero_flags(buf, cs)
         return [i for i in range(nch) if not zero[i]], zero, same_base
     if type(old) is ZBlk0:
-        return np.flatnonzero(_ne_chunks(buf, _loaddata(old), cs)).tolist(), zero, same_base
+        changed = np.flatnonzero(_ne_chunks(buf, _loaddata(old), cs)).tolist()
+        return changed, _zero_of(buf, cs, nch, changed), same_base
     if type(old) is ZBlkSeg:
-        return np.flatnonzero(_ne_seg(buf, old, cs, nch, written)).tolist(), zero, same_base
+        changed = np.flatnonzero(_ne_seg(buf, old, cs, nch, written)).tolist()
+        return changed, _zero_of(buf, cs, nch, changed), same_base
     # ZBlk1: chunks in its table against their records, the others against
     # the base (zeros without base)
     base = old.base
@@ -689,21 +694,32 @@ def _diff(buf, old, cs, nch, written=None):
         else:
             ne_base = _ne_chunks(buf, _loaddata(base), cs)
         same_base = (~ne_base).tolist()
-        ne_base = ne_base.tolist()
+        zero = None
     else:
-        ne_base = [not z for z in zero]
-    changed = set()
+        zero = _zero_flags(buf, cs)
+        ne_base = ~np.array(zero, dtype=bool)
     overlay = {}
     for off, zd in old.chunktab.items():
         if type(off) is int and 0 <= off < n and off % cs == 0:
             overlay[off // cs] = zd
-    for i, zd in overlay.items():
-        lo, hi = i * cs, min((i + 1) * cs, n)
-        with memoryview(buf)[lo:hi] as mv:
-            if not _same(mv, _loaddata(zd)):
+    changed = set(np.flatnonzero(ne_base).tolist())
+    changed.difference_update(overlay)
+    with memoryview(buf) as mv:
+        for i, zd in overlay.items():
+            if not _same(mv[i * cs:min((i + 1) * cs, n)], _loaddata(zd)):
                 changed.add(i)
-    changed.update(i for i in range(nch) if ne_base[i] and i not in overlay)
-    return sorted(changed), zero, same_base
+    changed = sorted(changed)
+    return changed, zero if zero is not None else _zero_of(buf, cs, nch, changed), same_base
+
+
+def _zero_of(buf, cs, nch, idx):
+    """zero[i] of _diff, for the chunks idx only (False for the others)."""
+    zero = [False] * nch
+    n = len(buf)
+    with memoryview(buf) as mv:
+        for i in idx:
+            zero[i] = _iszero(mv[i * cs:min((i + 1) * cs, n)])
+    return zero
 
 
 def _ne_seg(buf, z, cs, nch, written):
