@@ -237,6 +237,52 @@ def test_commit_compares_only_the_written_pages_of_a_mapped_block(tmp_path, monk
     _close(db, c)
 
 
+def test_an_overlaid_segment_block_loads_as_a_patched_mapping(tmp_path):
+    """A ZBlk1 over a segment block is loaded by mapping the segment (no
+    copy of the block) with its chunks written over the mapping; writes and
+    commits after that see the right bytes, and other blocks are untouched."""
+    import wendelin_cy
+    path = str(tmp_path / 'db.fs')
+    db, c, A, model = _filled(path, blobs=True)
+    a = A[:]
+    per = BS // 8
+    a[per + 3] = model[per + 3] = -1.0
+    a[per + 3000] = model[per + 3000] = 0.0         # (a chunk stored shorter: zeros after)
+    c.commit()
+    del a
+    _close(db, c)
+
+    db = file_db(path, blobs=True)
+    c = Conn(db)
+    A = c.root['A']
+    assert type(A.zfile.blktab[1]) is ZBlk1
+    z0 = wendelin_cy.pager_stats()['zerocopy_loads']
+    a = A[:]
+    np.testing.assert_array_equal(a[per:2 * per], model[per:2 * per])
+    assert wendelin_cy.pager_stats()['zerocopy_loads'] == z0 + 1
+    # a write into the mapped overlay block, committed, read back afresh
+    a[per + 5000] = model[per + 5000] = -3.0
+    a[per + 3] = model[per + 3] = model[per + 2]    # back to... another value
+    c.commit()
+    assert type(A.zfile.blktab[1]) is ZBlk1
+    np.testing.assert_array_equal(a, model)
+    del a
+    _close(db, c)
+    db = file_db(path, blobs=True)
+    c = Conn(db)
+    np.testing.assert_array_equal(c.root['A'][:], model)
+    _close(db, c)
+
+
+def test_mapfile_rejects_bad_patches():
+    from wendelin_cy.bigfile import MapFile
+    with pytest.raises(ValueError):
+        MapFile('/nonexistent', 0, patches=[(-1, b'x', 1)])
+    with pytest.raises(ValueError):
+        MapFile('/nonexistent', 0, patches=[(0, b'xy', 1)])
+    assert MapFile('/nonexistent', 0, patches=[]).patches is None
+
+
 # ~~~ property: sparse and dense writes, commits, reopen == numpy
 
 _op = st.one_of(

@@ -14,6 +14,7 @@ from BTrees.IOBTree import IOBTree
 from persistent import Persistent
 
 from wendelin_cy.errors import CorruptBlockError
+from wendelin_cy.bigfile import MapFile
 from wendelin_cy.storage import backend_of
 from wendelin_cy.storage.checksum import DIGEST_SIZE, checks_on, digest
 from wendelin_cy.storage.record import preadinto as _preadinto
@@ -341,6 +342,30 @@ class ZBlk1(_ZBlkBase):
         d['chunktab'] = state['chunktab']
         d['base'] = state.get('base')
         d['rev'] = state.get('rev', 0)
+
+    def mapfile(self, bs):
+        """(MapFile, base) for the block when its base is a segment block:
+        the base's part of the segment file, with the chunks as patches (the
+        pager maps the file and writes just those pages); None otherwise."""
+        base = self.base
+        if type(base) is not ZBlkSeg:
+            return None
+        cs = self.chunksize
+        if type(cs) is not int or cs <= 0 or bs % cs:
+            return None                 # (loadblkdata reports it)
+        patches = []
+        for off, zd in self.chunktab.items():
+            if (type(off) is not int or off < 0 or off % cs or off >= bs
+                    or type(zd) is not ZData):
+                return None
+            data = bytes(_loaddata(zd))
+            if len(data) > cs:
+                return None
+            patches.append((off, data, cs))
+        m = MapFile(*_checked_extent(base, bs), patches=patches)
+        if not self._p_changed:
+            self._p_deactivate()
+        return m, base
 
     def loadblkdata(self, buf):
         n = len(buf)

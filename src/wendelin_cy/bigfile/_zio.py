@@ -24,6 +24,10 @@ from ._zblk_io import (OVERLAY_MAX, SEG_BLOCKS, _OSPAGE, _blob_pool, _chunksize,
                        _iszero, _ne_chunks, _open_blob_file, _overlay_chunksize, _read_page,
                        _same, _unlink_quiet, _write_blob_file, _written_pages, _zero_flags)
 
+# overlays over a segment block are loaded as a mapping of the segment with
+# their chunks as patches (MapFile(patches=...)); False: read and copied
+_MAP_OVERLAYS = True
+
 # every _ZBigFileIO (for dbclose)
 _IOS = weakref.WeakSet()
 
@@ -161,9 +165,11 @@ class _ZBigFileIO(BigFile):
                 return load_foreign(self, blk, buf, self._load_obj)
             zblk = self._zfile.blktab.get(blk)
             self._track(blk, zblk)
+            self._v_mapbase = None
             r = self._load_obj(zblk, buf)
             if type(r) is MapFile:
-                self._mapped[blk] = zblk
+                # (a ZBlk1 maps its base)
+                self._mapped[blk] = self._v_mapbase if type(zblk) is ZBlk1 else zblk
             return r
         except Exception as e:
             c = _corrupt_cause(e)
@@ -181,6 +187,14 @@ class _ZBigFileIO(BigFile):
             return HOLE         # the pager maps zero pages: no 2 MiB of zeros copied
         elif type(zblk) is ZBlkSeg:
             return MapFile(*_checked_extent(zblk, self.blksize))   # mapped, not copied
+        elif type(zblk) is ZBlk1 and _MAP_OVERLAYS:
+            # an overlay over a segment block: the segment mapped, its
+            # chunks written over it by the pager
+            mb = ZBlk1.mapfile(zblk, self.blksize)
+            if mb is not None:
+                self._v_mapbase = mb[1]
+                return mb[0]
+            ZBlk1.loadblkdata(zblk, buf)
         else:
             # through the class: an attribute of a ghost would load its state
             type(zblk).loadblkdata(zblk, buf)
