@@ -803,6 +803,8 @@ def main():
     ap.add_argument('--cap', default=None,
                     help='memory limit of the capped scan (default budget + 256M)')
     ap.add_argument('--repeat', type=int, default=None, help='repeats (default 3)')
+    ap.add_argument('--nwrites', type=int, default=None,
+                    help='element writes per commit of write-random (default 1000)')
     ap.add_argument('--only', default=None,
                     help='comma-separated workloads and/or systems (%s; %s)'
                     % (','.join(WORKLOADS), ','.join(SYSTEMS)))
@@ -846,6 +848,7 @@ def main():
         size, budget = parse_size(a.size), parse_size(a.budget)
         repeat = a.repeat or 3
         nreads, nwrites = 2000, 1000
+    nwrites = a.nwrites or nwrites
     size -= size % BLKSIZE
     cap = parse_size(a.cap) if a.cap else budget + 256 * MiB
     only = set(a.only.split(',')) if a.only else set()

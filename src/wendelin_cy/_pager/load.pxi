@@ -23,6 +23,7 @@ cdef struct Load:
     int spilled         # the data comes back from the scratch file
     int mapped          # the block is mapped from a file's page cache (zero-copy)
     int recycled        # SLOT_*
+    int slotmap         # the staging slot is a file mapping (a patched MapFile)
 
 cdef class _Buf:
     """Exports raw memory as a buffer for the duration of one callback."""
@@ -79,16 +80,33 @@ cdef class MapFile:
     ZODB blob).  The pager maps the file's page cache pages privately, read-only,
     at the block's address: no copy at all; a write makes the kernel copy just
     the 4 KiB page touched.  A file shorter than that is read instead, the rest
-    zero-filled (a mapping past the end of a file would raise SIGBUS)."""
+    zero-filled (a mapping past the end of a file would raise SIGBUS).
+
+    ``patches``: (offset, data, length) triples, parts of the block that
+    differ from the file: [offset, offset+length) holds data, then zeros.  The
+    pager maps the file in a staging place, writes the patches there (the
+    kernel copies just those pages) and only then moves the mapping to the
+    block's address: no thread sees the block unpatched."""
     cdef readonly object path
     cdef readonly int64_t offset
+    cdef readonly object patches
 
-    def __init__(self, path, int64_t offset=0):
+    def __init__(self, path, int64_t offset=0, patches=None):
         self.path = _os.fsencode(path)
         if offset < 0 or offset % OSPAGE:
             raise ValueError("MapFile: offset must be a non-negative multiple of "
                              "%d, got %d" % (OSPAGE, offset))
         self.offset = offset
+        if patches is not None:
+            out = []
+            for off, data, n in patches:
+                mv = memoryview(data).cast('B')
+                if off < 0 or n < len(mv):
+                    raise ValueError("MapFile: bad patch (%r, %d bytes, %r)"
+                                     % (off, len(mv), n))
+                out.append((int(off), mv, int(n)))
+            patches = tuple(out) or None
+        self.patches = patches
 
     def __repr__(self):
         return "MapFile(%r, %d)" % (_os.fsdecode(self.path), self.offset)
@@ -160,7 +178,7 @@ def _call_loadblk(bigfile, blk, _Buf buf, int entry):
 
 cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
                     PyObject** exc, int* mapfd, int64_t* mapoff,
-                    int recycled) noexcept with gil:
+                    int recycled, PyObject** patches) noexcept with gil:
     """Run loadblk into the staging slot.  When loadblk answers MapFile(path,
     offset), the file is opened here and *mapfd / *mapoff say what to map at the
     block's address instead (the caller maps it and closes *mapfd).
@@ -191,8 +209,20 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
             elif recycled:
                 madvise(slot, r.blksize, MADV_DONTNEED)     # zero pages, on demand
         elif type(res) is MapFile:
+            pt = (<MapFile>res).patches
+            if pt is not None:
+                for off, data, n in pt:
+                    if off + n > <int64_t>r.blksize:
+                        raise ValueError("MapFile: patch [%d, %d) outside the %d-byte block"
+                                         % (off, off + n, r.blksize))
             mapfd[0] = _open_for_map(<MapFile>res, r.blksize, buf)
             mapoff[0] = (<MapFile>res).offset
+            if pt is not None:
+                if mapfd[0] < 0:            # (read into buf: patched here)
+                    _patch(buf, pt)
+                else:
+                    Py_INCREF(pt)
+                    patches[0] = <PyObject*>pt
     except BaseException as e:
         rc = E_BUFKEPT if buf.exports else E_PYTHON
         if entry and exc != NULL:
@@ -201,6 +231,36 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
         else:
             _report_fault_error(<object>r.bigfile, blk, e)
     PyErr_Restore(et, ev, etb)
+    return rc
+
+
+def _patch(buf, patches):
+    mv = memoryview(buf)
+    try:
+        for off, data, n in patches:
+            k = len(data)
+            mv[off:off + k] = data
+            if n > k:
+                mv[off + k:off + n] = bytes(n - k)
+    finally:
+        mv.release()
+
+
+cdef int _apply_patches(char* slot, size_t bs, PyObject* patches) noexcept with gil:
+    """Write `patches` into the file mapping at slot (copy-on-write); 0 or an
+    errno.  Consumes the reference to patches."""
+    cdef int rc = 0
+    try:
+        if mprotect(slot, bs, PROT_RW) != 0:
+            rc = errno
+        else:
+            _patch(mkbuf(slot, bs, 0), <object>patches)
+            if mprotect(slot, bs, PROT_RO) != 0:
+                rc = errno
+    except BaseException as e:
+        _report_ignored("applying the patches of a MapFile", e)
+        rc = EIO
+    Py_DECREF(<object>patches)
     return rc
 
 
@@ -254,6 +314,10 @@ cdef int map_direct(Region* r, int64_t blk, int seq) noexcept nogil:
 
 cdef int map_fd(Region* r, int64_t blk, int fd, int64_t off, int seq,
                 int blockwise) noexcept nogil:
+    return map_fd_at(r, blk_addr(r, blk), fd, off, seq, blockwise)
+
+cdef int map_fd_at(Region* r, char* addr, int fd, int64_t off, int seq,
+                   int blockwise) noexcept nogil:
     """Map block blk of a local file from the page cache (g_lock not held).
     In a sequential run the mapping is marked MADV_SEQUENTIAL before it is
     populated, so that a cold read goes through the kernel's sequential
@@ -262,7 +326,6 @@ cdef int map_fd(Region* r, int64_t blk, int fd, int64_t off, int seq,
     (Asking the kernel for the next blocks with posix_fadvise(WILLNEED), one
     block at a time, made them slower.)  Figures: docs/benchmarks.md."""
     global st_zerocopy
-    cdef char* addr = blk_addr(r, blk)
     # 2 MiB blocks at 2 MiB offsets: MADV_HUGEPAGE before populating lets the
     # kernel read the block into one 2 MiB page cache folio and map it with one
     # page-table entry: mapping such blocks again later, and reading them
@@ -307,6 +370,7 @@ cdef int load_begin(Load* ld, Region* r, int64_t blk, Page* p) noexcept nogil:
         return E_FORKED
     ld.spilled = p != NULL
     ld.recycled = SLOT_FRESH
+    ld.slotmap = 0
     ld.slot = NULL
     if p == NULL:
         p = page_new(r, blk)
@@ -342,6 +406,7 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
     cdef size_t bs = r.blksize
     cdef int mapfd = -1
     cdef int64_t mapoff = 0
+    cdef PyObject* patches = NULL
     cdef int rc
     if ld.mapped:
         return map_direct(r, blk, in_seq_run(r, blk))
@@ -351,7 +416,23 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
         return rw_full(r.direct_fd, ld.slot, bs, r.direct_off + <int64_t>(blk * bs),
                        IO_READ)
     rc = py_loadblk(r, blk, ld.slot, entry, exc, &mapfd, &mapoff,
-                    SLOT_RECYCLED_WRITE if write > 0 and ld.recycled else ld.recycled)
+                    SLOT_RECYCLED_WRITE if write > 0 and ld.recycled else ld.recycled,
+                    &patches)
+    if patches != NULL:
+        # a MapFile with patches: the file is mapped over the staging slot,
+        # patched there, and load_finish moves it into place like any slot
+        if rc == 0:
+            rc = map_fd_at(r, ld.slot, mapfd, mapoff, in_seq_run(r, blk), 1)
+            if rc == 0:
+                ld.slotmap = 1      # (the slot is a file mapping now: never pooled)
+                rc = _apply_patches(ld.slot, bs, patches)
+            else:
+                _drop_ref(patches)
+        else:
+            _drop_ref(patches)
+        close(mapfd)
+        r.last_mapped = rc == 0
+        return rc
     if mapfd >= 0:
         # loadblk named a file extent (MapFile): map it instead; the slot
         # goes back, its share of g_resident now counts the mapping
@@ -366,6 +447,9 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
             reset_slot(blk_addr(r, blk), bs)
     r.last_mapped = mapfd >= 0 and rc == 0
     return rc
+
+cdef void _drop_ref(PyObject* o) noexcept with gil:
+    Py_DECREF(<object>o)
 
 cdef int load_finish(Load* ld, Region* r, int write, int rc) noexcept nogil:
     """The fill returned rc (g_lock held): on success put the block at its
@@ -391,6 +475,8 @@ cdef int load_finish(Load* ld, Region* r, int write, int rc) noexcept nogil:
             rc = set_prot(p, prot)
         else:
             rc = place(r, p, ld.slot, prot)
+            if rc == 0 and ld.slotmap:
+                p.filemap = 1
     if rc != 0:
         load_undo(ld, r, rc)
         return rc

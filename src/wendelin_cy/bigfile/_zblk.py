@@ -14,6 +14,7 @@ from BTrees.IOBTree import IOBTree
 from persistent import Persistent
 
 from wendelin_cy.errors import CorruptBlockError
+from wendelin_cy.bigfile import MapFile
 from wendelin_cy.storage import backend_of
 from wendelin_cy.storage.checksum import DIGEST_SIZE, checks_on, digest
 from wendelin_cy.storage.record import preadinto as _preadinto
@@ -27,6 +28,11 @@ _CLASS_MODULE = 'wendelin_cy.bigfile.file_zodb'     # where databases find them
 # ZBlk -> (weakref(_ZBigFileIO), blk) of the file that loaded it, kept outside
 # the ZBlk objects: ghostification clears an object's __dict__.
 _OWNER = weakref.WeakKeyDictionary()
+
+# ZBlkSeg -> (serial, blksize, path, offset) of its bytes, as last checked at a load
+# (ZBlkSegs and their segments are never modified): a commit comparing the
+# block with what is stored finds the file without loading the Blob again.
+_EXTENT = weakref.WeakKeyDictionary()
 
 
 class _ZBlkBase(Persistent):
@@ -201,6 +207,9 @@ def _seg_fields(z):
 def _blk_extent(z, bs):
     """(path, offset) of the bytes of block ZBlkSeg `z` (its part of the
     segment's file); z stays a ghost."""
+    e = _EXTENT.get(z)
+    if e is not None and e[:2] == (z._p_serial, bs):
+        return e[2:]
     seg, index = _seg_fields(z)[:2]
     return _blob_path(seg), index * bs
 
@@ -237,6 +246,8 @@ def _checked_extent(z, bs):
                               % index, path)
     finally:
         os.close(fd)
+    if z._p_jar is not None and z._p_serial != b'\0' * 8:
+        _EXTENT[z] = (z._p_serial, bs, path, off)
     return path, off
 
 
@@ -262,6 +273,9 @@ def corrupt(obj, detail, file=None):
                              file or _storage_name(_storage_of(obj)))
 
 
+_MAP_POPULATE = getattr(mmap, 'MAP_POPULATE', 0)
+
+
 def _blob_data(z, bs):
     """Content of block ZBlkSeg `z` as a read-only buffer (a private mapping
     of its file, no copy)."""
@@ -270,7 +284,26 @@ def _blob_data(z, bs):
         n = min(bs, os.fstat(f.fileno()).st_size - off)
         if n <= 0:
             return b''
-        return mmap.mmap(f.fileno(), n, prot=mmap.PROT_READ, offset=off)
+        # (populated at once: it is read whole, 4 KiB faults would cost more
+        # than the comparison it is made for)
+        return mmap.mmap(f.fileno(), n, flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                         prot=mmap.PROT_READ, offset=off)
+
+
+def _blob_chunks(z, bs, idx, cs):
+    """Chunks idx (of cs bytes) of block ZBlkSeg `z`, read from its file."""
+    path, off = _blk_extent(z, bs)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        out = []
+        for i in idx:
+            data = os.pread(fd, cs, off + i * cs)
+            if len(data) != cs:
+                raise corrupt(z, 'short read of the blob file', path)
+            out.append(data)
+        return out
+    finally:
+        os.close(fd)
 
 
 def _load_base(base, buf):
@@ -309,6 +342,30 @@ class ZBlk1(_ZBlkBase):
         d['chunktab'] = state['chunktab']
         d['base'] = state.get('base')
         d['rev'] = state.get('rev', 0)
+
+    def mapfile(self, bs):
+        """(MapFile, base) for the block when its base is a segment block:
+        the base's part of the segment file, with the chunks as patches (the
+        pager maps the file and writes just those pages); None otherwise."""
+        base = self.base
+        if type(base) is not ZBlkSeg:
+            return None
+        cs = self.chunksize
+        if type(cs) is not int or cs <= 0 or bs % cs:
+            return None                 # (loadblkdata reports it)
+        patches = []
+        for off, zd in self.chunktab.items():
+            if (type(off) is not int or off < 0 or off % cs or off >= bs
+                    or type(zd) is not ZData):
+                return None
+            data = bytes(_loaddata(zd))
+            if len(data) > cs:
+                return None
+            patches.append((off, data, cs))
+        m = MapFile(*_checked_extent(base, bs), patches=patches)
+        if not self._p_changed:
+            self._p_deactivate()
+        return m, base
 
     def loadblkdata(self, buf):
         n = len(buf)

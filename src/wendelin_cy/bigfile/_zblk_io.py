@@ -14,10 +14,13 @@ import numpy as np
 from wendelin_cy._pager.virtmem import copy_into, start_writeback, zero_chunks
 from wendelin_cy.storage.record import zero as _zero
 
-__all__ = ['DEFAULT_BLKSIZE', 'CHUNKSIZE', 'SEG_BLOCKS', 'ZBLK_FORMATS', 'ZBLK_FMT_ENV']
+__all__ = ['DEFAULT_BLKSIZE', 'CHUNKSIZE', 'OVERLAY_CHUNKSIZE', 'OVERLAY_MAX', 'SEG_BLOCKS',
+           'ZBLK_FORMATS', 'ZBLK_FMT_ENV']
 
 DEFAULT_BLKSIZE = 2 * 1024 * 1024
-CHUNKSIZE = 32 * 1024
+CHUNKSIZE = 32 * 1024       # chunks of a ZBlk1 without base
+OVERLAY_CHUNKSIZE = 4096    # chunks of a ZBlk1 over a base (the changes of a whole block)
+OVERLAY_MAX = 8             # an overlay bigger than 1/OVERLAY_MAX of its block: written whole
 SEG_BLOCKS = 32             # blocks per blob file (segment), at most
 ZBLK_FORMATS = ('ZBlk0', 'ZBlk1', 'blob', 'auto')
 ZBLK_FMT_ENV = 'WENDELIN_CY_ZBLK_FMT'
@@ -52,6 +55,10 @@ def _chunksize(blksize):
     return CHUNKSIZE if blksize % CHUNKSIZE == 0 else _OSPAGE
 
 
+def _overlay_chunksize(blksize):
+    return OVERLAY_CHUNKSIZE if blksize % OVERLAY_CHUNKSIZE == 0 else _chunksize(blksize)
+
+
 _NOGIL_COPY = 256 * 1024     # bytes: copies at least this long release the GIL
 
 
@@ -84,6 +91,78 @@ def _same(mv, data):
                     and not a[n:].any())
     finally:
         del a
+
+
+def _ne_chunks(new, old, cs):
+    """Bool array: chunk i of cs bytes of the bytes-like `new` differs from
+    that of `old` (no longer than new, padded with zeros).  Vectorized: one
+    pass over both, no copy (but of a short `old`)."""
+    x = np.frombuffer(new, dtype=np.uint8)
+    n = len(x)
+    y = np.frombuffer(old, dtype=np.uint8)
+    if len(y) > n:
+        raise ValueError('corrupt block record: %d bytes of data for a %d-byte block'
+                         % (len(y), n))
+    if len(y) < n:                  # (trailing zeros cut off)
+        z = np.zeros(n, dtype=np.uint8)
+        z[:len(y)] = y
+        y = z
+    nch = -(-n // cs)
+    full = n // cs
+    out = np.empty(nch, dtype=bool)
+    if full:
+        dt = np.uint64 if cs % 8 == 0 else np.uint8
+        a = x[:full * cs].view(dt).reshape(full, -1)
+        b = y[:full * cs].view(dt).reshape(full, -1)
+        np.any(a != b, axis=1, out=out[:full])
+        del a, b
+    if nch > full:
+        out[full] = bool((x[full * cs:] != y[full * cs:]).any())
+    del x, y
+    return out
+
+
+_PAGEMAP = [None, None]     # (pid, fd of /proc/self/pagemap or -1)
+_PM_PRESENT, _PM_SWAPPED, _PM_FILE = 1 << 63, 1 << 62, 1 << 61
+
+
+def _pagemap_fd():
+    if _PAGEMAP[0] != os.getpid():
+        fd = -1
+        try:
+            # (the flags read here have their meaning since Linux 4.2)
+            if tuple(int(x) for x in os.uname().release.split('.')[:2]) >= (4, 2):
+                fd = os.open('/proc/self/pagemap', os.O_RDONLY | os.O_CLOEXEC)
+        except (OSError, ValueError):
+            pass
+        _PAGEMAP[:] = [os.getpid(), fd]
+    return _PAGEMAP[1]
+
+
+def _written_pages(buf):
+    """For memory that was mapped privately from a file: bool array, page i
+    (of 4 KiB) of the bytes-like `buf` may have been written since (the kernel
+    gave it an anonymous copy: a page still of the file, or not in memory, is
+    the file's).  None when the kernel does not tell (no /proc/self/pagemap,
+    buffer not page-aligned)."""
+    fd = _pagemap_fd()
+    if fd < 0:
+        return None
+    a = np.frombuffer(buf, dtype=np.uint8)
+    addr, n = a.ctypes.data, len(a)
+    del a
+    if addr % _OSPAGE or n % _OSPAGE or not n:
+        return None
+    npg = n // _OSPAGE
+    try:
+        raw = os.pread(fd, npg * 8, addr // _OSPAGE * 8)
+    except OSError:
+        return None
+    if len(raw) != npg * 8:
+        return None
+    e = np.frombuffer(raw, dtype=np.uint64)
+    mem = (e & np.uint64(_PM_PRESENT | _PM_SWAPPED)) != 0
+    return mem & ((e & np.uint64(_PM_FILE)) == 0)
 
 
 def _bytes_view(mv):

@@ -6,6 +6,8 @@ import os
 import threading
 import weakref
 
+import numpy as np
+
 from wendelin_cy.bigfile import BigFile, HOLE, MapFile
 from wendelin_cy.ram import get_ram_budget
 from wendelin_cy.storage import backend_of, records_sent
@@ -14,12 +16,17 @@ from wendelin_cy.storage.record import preadinto as _preadinto
 from wendelin_cy.errors import CorruptBlockError
 from wendelin_cy.storage.checksum import checks_on, digest
 
-from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blob_data, _checked_extent,
-                    _loaddata)
+from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blob_chunks, _blob_data,
+                    _checked_extent, _loaddata, corrupt)
 from ._txn import follows_this_thread
 from ._zforeign import check_foreign, load_foreign
-from ._zblk_io import (SEG_BLOCKS, _blob_pool, _chunksize, _fmt_assigned, _iszero, _open_blob_file,
-                       _read_page, _same, _unlink_quiet, _write_blob_file, _zero_flags)
+from ._zblk_io import (OVERLAY_MAX, SEG_BLOCKS, _OSPAGE, _blob_pool, _chunksize, _fmt_assigned,
+                       _iszero, _ne_chunks, _open_blob_file, _overlay_chunksize, _read_page,
+                       _same, _unlink_quiet, _write_blob_file, _written_pages, _zero_flags)
+
+# overlays over a segment block are loaded as a mapping of the segment with
+# their chunks as patches (MapFile(patches=...)); False: read and copied
+_MAP_OVERLAYS = True
 
 # every _ZBigFileIO (for dbclose)
 _IOS = weakref.WeakSet()
@@ -42,6 +49,7 @@ class _Writeout:
         self.blob_fds = []      # segment files open for writing
         self.seg = None         # (Blob, fd, number of blocks) being filled
         self.written = {}       # blk -> object now in blktab (None: hole)
+        self.bases = {}         # blk -> base of the ZBlk1 now in blktab
         self.touched = []       # objects to turn into ghosts afterwards
         self.undo = []          # (blk, old) of blktab changes
         self.bumped = False
@@ -120,6 +128,9 @@ class _ZBigFileIO(BigFile):
         # gc cannot see, so a strong one back would never be collected
         self._handles = weakref.WeakSet()
         self._loaded = {}       # blk -> ZBlk ghost (None for a hole) last loaded
+        # blk -> ZBlkSeg whose file the pager mapped for the block at its last
+        # load (the pages not written since are that file's: see _diff)
+        self._mapped = {}
         self._pending = set()   # blocks invalidated, to drop at the boundary
         self._recheck = False   # blktab changed: compare _loaded against it
         self._wo = None         # _Writeout in progress
@@ -149,11 +160,17 @@ class _ZBigFileIO(BigFile):
 
     def loadblk(self, blk, buf):
         try:
+            self._mapped.pop(blk, None)
             if not self.owns():
                 return load_foreign(self, blk, buf, self._load_obj)
             zblk = self._zfile.blktab.get(blk)
             self._track(blk, zblk)
-            return self._load_obj(zblk, buf)
+            self._v_mapbase = None
+            r = self._load_obj(zblk, buf)
+            if type(r) is MapFile:
+                # (a ZBlk1 maps its base)
+                self._mapped[blk] = self._v_mapbase if type(zblk) is ZBlk1 else zblk
+            return r
         except Exception as e:
             c = _corrupt_cause(e)
             if c is None:
@@ -170,6 +187,14 @@ class _ZBigFileIO(BigFile):
             return HOLE         # the pager maps zero pages: no 2 MiB of zeros copied
         elif type(zblk) is ZBlkSeg:
             return MapFile(*_checked_extent(zblk, self.blksize))   # mapped, not copied
+        elif type(zblk) is ZBlk1 and _MAP_OVERLAYS:
+            # an overlay over a segment block: the segment mapped, its
+            # chunks written over it by the pager
+            mb = ZBlk1.mapfile(zblk, self.blksize)
+            if mb is not None:
+                self._v_mapbase = mb[1]
+                return mb[0]
+            ZBlk1.loadblkdata(zblk, buf)
         else:
             # through the class: an attribute of a ghost would load its state
             type(zblk).loadblkdata(zblk, buf)
@@ -230,7 +255,12 @@ class _ZBigFileIO(BigFile):
             out.append((b, fut))
         return out or None
 
-    def _track(self, blk, zblk):
+    def _track(self, blk, zblk, base=None):
+        m = self._mapped.get(blk)
+        # (`base`: of the ZBlk1 zblk that we just wrote over the block mapped,
+        # whose pages stay those of the file)
+        if m is not None and m is not zblk and base is not m:
+            del self._mapped[blk]
         old = self._loaded.get(blk)
         if old is not None and old is not zblk:
             if _OWNER.get(old, (None, None))[1] == blk:
@@ -266,31 +296,41 @@ class _ZBigFileIO(BigFile):
             return
 
         # ZBlk1 and auto need to know which chunks changed
+        if type(old) is ZBlk1:
+            cs = old.chunksize      # its own (overlays of older versions: 32 KiB chunks)
+            if type(cs) is not int or cs <= 0 or bs % cs:
+                raise corrupt(old, 'ZBlk1 chunk size %r does not divide the block size %d'
+                              % (cs, bs))
+        elif fmt == 'auto' and old is not None:
+            cs = _overlay_chunksize(bs)     # (a ZBlk1 over old, if it changed little)
         nch = -(-bs // cs)
-        changed, zero, same_base = _diff(buf, old, cs, nch)
         if fmt == 'ZBlk1' and not (type(old) is ZBlk1 and old.base is None):
             # stored in another format (or not at all): rewritten as a ZBlk1
             # even when its bytes did not change
-            self._new1(wo, blk, old, buf, cs, nch, zero)
+            cs = _chunksize(bs)
+            nch = -(-bs // cs)
+            self._new1(wo, blk, old, buf, cs, nch, _zero_flags(buf, cs))
             return
+        changed, zero, same_base = _diff(buf, old, cs, nch, self._written_hint(blk, old, buf))
         if not changed:
             return
         if fmt == 'ZBlk1':
-            if type(old) is ZBlk1 and old.base is None:
-                self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
-            else:
-                self._new1(wo, blk, old, buf, cs, nch, zero)
+            self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
             return
 
-        # auto
+        # auto: a block without base is written whole when more than half of
+        # its chunks changed; an overlay (ZBlk1 over a base) only while it
+        # stays within 1/OVERLAY_MAX of the block (its reads cost one small
+        # record per chunk, on top of the base)
         half = nch / 2
+        limit = bs // OVERLAY_MAX
         if old is None:
             if nch - sum(zero) > half:          # mostly filled
                 self._full(wo, blk, old, buf)
             else:                               # sparse
                 self._new1(wo, blk, old, buf, cs, nch, zero)
         elif type(old) in (ZBlk0, ZBlkSeg):
-            if len(changed) > half:
+            if len(changed) * cs > limit:
                 self._full(wo, blk, old, buf)
             else:
                 # the new ZBlk1 keeps old's bytes as its base: a commit that
@@ -302,6 +342,7 @@ class _ZBigFileIO(BigFile):
                         old._p_deactivate()
                     jar.readCurrent(old)
                 z1 = ZBlk1(cs, base=old)
+                wo.bases[blk] = old
                 for i in changed:
                     zd = ZData()
                     zd._set_src(wo.src(blk, i * cs, cs, buf))
@@ -320,12 +361,26 @@ class _ZBigFileIO(BigFile):
                         overlay.discard(i)
                     else:
                         overlay.add(i)
-                if len(overlay) > half or len(changed) > half:
+                if len(overlay) * cs > limit or len(changed) > half:
                     self._full(wo, blk, old, buf)
                 else:
                     self._update1(wo, blk, old, changed, zero, same_base, buf, cs)
 
     # -- storeblk helpers
+
+    def _written_hint(self, blk, old, buf):
+        """Which pages of block blk may differ from the stored segment block
+        under it (`old`, or the base of the ZBlk1 `old`), from the kernel:
+        the pager mapped that file privately at the block's last load, and a
+        page not written since is still the file's (_written_pages); None if
+        not known.  (With one handle only: another handle of the file may have
+        loaded the block from another object meanwhile.)"""
+        m = self._mapped.get(blk)
+        if m is None or len(self._handles) > 1:
+            return None
+        if old is not m and not (type(old) is ZBlk1 and old.base is m):
+            return None
+        return _written_pages(buf)
 
     def _set(self, wo, blk, new, old):
         """blktab[blk] = new (None: delete); bump ZBigFile.rev once."""
@@ -464,19 +519,21 @@ class _ZBigFileIO(BigFile):
         z1.rev = z1.rev + 1         # readers watch the ZBlk1 object only
         wo.touched.append(z1)
         wo.written[blk] = z1
+        if base is not None:
+            wo.bases[blk] = base
 
     # -- after a writeout
 
     def _committed(self, wo):
         """The transaction that stored wo is durable: forget the page refs."""
+        for blk, z in wo.written.items():
+            self._track(blk, z, wo.bases.get(blk))
         for obj in wo.touched:
             d = obj.__dict__
             d.pop('_v_src', None)
             d.pop('_v_old', None)
             if obj._p_jar is not None and not obj._p_changed:
                 obj._p_deactivate()
-        for blk, z in wo.written.items():
-            self._track(blk, z)
 
     def _written(self, wo, open_txn):
         """The pager's writeout of wo is over: other threads load its blocks
@@ -528,6 +585,7 @@ class _ZBigFileIO(BigFile):
         if len(self._loaded) < 2 * len(held) + self.PRUNE_MIN:
             return
         for blk in [b for b in self._loaded if b not in held]:
+            self._mapped.pop(blk, None)
             z = self._loaded.pop(blk)
             if z is not None and _OWNER.get(z, (None, None))[1] == blk:
                 del _OWNER[z]
@@ -548,6 +606,7 @@ class _ZBigFileIO(BigFile):
 
     def _untrack(self, blk):
         """Stop watching block blk for invalidations."""
+        self._mapped.pop(blk, None)
         z = self._loaded.pop(blk, None)
         if z is not None and _OWNER.get(z, (None, None))[1] == blk:
             del _OWNER[z]
@@ -617,46 +676,77 @@ def _resident(fh):
     return None if f is None else f()
 
 
-def _diff(buf, old, cs, nch):
+def _diff(buf, old, cs, nch, written=None):
     """Compare buf with the stored block `old` chunk by chunk.
 
     -> (changed chunk indices, zero[i]: new chunk i is all zeros,
         same_base[i]: new chunk i equals the base chunk of a ZBlk1 with base).
+    The whole block is compared with a whole stored one (ZBlk0, ZBlkSeg, the
+    base of a ZBlk1) in one vectorized pass; chunk records one by one.  If
+    `written` (bool per 4 KiB page, see _ZBigFileIO._written_hint) says that
+    few pages may differ from the segment block that is `old` or its base,
+    only those are compared (read from the file).
     Objects activated to compare are turned back into ghosts.
     """
     n = len(buf)
-    zero = [False] * nch
     same_base = [False] * nch
-    changed = []
-    base_data = None
-    odata = None
     if old is None:             # a new block: only which chunks are zero
         zero = _zero_flags(buf, cs)
         return [i for i in range(nch) if not zero[i]], zero, same_base
-    elif type(old) is ZBlk0:
-        odata = _loaddata(old)
-    elif type(old) is ZBlkSeg:
-        odata = _blob_data(old, n)
-    elif type(old) is ZBlk1:
-        if old.base is not None:
-            base = old.base
-            base_data = _blob_data(base, n) if type(base) is ZBlkSeg else _loaddata(base)
-        overlay = dict(old.chunktab.items())
-    for i in range(nch):
-        lo, hi = i * cs, min((i + 1) * cs, n)
-        new = bytes(buf[lo:hi]).rstrip(b'\0')
-        zero[i] = not new
-        if old is None:
-            prev = b''
-        elif odata is not None:
-            prev = bytes(odata[lo:hi]).rstrip(b'\0')
+    if type(old) is ZBlk0:
+        changed = np.flatnonzero(_ne_chunks(buf, _loaddata(old), cs)).tolist()
+        return changed, _zero_of(buf, cs, nch, changed), same_base
+    if type(old) is ZBlkSeg:
+        changed = np.flatnonzero(_ne_seg(buf, old, cs, nch, written)).tolist()
+        return changed, _zero_of(buf, cs, nch, changed), same_base
+    # ZBlk1: chunks in its table against their records, the others against
+    # the base (zeros without base)
+    base = old.base
+    if base is not None:
+        if type(base) is ZBlkSeg:
+            ne_base = _ne_seg(buf, base, cs, nch, written)
         else:
-            b = bytes(base_data[lo:hi]).rstrip(b'\0') if base_data is not None else b''
-            same_base[i] = (new == b)
-            zd = overlay.get(lo)
-            prev = bytes(_loaddata(zd)).rstrip(b'\0') if zd is not None else b
-        if new != prev:
-            changed.append(i)
-    return changed, zero, same_base
+            ne_base = _ne_chunks(buf, _loaddata(base), cs)
+        same_base = (~ne_base).tolist()
+        zero = None
+    else:
+        zero = _zero_flags(buf, cs)
+        ne_base = ~np.array(zero, dtype=bool)
+    overlay = {}
+    for off, zd in old.chunktab.items():
+        if type(off) is int and 0 <= off < n and off % cs == 0:
+            overlay[off // cs] = zd
+    changed = set(np.flatnonzero(ne_base).tolist())
+    changed.difference_update(overlay)
+    with memoryview(buf) as mv:
+        for i, zd in overlay.items():
+            if not _same(mv[i * cs:min((i + 1) * cs, n)], _loaddata(zd)):
+                changed.add(i)
+    changed = sorted(changed)
+    return changed, zero if zero is not None else _zero_of(buf, cs, nch, changed), same_base
 
 
+def _zero_of(buf, cs, nch, idx):
+    """zero[i] of _diff, for the chunks idx only (False for the others)."""
+    zero = [False] * nch
+    n = len(buf)
+    with memoryview(buf) as mv:
+        for i in idx:
+            zero[i] = _iszero(mv[i * cs:min((i + 1) * cs, n)])
+    return zero
+
+
+def _ne_seg(buf, z, cs, nch, written):
+    """_ne_chunks of buf against the segment block ZBlkSeg `z`: only the
+    chunks that `written` (None: all) says may differ are compared, read from
+    the file, if they are few; the whole block otherwise."""
+    n = len(buf)
+    if written is not None and cs % _OSPAGE == 0 and nch * cs == n:
+        cand = np.flatnonzero(written.reshape(nch, cs // _OSPAGE).any(axis=1)).tolist()
+        if len(cand) * OVERLAY_MAX <= nch:
+            ne = np.zeros(nch, dtype=bool)
+            with memoryview(buf) as mv:
+                for i, data in zip(cand, _blob_chunks(z, n, cand, cs)):
+                    ne[i] = not _same(mv[i * cs:(i + 1) * cs], data)
+            return ne
+    return _ne_chunks(buf, _blob_data(z, n), cs)
