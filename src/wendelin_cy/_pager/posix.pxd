@@ -80,6 +80,8 @@ cdef extern from "<time.h>" nogil:
 cdef extern from "<sys/stat.h>" nogil:
     cdef struct stat_t "stat":
         off_t st_size
+        unsigned long st_dev
+        unsigned long st_ino
     int fstat(int fd, stat_t* st)
 
 cdef extern from "<pthread.h>" nogil:

@@ -14,8 +14,8 @@ from wendelin_cy.storage.record import preadinto as _preadinto
 from wendelin_cy.errors import CorruptBlockError
 from wendelin_cy.storage.checksum import checks_on, digest
 
-from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blob_data, _checked_extent,
-                    _loaddata)
+from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blob_data, _blob_path,
+                    _checked_extent, _loaddata)
 from ._txn import follows_this_thread
 from ._zforeign import check_foreign, load_foreign
 from ._zblk_io import (SEG_BLOCKS, _blob_pool, _chunksize, _fmt_assigned, _iszero, _open_blob_file,
@@ -199,12 +199,16 @@ class _ZBigFileIO(BigFile):
         if conn is None or not getattr(conn, 'opened', None):
             return None
         todo = []
+        segs = []
         for b in range(blk, blk + n):
             z = zfile.blktab.get(b)
-            if isinstance(z, ZBlk0) and z._p_changed is None:  # a ghost: not read yet
+            if type(z) is ZBlkSeg:
+                segs.append((b, z))
+            elif isinstance(z, ZBlk0) and z._p_changed is None:  # a ghost: not read yet
                 todo.append((b, z))
+        ahead = _seg_ahead(segs, self.blksize) if segs else []
         if not todo:
-            return None
+            return ahead or None
         be = backend_of(conn)
         if be.reads_extents:
             extents = []
@@ -222,9 +226,9 @@ class _ZBigFileIO(BigFile):
                         extents.append((b, _blob_pool().submit(_read_checked, *e)))
                     else:
                         extents.append((b,) + e[:3])
-            return extents
+            return ahead + extents
         futs = be.prefetch(conn, [z._p_oid for _, z in todo])
-        out = []
+        out = ahead
         for (b, z), fut in zip(todo, futs):
             self._track(b, z)           # (as for extents, above)
             out.append((b, fut))
@@ -577,6 +581,33 @@ class _ZBigFileIO(BigFile):
             for blk in pending:
                 if blk not in dirty:
                     fh.invalidate_page(blk)
+
+
+def _seg_ahead(segs, bs):
+    """[(blk, MapFile)]: where the segment blocks `segs` [(blk, ZBlkSeg)],
+    coming next in a scan, lie, for the pager to bring into the page cache
+    ahead of the scan (readahead.pxi, "Readahead into the page cache").  Each
+    ZBlkSeg is left loaded (its record is small; the block's own loadblk then
+    finds it so and reads nothing); each segment's file is looked up once.
+    Advice only: a block whose record or file is not right is skipped (its
+    own load reports it)."""
+    out = []
+    paths = {}
+    for b, z in segs:
+        try:
+            z._p_activate()
+            d = z.__dict__
+            seg, index = d['seg'], d['index']
+            if type(index) is not int or index < 0:
+                continue
+            key = getattr(seg, '_p_oid', None) or id(seg)
+            path = paths.get(key)
+            if path is None:
+                path = paths[key] = _blob_path(seg)
+            out.append((b, MapFile(path, index * bs)))
+        except Exception:
+            continue
+    return out
 
 
 def _corrupt_cause(e):
