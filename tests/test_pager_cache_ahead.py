@@ -163,3 +163,38 @@ def test_zbigarray_scan_of_segment_blocks_reads_their_files_ahead(tmp_path, budg
     assert _settle(c1, 0) == 0
     del a
     dbclose(root)
+
+
+def test_zbigarray_scan_looks_up_each_segment_file_once_per_transaction(
+        tmp_path, budget, monkeypatch):
+    # a segment's file used to be looked up for every block (its Blob's
+    # record loaded, its file stat'ed): now once per segment per transaction
+    from wendelin_cy.bigfile import _zio
+    budget(1 << 20)
+    path = str(tmp_path / "db.fs")
+    root = dbopen(path)
+    n = 40 * BS // 8
+    root["A"] = A = ZBigArray((0,), np.int64, blksize=BS)
+    transaction.commit()
+    for lo in range(0, n, 8 * BS // 8):             # 5 commits: 5 segments
+        A.append(np.arange(lo, lo + 8 * BS // 8))
+        transaction.commit()
+    dbclose(root)
+    calls = []
+    real = _zio._blob_path
+    monkeypatch.setattr(_zio, "_blob_path", lambda b: calls.append(b._p_oid) or real(b))
+    root = dbopen(path)
+    A = root["A"]
+    segs = {A.zfile.blktab[b].__getstate__()["seg"]._p_oid for b in range(40)}
+    assert len(segs) == 5
+    assert int(np.sum(A[:])) == n * (n - 1) // 2
+    assert set(calls) == segs and len(calls) == len(segs), calls
+    # the next transaction looks them up again (the cache is per
+    # transaction); block 3 was evicted by the scan (16 blocks fit)
+    transaction.abort()
+    del calls[:]
+    a = A[:]
+    assert a[3 * BS // 8] == 3 * BS // 8
+    assert calls and set(calls) <= segs
+    del a
+    dbclose(root)
