@@ -2,6 +2,7 @@
 readahead thread bring the next blocks' file ranges into the page cache
 (prefetch() answering (blk, MapFile)); random access does not; bad answers
 are advice, ignored."""
+import os
 import time
 
 import numpy as np
@@ -17,7 +18,9 @@ BS = 64 * 1024
 
 
 def _cached():
-    return wendelin_cy.pager_stats()["readahead_cached"]
+    """Blocks the readahead thread was asked to bring into the page cache
+    (read, or found there already)."""
+    return wendelin_cy.pager_stats()["readahead_cache_checked"]
 
 
 def _settle(c0, want, timeout=10):
@@ -26,7 +29,7 @@ def _settle(c0, want, timeout=10):
     deadline = time.time() + timeout
     while time.time() < deadline:
         st = wendelin_cy.pager_stats()
-        if st["readahead_cached"] - c0 >= want or (
+        if st["readahead_cache_checked"] - c0 >= want or (
                 st["readahead_queued"] == 0 and time.time() > deadline - timeout + 0.5):
             break
         time.sleep(0.01)
@@ -63,6 +66,16 @@ def _segment(tmp_path, n, name="seg"):
     return p
 
 
+def _uncache(path):
+    """Drop the (clean) pages of file path from the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def test_sequential_scan_of_mapfile_blocks_brings_the_next_ones_into_the_page_cache(
         tmp_path, budget):
     budget(1 << 20)                     # 16 blocks: a window of 4 blocks
@@ -80,6 +93,31 @@ def test_sequential_scan_of_mapfile_blocks_brings_the_next_ones_into_the_page_ca
     assert got == asked, (got, asked, wendelin_cy.pager_stats())
     del a
     fh.close()
+
+
+def test_blocks_ahead_not_in_the_page_cache_are_read_those_cached_are_not(
+        tmp_path, budget):
+    budget(1 << 20)
+    n = 48
+    p = _segment(tmp_path, n)
+    for uncache in (True, False):
+        f = SegFile(p, n)
+        fh = f.fileh_open()
+        if uncache:
+            _uncache(p)
+        read0 = wendelin_cy.pager_stats()["readahead_cached"]
+        c0 = _cached()
+        a = np.ndarray((n * BS,), np.uint8, buffer=fh.mmap(0, n))
+        assert [int(a[b * BS]) for b in range(n)] == list(range(1, n + 1))
+        asked = _settle(c0, sum(max(0, min(b + k, n) - b) for b, k in f.asked))
+        read = wendelin_cy.pager_stats()["readahead_cached"] - read0
+        if uncache:
+            # (the scan may have caught up with the thread on some blocks)
+            assert 0 < read <= asked, (read, asked)
+        else:                           # all in the cache: nothing read
+            assert read == 0 and asked > 0, (read, asked)
+        del a
+        fh.close()
 
 
 def test_random_access_to_mapfile_blocks_brings_nothing_ahead(tmp_path, budget):

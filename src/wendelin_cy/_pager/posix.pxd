@@ -20,6 +20,7 @@ cdef extern from "<string.h>" nogil:
     char* strerror(int errnum)
 
 cdef extern from "<sys/mman.h>" nogil:
+    int mincore(void* addr, size_t length, unsigned char* vec)
     enum:
         PROT_NONE
         PROT_READ

@@ -85,7 +85,8 @@ cdef pthread_cond_t g_ra_cond
 cdef int g_ra_started = 0
 cdef int64_t g_ra_inflight = 0
 cdef uint64_t st_ra_loads = 0, st_ra_hits = 0, st_ra_dropped = 0, st_warm_slots = 0
-cdef uint64_t st_ra_cached = 0
+cdef uint64_t st_ra_cached = 0     # blocks brought into the page cache ahead
+cdef uint64_t st_ra_checked = 0    # ... and blocks asked for (in the cache or not)
 
 cdef Page* ra_begin(Region* r, int64_t blk, uint64_t gen, char** slot) noexcept nogil:
     """Start loading block blk ahead (g_lock held): a LOADING page owned by this
@@ -135,7 +136,7 @@ cdef void ra_finish(Region* r, Page* p, char* slot, uint64_t gen, int rc) noexce
 
 
 cdef void* ra_main(void* arg) noexcept nogil:
-    global g_raq_head, g_raq_len, st_ra_cached
+    global g_raq_head, g_raq_len, st_ra_checked
     cdef sigset_t all_
     cdef RAReq q
     cdef Region* r
@@ -159,7 +160,7 @@ cdef void* ra_main(void* arg) noexcept nogil:
             unlock()
             warm_cache(q.fd, q.off, q.n, <size_t>q.cache)     # (closes q.fd)
             lock()
-            st_ra_cached += <uint64_t>(q.n // q.cache)
+            st_ra_checked += <uint64_t>(q.n // q.cache)
             continue
         if q.fd == RAQ_WARM:
             warm_slots(<size_t>q.n, q.blk)
@@ -262,11 +263,28 @@ cdef void wc_drop() noexcept nogil:
     g_wc_map = NULL
     g_wc_len = 0
 
+cdef int cached(char* a, size_t n) noexcept nogil:
+    """Are all pages of the file mapped at a[:n] in the page cache (mincore:
+    nothing is read or mapped)?"""
+    cdef unsigned char vec[512]
+    cdef size_t i, k, np
+    while n > 0:
+        k = n if n <= 512 * OSPAGE else 512 * OSPAGE
+        np = (k + OSPAGE - 1) // OSPAGE
+        if mincore(a, k, vec) != 0:
+            return 0
+        for i in range(np):
+            if not (vec[i] & 1):
+                return 0
+        a += k
+        n -= k
+    return 1
+
 cdef void warm_cache(int fd, int64_t off, int64_t n, size_t bs) noexcept nogil:
     """Bring bytes [off, off+n) of file fd into the page cache (the readahead
     thread, g_lock not held; fd is closed, or kept as g_wc_fd); errors are
     ignored (advice)."""
-    global g_wc_fd, g_wc_dev, g_wc_ino, g_wc_map, g_wc_len
+    global g_wc_fd, g_wc_dev, g_wc_ino, g_wc_map, g_wc_len, st_ra_cached
     cdef stat_t st
     cdef int huge = off % HUGE == 0 and bs % HUGE == 0
     cdef int64_t i, end
@@ -297,9 +315,11 @@ cdef void warm_cache(int fd, int64_t off, int64_t n, size_t bs) noexcept nogil:
     i = off
     while i < end:
         k = bs if i + <int64_t>bs <= end else <size_t>(end - i)
-        if madvise(g_wc_map + i, k, MADV_POPULATE_READ) != 0:
-            break
-        madvise(g_wc_map + i, k, MADV_DONTNEED)     # (the cache keeps them)
+        if not cached(g_wc_map + i, k):         # (a warm scan: nothing to do)
+            if madvise(g_wc_map + i, k, MADV_POPULATE_READ) != 0:
+                break
+            madvise(g_wc_map + i, k, MADV_DONTNEED)     # (the cache keeps them)
+            st_ra_cached += 1
         i += k
     if end >= <int64_t>g_wc_len:
         wc_drop()
