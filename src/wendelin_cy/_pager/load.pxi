@@ -334,7 +334,10 @@ cdef int map_fd_at(Region* r, char* addr, int fd, int64_t off, int seq,
     # blockwise (MapFile: a file of many blocks, each mapped on its own): the
     # kernel's asynchronous readahead for the next block of the file would
     # fill the cache in small folios (slow to map again later); with
-    # MADV_RANDOM each block is read by itself, as one 2 MiB folio.
+    # MADV_RANDOM each block is read by itself, as one 2 MiB folio.  In a
+    # sequential scan the readahead thread brings the next blocks into the
+    # page cache meanwhile, through one mapping of their file (readahead.pxi,
+    # "Readahead into the page cache"): the fault then finds them there.
     cdef int huge = (r.blksize % HUGE == 0 and off % HUGE == 0
                      and (<uintptr_t>addr) % HUGE == 0)
     if seq or huge:

@@ -20,6 +20,7 @@ cdef extern from "<string.h>" nogil:
     char* strerror(int errnum)
 
 cdef extern from "<sys/mman.h>" nogil:
+    int mincore(void* addr, size_t length, unsigned char* vec)
     enum:
         PROT_NONE
         PROT_READ
@@ -80,6 +81,8 @@ cdef extern from "<time.h>" nogil:
 cdef extern from "<sys/stat.h>" nogil:
     cdef struct stat_t "stat":
         off_t st_size
+        unsigned long st_dev
+        unsigned long st_ino
     int fstat(int fd, stat_t* st)
 
 cdef extern from "<pthread.h>" nogil:

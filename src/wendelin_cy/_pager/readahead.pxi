@@ -72,6 +72,8 @@ cdef struct RAReq:
     int64_t off
     int64_t n           # fd == RAQ_WARM: their size
     uint64_t gen
+    int64_t cache       # > 0: a page-cache request (ra_cache) for blocks of
+                        # this size; fd is the request's own (closed after)
 
 cdef enum:
     RA_QMAX = 64        # requests queued for the readahead thread, at most
@@ -83,6 +85,8 @@ cdef pthread_cond_t g_ra_cond
 cdef int g_ra_started = 0
 cdef int64_t g_ra_inflight = 0
 cdef uint64_t st_ra_loads = 0, st_ra_hits = 0, st_ra_dropped = 0, st_warm_slots = 0
+cdef uint64_t st_ra_cached = 0     # blocks brought into the page cache ahead
+cdef uint64_t st_ra_checked = 0    # ... and blocks asked for (in the cache or not)
 
 cdef Page* ra_begin(Region* r, int64_t blk, uint64_t gen, char** slot) noexcept nogil:
     """Start loading block blk ahead (g_lock held): a LOADING page owned by this
@@ -132,7 +136,7 @@ cdef void ra_finish(Region* r, Page* p, char* slot, uint64_t gen, int rc) noexce
 
 
 cdef void* ra_main(void* arg) noexcept nogil:
-    global g_raq_head, g_raq_len
+    global g_raq_head, g_raq_len, st_ra_checked
     cdef sigset_t all_
     cdef RAReq q
     cdef Region* r
@@ -152,6 +156,12 @@ cdef void* ra_main(void* arg) noexcept nogil:
         q = g_raq[g_raq_head]
         g_raq_head = (g_raq_head + 1) % RA_QMAX
         g_raq_len -= 1
+        if q.cache > 0:
+            unlock()
+            warm_cache(q.fd, q.off, q.n, <size_t>q.cache)     # (closes q.fd)
+            lock()
+            st_ra_checked += <uint64_t>(q.n // q.cache)
+            continue
         if q.fd == RAQ_WARM:
             warm_slots(<size_t>q.n, q.blk)
             continue
@@ -219,6 +229,111 @@ cdef void warm_slots(size_t bs, int64_t want) noexcept nogil:
             lock()
             return
 
+# Readahead into the page cache: a block a loadblk answers with MapFile is
+# mapped from its file by the faulting thread itself, each block on its own
+# (MADV_RANDOM, map_fd: so that it is read as one 2 MiB folio), which leaves
+# the disk one 2 MiB read at a time while the scan waits.  prefetch() may
+# answer, for the blocks ahead, where they lie: (blk, MapFile).  Runs of
+# consecutive blocks of one file become one request of the readahead thread,
+# which maps that range once with MADV_HUGEPAGE (the kernel's readahead then
+# keeps several 2 MiB folios in flight: asynchronous, large reads), faults it
+# in 1 block at a time, and drops the mapping again: the bytes stay in the page
+# cache, where the scan's own mapping of each block finds them.  Nothing is
+# charged to the budget (page cache, not the process's memory: at most one
+# block mapped at a time here).  posix_fadvise(WILLNEED) instead filled the
+# cache in 4 KiB folios, slow to map again (docs/benchmarks.md).
+
+# The file being read ahead: one mapping of all of it, kept from one request
+# to the next (the kernel's readahead state is that of the open file: a new
+# open, or a new mapping, for every few blocks restarted it each time, and the
+# blocks at each restart came in 4 KiB folios).  Dropped when its end is
+# reached, or for another file.  (The readahead thread's own.)
+cdef int g_wc_fd = -1
+cdef unsigned long g_wc_dev = 0, g_wc_ino = 0
+cdef char* g_wc_map = NULL
+cdef size_t g_wc_len = 0
+
+cdef void wc_drop() noexcept nogil:
+    global g_wc_fd, g_wc_map, g_wc_len
+    if g_wc_map != NULL:
+        munmap(g_wc_map, g_wc_len)
+    if g_wc_fd >= 0:
+        close(g_wc_fd)
+    g_wc_fd = -1
+    g_wc_map = NULL
+    g_wc_len = 0
+
+cdef int cached(char* a, size_t n) noexcept nogil:
+    """Are all pages of the file mapped at a[:n] in the page cache (mincore:
+    nothing is read or mapped)?"""
+    cdef unsigned char vec[512]
+    cdef size_t i, k, np
+    while n > 0:
+        k = n if n <= 512 * OSPAGE else 512 * OSPAGE
+        np = (k + OSPAGE - 1) // OSPAGE
+        if mincore(a, k, vec) != 0:
+            return 0
+        for i in range(np):
+            if not (vec[i] & 1):
+                return 0
+        a += k
+        n -= k
+    return 1
+
+cdef void warm_cache(int fd, int64_t off, int64_t n, size_t bs) noexcept nogil:
+    """Bring bytes [off, off+n) of file fd into the page cache (the readahead
+    thread, g_lock not held; fd is closed, or kept as g_wc_fd); errors are
+    ignored (advice)."""
+    global g_wc_fd, g_wc_dev, g_wc_ino, g_wc_map, g_wc_len, st_ra_cached
+    cdef stat_t st
+    cdef int huge = off % HUGE == 0 and bs % HUGE == 0
+    cdef int64_t i, end
+    cdef size_t k, size
+    cdef char* a
+    if fstat(fd, &st) != 0:
+        close(fd)
+        return
+    if g_wc_fd >= 0 and st.st_dev == g_wc_dev and st.st_ino == g_wc_ino:
+        close(fd)
+    else:
+        wc_drop()
+        size = <size_t>st.st_size // OSPAGE * OSPAGE
+        a = map_aligned(size, HUGE if huge else OSPAGE, PROT_NONE) if size else NULL
+        if a == NULL:
+            close(fd)
+            return
+        if mmap(a, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0) == MAP_FAILED:
+            munmap(a, size)
+            close(fd)
+            return
+        if huge:
+            madvise(a, size, MADV_HUGEPAGE)
+        g_wc_fd, g_wc_dev, g_wc_ino, g_wc_map, g_wc_len = fd, st.st_dev, st.st_ino, a, size
+    end = off + n
+    if end > <int64_t>g_wc_len:
+        end = <int64_t>g_wc_len
+    i = off
+    while i < end:
+        k = bs if i + <int64_t>bs <= end else <size_t>(end - i)
+        if not cached(g_wc_map + i, k):         # (a warm scan: nothing to do)
+            if madvise(g_wc_map + i, k, MADV_POPULATE_READ) != 0:
+                break
+            madvise(g_wc_map + i, k, MADV_DONTNEED)     # (the cache keeps them)
+            st_ra_cached += 1
+        i += k
+    if end >= <int64_t>g_wc_len:
+        wc_drop()
+
+cdef int ra_cache(Region* r, int64_t blk, int fd, int64_t off, int64_t n) noexcept nogil:
+    """Queue a page-cache request for [off, off+n) of fd, the file of blocks
+    blk... (g_lock held); on success the request owns fd.  0 or -1."""
+    if r.forked or r.closed:
+        return -1
+    if ra_push(NULL, blk, fd, off, n, 0) != 0:
+        return -1
+    g_raq[(g_raq_head + g_raq_len - 1) % RA_QMAX].cache = <int64_t>r.blksize
+    return 0
+
 cdef void touch_pages(char* p, size_t n) noexcept nogil:
     """Write one byte of every OS page of fresh memory p[:n]."""
     cdef size_t i = 0
@@ -253,6 +368,7 @@ cdef int ra_push(Region* r, int64_t blk, int fd, int64_t off, int64_t n,
     q.off = off
     q.n = n
     q.gen = gen
+    q.cache = 0
     g_raq_len += 1
     pthread_cond_broadcast(&g_ra_cond)
     return 0
@@ -295,7 +411,21 @@ cdef _queue_extents(Region* r, extents):
     cdef int fd
     cdef uint64_t gen
     fh = None
+    run = None              # [path, blk, offset, nbytes]: consecutive MapFile blocks
     for e in extents:
+        if len(e) == 2 and type(e[1]) is MapFile:
+            blk = e[0]
+            m = <MapFile>e[1]
+            if blk < 0 or blk >= r.nblk:
+                raise ValueError("prefetch: bad (blk, MapFile) %r" % (e,))
+            if (run is not None and run[0] == m.path and run[1] + run[3] // r.blksize == blk
+                    and run[2] + run[3] == m.offset):
+                run[3] += r.blksize
+            else:
+                if run is not None:
+                    _queue_cache(r, run)
+                run = [m.path, blk, m.offset, r.blksize]
+            continue
         if len(e) == 2:
             blk, fut = e
             if blk < 0 or blk >= r.nblk or not callable(getattr(fut, "add_done_callback", None)):
@@ -317,6 +447,31 @@ cdef _queue_extents(Region* r, extents):
         unlock()
         if rc != 0:
             break
+    if run is not None:
+        _queue_cache(r, run)
+
+cdef _queue_cache(Region* r, run):
+    """A page-cache request for the blocks of run (see _queue_extents)."""
+    cdef int fd
+    cdef int64_t off = run[2], n = run[3]
+    cdef int rc
+    try:
+        fd = _os.open(run[0], _os.O_RDONLY | _os.O_CLOEXEC)
+    except OSError:
+        return              # (the block's own load will report it)
+    try:
+        size = _os.fstat(fd).st_size
+        if size < off + n:                  # (never map past the end)
+            n = (size - off) // OSPAGE * OSPAGE if size > off else 0
+    except OSError:
+        n = 0
+    rc = -1
+    if n > 0:
+        lock()
+        rc = ra_cache(r, <int64_t>run[1], fd, off, n)
+        unlock()
+    if rc != 0:
+        _os.close(fd)
 
 
 cdef class _RAPlace:
@@ -381,11 +536,17 @@ cdef void _run_prefetch(Region* r, int64_t start, int64_t n) noexcept:
 cdef void ra_after_fork() noexcept nogil:
     """In a fork()ed child (from atfork_child): the readahead thread is not
     there; forget its queue."""
-    global g_raq_len, g_ra_started
+    global g_raq_len, g_ra_started, g_wc_fd, g_wc_map
     cdef int i
     pthread_cond_init(&g_ra_cond, NULL)
+    if g_wc_fd >= 0:                # (the child's copies of the thread's file)
+        close(g_wc_fd)
+        g_wc_fd = -1
+    g_wc_map = NULL                 # (mapped in the child too: left alone)
     for i in range(g_raq_len):
-        if g_raq[(g_raq_head + i) % RA_QMAX].r != NULL:
+        if g_raq[(g_raq_head + i) % RA_QMAX].cache > 0:
+            close(g_raq[(g_raq_head + i) % RA_QMAX].fd)     # (the child's copy)
+        elif g_raq[(g_raq_head + i) % RA_QMAX].r != NULL:
             g_raq[(g_raq_head + i) % RA_QMAX].r.busy -= 1
     g_raq_len = 0
     g_ra_started = 0

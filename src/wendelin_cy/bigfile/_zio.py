@@ -17,7 +17,8 @@ from wendelin_cy.errors import CorruptBlockError
 from wendelin_cy.storage.checksum import checks_on, digest
 
 from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blob_chunks, _blob_data,
-                    _checked_extent, _loaddata, corrupt)
+                    _blob_path, _checked_extent, _loaddata, _seg_fields, corrupt,
+                    _storage_of as _storage)
 from ._txn import follows_this_thread
 from ._zforeign import check_foreign, load_foreign
 from ._zblk_io import (OVERLAY_MAX, SEG_BLOCKS, _OSPAGE, _blob_pool, _chunksize, _fmt_assigned,
@@ -142,6 +143,7 @@ class _ZBigFileIO(BigFile):
         self._foreign = {}
         self._unc = {}
         self._unc_open = False  # ... by an explicit dirty_writeout
+        self._segpaths = {}     # Blob oid -> its file: segments seen in this transaction
 
     def __repr__(self):
         return '<_ZBigFileIO of %r>' % (self._zfile,)
@@ -186,7 +188,7 @@ class _ZBigFileIO(BigFile):
         if zblk is None:
             return HOLE         # the pager maps zero pages: no 2 MiB of zeros copied
         elif type(zblk) is ZBlkSeg:
-            return MapFile(*_checked_extent(zblk, self.blksize))   # mapped, not copied
+            return MapFile(*self._seg_extent(zblk))     # mapped, not copied
         elif type(zblk) is ZBlk1 and _MAP_OVERLAYS:
             # an overlay over a segment block: the segment mapped, its
             # chunks written over it by the pager
@@ -198,6 +200,37 @@ class _ZBigFileIO(BigFile):
         else:
             # through the class: an attribute of a ghost would load its state
             type(zblk).loadblkdata(zblk, buf)
+
+    def _seg_extent(self, z):
+        """(path, offset) of ZBlkSeg z's bytes, checked as _checked_extent
+        checks them.  The file of each segment (a Blob holding up to
+        SEG_BLOCKS blocks, never rewritten) is looked up once per transaction,
+        not once per block (that loaded the Blob's record and stat'ed its file
+        every time: with the block's own record, about half of the time of a
+        warm scan), and checked with one stat.  Anything not as expected (a
+        digest to check, no size recorded, the file changed or gone) goes
+        through _checked_extent, which says what is wrong."""
+        seg, index, h, fsize = _seg_fields(z)
+        bs = self.blksize
+        if (fsize is None or type(index) is not int or index < 0
+                or (h is not None and checks_on(_storage(z)))):
+            return _checked_extent(z, bs)
+        key = getattr(seg, '_p_oid', None)
+        paths = self._segpaths
+        path = paths.get(key) if key is not None else None
+        if path is None:
+            path = _blob_path(seg)
+            if key is not None and not getattr(seg, '_p_blob_uncommitted', None):
+                paths[key] = path
+        off = index * bs
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = None
+        if size != fsize or size < off + bs:
+            paths.pop(key, None)
+            return _checked_extent(z, bs)
+        return path, off
 
     @property
     def readahead_max(self):
@@ -224,12 +257,16 @@ class _ZBigFileIO(BigFile):
         if conn is None or not getattr(conn, 'opened', None):
             return None
         todo = []
+        segs = []
         for b in range(blk, blk + n):
             z = zfile.blktab.get(b)
-            if isinstance(z, ZBlk0) and z._p_changed is None:  # a ghost: not read yet
+            if type(z) is ZBlkSeg:
+                segs.append((b, z))
+            elif isinstance(z, ZBlk0) and z._p_changed is None:  # a ghost: not read yet
                 todo.append((b, z))
+        ahead = _seg_ahead(segs, self.blksize, self._segpaths) if segs else []
         if not todo:
-            return None
+            return ahead or None
         be = backend_of(conn)
         if be.reads_extents:
             extents = []
@@ -247,9 +284,9 @@ class _ZBigFileIO(BigFile):
                         extents.append((b, _blob_pool().submit(_read_checked, *e)))
                     else:
                         extents.append((b,) + e[:3])
-            return extents
+            return ahead + extents
         futs = be.prefetch(conn, [z._p_oid for _, z in todo])
-        out = []
+        out = ahead
         for (b, z), fut in zip(todo, futs):
             self._track(b, z)           # (as for extents, above)
             out.append((b, fut))
@@ -526,6 +563,7 @@ class _ZBigFileIO(BigFile):
 
     def _committed(self, wo):
         """The transaction that stored wo is durable: forget the page refs."""
+        self._segpaths.clear()
         for blk, z in wo.written.items():
             self._track(blk, z, wo.bases.get(blk))
         for obj in wo.touched:
@@ -548,6 +586,7 @@ class _ZBigFileIO(BigFile):
     def _failed1(self, wo):
         """The commit of wo failed.  ZODB invalidates the objects it had, and
         disowns those it was adding; undo our changes to the latter."""
+        self._segpaths.clear()
         self._unc.clear()
         self._unc_open = False
         for obj in wo.touched:
@@ -612,6 +651,7 @@ class _ZBigFileIO(BigFile):
             del _OWNER[z]
 
     def _apply_invalidations(self):
+        self._segpaths.clear()
         self._prune()
         conn = self._zfile._p_jar
         self._unc.clear()                   # (the snapshot moved past them)
@@ -636,6 +676,35 @@ class _ZBigFileIO(BigFile):
             for blk in pending:
                 if blk not in dirty:
                     fh.invalidate_page(blk)
+
+
+def _seg_ahead(segs, bs, paths):
+    """[(blk, MapFile)]: where the segment blocks `segs` [(blk, ZBlkSeg)],
+    coming next in a scan, lie, for the pager to bring into the page cache
+    ahead of the scan (readahead.pxi, "Readahead into the page cache").  Each
+    ZBlkSeg is left loaded (its record is small; the block's own loadblk then
+    finds it so and reads nothing); each segment's file is looked up once
+    (paths: Blob oid -> file, of _ZBigFileIO._seg_extent).  Advice only: a
+    block whose record or file is not right is skipped (its own load reports
+    it)."""
+    out = []
+    for b, z in segs:
+        try:
+            z._p_activate()
+            d = z.__dict__
+            seg, index = d['seg'], d['index']
+            if type(index) is not int or index < 0:
+                continue
+            key = getattr(seg, '_p_oid', None)
+            path = paths.get(key) if key is not None else None
+            if path is None:
+                path = _blob_path(seg)
+                if key is not None and not getattr(seg, '_p_blob_uncommitted', None):
+                    paths[key] = path
+            out.append((b, MapFile(path, index * bs)))
+        except Exception:
+            continue
+    return out
 
 
 def _corrupt_cause(e):
