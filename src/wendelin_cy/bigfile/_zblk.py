@@ -190,9 +190,10 @@ def _blob_path(blob):
 
 def _seg_fields(z):
     """(seg, index, digest, file size) of ZBlkSeg `z` (digest and file size:
-    None in older records); z stays a ghost."""
-    ghost = z._p_changed is None
-    if ghost:
+    None in older records); z is left a ghost, also when it was not one (a
+    readahead's prefetch loads records ahead of the blocks' loads): the
+    object cache keeps no block records of a scan."""
+    if z._p_changed is None:
         z._p_activate()
     d = z.__dict__
     try:
@@ -200,7 +201,7 @@ def _seg_fields(z):
     except KeyError:
         raise corrupt(z, 'segment block record without seg/index') from None
     finally:
-        if ghost:
+        if z._p_changed is False and z._p_jar is not None:
             z._p_deactivate()
 
 
