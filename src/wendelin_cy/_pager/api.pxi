@@ -412,7 +412,13 @@ cdef class BigFileH:
                             unlock()
                             b = mkbuf(blk_addr(r, p.blk), bs, 1)
                     else:
-                        if p.prot == PROT_NONE:
+                        if p.uncharged:
+                            # compacted: readable for storeblk without being
+                            # counted whole, compacted again after it
+                            if p.prot == PROT_NONE and mprotect(blk_addr(r, p.blk), bs,
+                                                                PROT_RO) == 0:
+                                p.prot = PROT_RO
+                        elif p.prot == PROT_NONE:
                             set_prot(p, PROT_RO)
                         unlock()
                         b = mkbuf(blk_addr(r, p.blk), bs, 1)
@@ -421,6 +427,10 @@ cdef class BigFileH:
                         self.bigfile.storeblk(p.blk, mv)
                     finally:
                         mv.release()
+                        lock()
+                        if p.state == PG_LOADED and p.uncharged:
+                            page_compact(p)
+                        unlock()
         except BaseException:
             lock()
             writeout_abort(pv, n)

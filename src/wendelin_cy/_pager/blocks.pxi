@@ -73,9 +73,10 @@ cdef void page_drop(Page* p) noexcept nogil:
     if p.state == PG_LOADED:
         clock_del(p)
         page_unmap(p)
-        g_resident -= r.blksize
+        g_resident -= r.blksize - p.uncharged
         if p.dirty:
-            g_dirty -= r.blksize
+            g_dirty -= r.blksize - p.uncharged
+        p.uncharged = 0
         st_evictions += 1
     elif p.state == PG_SPILLED:
         scratch_release(p.spill, r.blksize)
@@ -85,12 +86,34 @@ cdef void page_drop(Page* p) noexcept nogil:
     page_free(p)
 
 cdef int set_prot(Page* p, int prot) noexcept nogil:
-    """mprotect the block to prot, if it is not that already; 0 or errno."""
+    """mprotect the block to prot, if it is not that already; 0 or errno.
+    A compacted block made accessible is counted whole again (recharge)."""
     if p.prot != prot:
         if mprotect(blk_addr(p.region, p.blk), p.region.blksize, prot) != 0:
             return errno
         p.prot = prot
+        if prot != PROT_NONE and p.uncharged:
+            recharge(p)
     return 0
+
+cdef inline void set_charge(Page* p, size_t charge) noexcept nogil:
+    """Count the LOADED block p as `charge` bytes of RAM (g_lock held)."""
+    global g_resident, g_dirty
+    cdef size_t bs = p.region.blksize
+    cdef size_t unch = bs - charge if charge < bs else 0
+    if unch < p.uncharged:
+        resident_add(p.uncharged - unch)
+        if p.dirty:
+            g_dirty += p.uncharged - unch
+    else:
+        g_resident -= unch - p.uncharged
+        if p.dirty:
+            g_dirty -= unch - p.uncharged
+    p.uncharged = unch
+
+cdef inline void recharge(Page* p) noexcept nogil:
+    """The compacted block p becomes accessible: count it whole (g_lock held)."""
+    set_charge(p, p.region.blksize)
 
 cdef inline int mark_dirty(Region* r, Page* p) noexcept nogil:
     """The resident block p is about to be written (g_lock held).  Returns 1
@@ -102,7 +125,7 @@ cdef inline int mark_dirty(Region* r, Page* p) noexcept nogil:
     p.dirty = 1
     r.ndirty += 1
     r.gen += 1
-    g_dirty += r.blksize
+    g_dirty += r.blksize - p.uncharged
     return r.ndirty == 1 and r.dirty_hook != NULL
 
 cdef inline void mark_clean(Region* r, Page* p) noexcept nogil:
@@ -110,7 +133,7 @@ cdef inline void mark_clean(Region* r, Page* p) noexcept nogil:
     global g_dirty
     p.dirty = 0
     r.ndirty -= 1
-    g_dirty -= r.blksize
+    g_dirty -= r.blksize - p.uncharged
 
 
 cdef void call_dirty_hook(Region* r) noexcept nogil:
@@ -164,7 +187,7 @@ cdef Page** writeout_begin(Region* r, int64_t* n) noexcept nogil:
             i += 1
             p.pin += 1
             p.writing = 1
-            if p.state == PG_LOADED:
+            if p.state == PG_LOADED and not p.uncharged:
                 set_prot(p, PROT_RO)      # a concurrent write faults, clears .writing
         p = p.rnext
     return pv

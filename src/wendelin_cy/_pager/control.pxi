@@ -90,6 +90,7 @@ def stats():
              pool=g_pool_bytes, faults=st_faults, soft_faults=st_soft, loads=st_loads,
              evictions=st_evictions, writeouts=st_writeouts, spills=st_spills,
              unspills=st_unspills, demotions=st_demotions, overshoots=st_overshoots,
+             compactions=st_compactions,
              load_errors=st_load_errors, peak_resident=st_peak_resident,
              fresh_slots=st_fresh_slots, pool_fail=st_pool_fail,
              readahead_blocks=st_ra_blocks, zerocopy_loads=st_zerocopy,

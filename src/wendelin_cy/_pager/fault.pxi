@@ -107,7 +107,7 @@ cdef inline int access_loaded(Region* r, Page* p, int write, int entry) noexcept
     moves the readahead window on at its first touch."""
     global st_soft
     cdef int64_t ra_start = 0, ra_n = 0
-    cdef int prot, rc, hook = 0
+    cdef int prot, rc, hook = 0, compacted
     if write < 0:               # a fault where it was readable can only be a write
         write = 1 if p.prot != PROT_NONE else 0
     if write:
@@ -120,8 +120,13 @@ cdef inline int access_loaded(Region* r, Page* p, int write, int entry) noexcept
         prot = PROT_RO
     if p.prot == PROT_RW:
         prot = PROT_RW
+    compacted = p.uncharged != 0
     rc = set_prot(p, prot)
     p.referenced = 1
+    if compacted and rc == 0 and pressure(0) > g_budget:
+        p.pin += 1              # (counted whole again: room for it, not it)
+        reclaim(0, r.blksize)
+        p.pin -= 1
     if p.ra:
         ra_hit(r, p, &ra_start, &ra_n)
     if not entry:

@@ -65,6 +65,7 @@ cdef extern from "<fcntl.h>" nogil:
     int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flags)
     enum: SYNC_FILE_RANGE_WRITE
     enum:
+        O_RDONLY
         O_RDWR
         O_TMPFILE
         O_EXCL

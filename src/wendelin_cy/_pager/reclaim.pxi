@@ -2,7 +2,9 @@
 # ring (all regions together); reclaim() sweeps it when a load needs room:
 # referenced pages are demoted to PROT_NONE (their next touch is a soft fault
 # that sets the bit again), unreferenced clean ones are evicted, dirty ones
-# spilled to the scratch file only when clean ones do not suffice.
+# spilled to the scratch file only when clean ones do not suffice.  A dirty
+# block mapped privately from a file holds RAM of its own only for the pages
+# written (the kernel's copies): reclaim compacts it first (page_compact).
 
 cdef Page* g_hand = NULL        # the CLOCK hand: next page to look at
 cdef int64_t g_nclock = 0       # pages on the ring
@@ -69,11 +71,89 @@ cdef void reclaim(size_t need, size_t bs) noexcept nogil:
                     st_demotions += 1
                 continue
             if p.dirty:
-                if pass_ == 1:
-                    page_spill(p)
+                if p.filemap and not p.uncharged and not p.nocompact:
+                    page_compact(p)     # frees most of it, writes nothing
+                elif pass_ == 1 and (not p.uncharged or scanned > g_nclock + 1):
+                    page_spill(p)       # (a compacted one frees little: last)
                 continue
             page_drop(p)            # clean: evicted
     if need == 0 or pressure(need) > g_budget:
         pool_drain()
     if pressure(need) > g_budget and need:
         st_overshoots += 1
+
+
+# ------------------------------------------- compacting file-mapped dirty blocks
+
+cdef int g_pagemap_fd = -1
+cdef int g_pagemap_pid = 0
+cdef uint64_t PM_PRESENT = 1ULL << 63, PM_SWAPPED = 1ULL << 62, PM_FILE = 1ULL << 61
+
+cdef int pagemap_open() noexcept nogil:
+    """The fd of /proc/self/pagemap (reopened after a fork: "self" is resolved
+    when it is opened), or -1."""
+    global g_pagemap_fd, g_pagemap_pid
+    cdef int pid = getpid()
+    if g_pagemap_pid != pid:
+        if g_pagemap_fd >= 0:
+            close(g_pagemap_fd)
+        g_pagemap_fd = open(b"/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+        g_pagemap_pid = pid
+    return g_pagemap_fd
+
+cdef int64_t unmap_file_pages(char* addr, size_t size) noexcept nogil:
+    """In [addr, addr+size), mapped privately from a file: unmap the pages
+    that are still the file's (MADV_DONTNEED on each run of them: the page
+    cache keeps them, a later access maps them again), keep the kernel's
+    private copies (the pages written).  Returns how many pages of the range
+    are left in RAM or swap, or -1 when the kernel does not tell (pagemap:
+    the flags used here mean this since Linux 4.2)."""
+    cdef uint64_t ent[512]
+    cdef int fd = pagemap_open()
+    cdef int64_t npg = size // OSPAGE, done = 0, k, i, kept = 0, run = -1
+    if fd < 0:
+        return -1
+    while done < npg:
+        k = npg - done if npg - done < 512 else 512
+        if pread(fd, ent, k * 8, <off_t>((<uintptr_t>addr // OSPAGE + done) * 8)) != k * 8:
+            return -1
+        for i in range(k):
+            if ent[i] & PM_PRESENT and ent[i] & PM_FILE:
+                if run < 0:
+                    run = done + i              # a run of the file's pages starts
+                continue
+            if run >= 0:
+                madvise(addr + run * OSPAGE, (done + i - run) * OSPAGE, MADV_DONTNEED)
+                run = -1
+            if ent[i] & (PM_PRESENT | PM_SWAPPED):
+                kept += 1                       # a private copy (or not the file's)
+        done += k
+    if run >= 0:
+        madvise(addr + run * OSPAGE, (npg - run) * OSPAGE, MADV_DONTNEED)
+    return kept
+
+cdef int page_compact(Page* p) noexcept nogil:
+    """Make the dirty LOADED block p, mapped privately from a file (filemap),
+    cost only the RAM of its written pages (g_lock held).  Only those hold
+    data of their own (the kernel's private copies); the others are the
+    file's, still in the page cache: they are unmapped (unmap_file_pages) and
+    the block is counted as the pages left.  It stays PROT_NONE, so that no
+    thread changes it meanwhile and its next access is a soft fault that
+    counts it whole again (set_prot).  Returns 1 when at least half of the
+    block was freed; else it is not tried again."""
+    global st_compactions
+    cdef Region* r = p.region
+    cdef size_t bs = r.blksize
+    cdef int64_t n
+    if set_prot(p, PROT_NONE) != 0:
+        return 0
+    n = unmap_file_pages(blk_addr(r, p.blk), bs)
+    if n < 0:
+        p.nocompact = 1
+        return 0
+    set_charge(p, <size_t>n * OSPAGE)
+    st_compactions += 1
+    if <size_t>n * OSPAGE * 2 > bs:
+        p.nocompact = 1
+        return 0
+    return 1

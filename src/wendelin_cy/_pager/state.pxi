@@ -70,6 +70,10 @@ cdef struct Page:
     int ra               # loaded ahead, not touched yet (PROT_NONE: its first
                          # touch is a soft fault that moves the window on)
     int64_t spill        # byte offset in the scratch file, or -1
+    size_t uncharged     # LOADED, mapped from a file and compacted (reclaim.pxi):
+                         # bytes of the block not in RAM and not counted in
+                         # g_resident; > 0 only while PROT_NONE
+    int nocompact        # compacting it did not free enough: not tried again
     pthread_t loader     # thread filling it while LOADING
     Page* prev           # CLOCK ring (LOADED pages only)
     Page* next
@@ -116,7 +120,7 @@ cdef Page* g_last_loaded = NULL     # never the victim of the next reclaim
 # statistics (counts), read by stats() (control.pxi)
 cdef uint64_t st_faults = 0, st_soft = 0, st_loads = 0, st_evictions = 0
 cdef uint64_t st_writeouts = 0, st_spills = 0, st_unspills = 0, st_overshoots = 0
-cdef uint64_t st_load_errors = 0, st_demotions = 0
+cdef uint64_t st_load_errors = 0, st_demotions = 0, st_compactions = 0
 cdef size_t st_peak_resident = 0
 cdef uint64_t st_fresh_slots = 0, st_pool_fail = 0, st_zerocopy = 0
 
