@@ -16,7 +16,7 @@ connection and transaction manager of its own:
   sum and the log's length and sum against their records.
 
 The parent samples every process's RSS (VmRSS) each second; each must stay
-<= the RAM budget + 128 MiB.  Optionally the ZEO server is killed (SIGKILL)
+<= the RAM budget + 128 MiB (the summary has each minute's maximum too).  Optionally the ZEO server is killed (SIGKILL)
 and restarted every N seconds.  Prints a JSON summary (commits, conflicts,
 checks, violations, crashes, max RSS); exit 1 on a violation, a crash or an
 RSS over the bound.
@@ -219,6 +219,7 @@ def main(argv=None):
                                        stderr=open(os.path.join(top, 'w%d.err' % p), 'w')),
                       out))
     maxrss = [0] * a.procs
+    bymin = []                  # [minute][process]: max RSS in that minute
     over = []
     kills = 0
     t0 = time.monotonic()
@@ -230,6 +231,10 @@ def main(argv=None):
                 r = rss(p.pid) if p.poll() is None else None
                 if r:
                     maxrss[i] = max(maxrss[i], r)
+                    m = int((time.monotonic() - t0) // 60)
+                    while len(bymin) <= m:
+                        bymin.append([0] * a.procs)
+                    bymin[m][i] = max(bymin[m][i], r)
                     if r > BUDGET + SLACK:
                         over.append((i, round(time.monotonic() - t0), r))
             if next_kill and time.monotonic() >= next_kill:
@@ -264,6 +269,7 @@ def main(argv=None):
                    server_kills=kills, crashes=sum(1 for s in stats if s['exit'] != 0),
                    max_rss_mib=[round(m / 2**20, 1) for m in maxrss],
                    rss_bound_mib=(BUDGET + SLACK) >> 20, rss_over=len(over),
+                   max_rss_mib_by_minute=[[round(m / 2**20) for m in row] for row in bymin],
                    per_process=stats, **tot)
     print(json.dumps(summary))
     bad = summary['crashes'] or tot['violations'] or over or tot['errors']
