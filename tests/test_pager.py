@@ -186,15 +186,31 @@ def test_loadblk_error_at_entry_point_raises():
     assert wendelin_cy.pager_stats()["load_errors"] > e0
 
 
-def test_loadblk_keeping_buffer_is_an_error():
+def test_loadblk_keeping_buffer_gets_a_detached_copy():
+    # a view of loadblk's buffer that outlives loadblk (kept by it, or by
+    # another thread's gc.get_objects()) never shows the pager's memory: the
+    # load succeeds, the view keeps a copy of its own, and no new view of the
+    # buffer can be taken once loadblk has returned
     kept = []
 
     class Keeper(BigFile_RAM):
         def loadblk(self, blk, buf):
-            kept.append(np.frombuffer(buf, dtype=np.uint8))
+            a = np.frombuffer(buf, dtype=np.uint8)
+            a[:] = 7
+            kept.append(a)
     v = Keeper(BS).fileh_open().mmap(0, 1)
+    A = np.ndarray((BS,), np.uint8, buffer=v)
+    assert (A == 7).all()
+    k = kept.pop()
+    assert (k == 7).all()
+    k[:] = 1                        # the copy is the view's own ...
+    assert (A == 7).all()
+    A[:10] = 3                      # ... and the block's pages are not the view's
+    assert (k[:10] == 1).all()
     with pytest.raises(BufferError):
-        v.prefault()
+        memoryview(k.base.obj)      # (the loader's buffer itself: finished)
+    del k
+    gc.collect()
 
 
 def test_loadblk_touching_own_block_is_an_error():

@@ -47,7 +47,8 @@ def _raise_rc(int rc, blk, fileh):
     if rc == E_RECURSE:
         raise RuntimeError("loadblk of block %d touched the block it is loading" % blk)
     if rc == E_BUFKEPT:
-        raise BufferError("loadblk kept a reference to its buffer (block %d)" % blk)
+        raise BufferError("views of loadblk's buffer outlived it and no memory was "
+                          "left to give block %d a copy" % blk)
     if rc == ENOMEM:
         raise MemoryError("cannot map block %d of %r: out of memory or of kernel "
                           "mappings (vm.max_map_count)" % (blk, fileh))
@@ -408,6 +409,8 @@ cdef class BigFileH:
                             if rc:
                                 raise OSError(rc, "reading scratch file: " + _os.strerror(rc))
                             b = mkbuf(PyBytes_AS_STRING(tmp), bs, 1)
+                            b.keep = tmp        # (views outliving storeblk keep it)
+                            tmp = None
                         else:
                             unlock()
                             b = mkbuf(blk_addr(r, p.blk), bs, 1)
@@ -427,6 +430,7 @@ cdef class BigFileH:
                         self.bigfile.storeblk(p.blk, mv)
                     finally:
                         mv.release()
+                        b.done = 1      # (views still alive show the block's pages)
                         lock()
                         if p.state == PG_LOADED and p.uncharged:
                             page_compact(p)

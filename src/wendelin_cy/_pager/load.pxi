@@ -26,18 +26,55 @@ cdef struct Load:
     int slotmap         # the staging slot is a file mapping (a patched MapFile)
 
 cdef class _Buf:
-    """Exports raw memory as a buffer for the duration of one callback."""
+    """Exports raw memory as a buffer for the duration of one callback.
+
+    Views of it can outlive the callback without the callback keeping them:
+    another thread's ``gc.get_objects()`` during a load returns the loader's
+    memoryviews and arrays, and holds them as long as it likes.  So when the
+    callback is over, ``finish()`` ends it: no new view can be taken, and
+    views still alive are detached (``detach``): the memory they show becomes
+    the _Buf's own, no longer the pager's, unmapped with the last of them."""
     cdef char* ptr
     cdef Py_ssize_t size
     cdef int readonly
     cdef int exports
+    cdef int owned          # ptr is a detached mapping of ours: unmap with the last view
+    cdef int done           # the callback is over: no new views
+    cdef object keep        # what owns the memory at ptr, if an object (kept alive)
 
     def __getbuffer__(self, Py_buffer* buf, int flags):
+        if self.done:
+            raise BufferError("the buffer of a finished pager callback (load or store) "
+                              "cannot be used any more")
         PyBuffer_FillInfo(buf, self, self.ptr, self.size, self.readonly, flags)
         self.exports += 1
 
     def __releasebuffer__(self, Py_buffer* buf):
         self.exports -= 1
+        if self.exports == 0 and self.owned:
+            munmap(self.ptr, self.size)
+            self.owned = 0
+            self.ptr = NULL
+
+    def __dealloc__(self):
+        if self.owned and self.exports == 0:
+            munmap(self.ptr, self.size)
+
+
+cdef char* detach(_Buf b, int copy) noexcept nogil:
+    """b's views outlived the load (b.exports > 0): leave them the slot they
+    show, now b's own (unmapped with their end), and return a fresh slot for
+    the block - a copy of the bytes if `copy` - or NULL (no memory)."""
+    cdef size_t bs = b.size
+    cdef char* slot = map_aligned(bs, align_for(bs), PROT_RW)
+    if slot == NULL:
+        return NULL
+    if thp_want(bs):
+        madvise(slot, bs, MADV_HUGEPAGE)
+    if copy:
+        memcpy(slot, b.ptr, bs)
+    b.owned = 1
+    return slot
 
 
 cdef _Buf mkbuf(char* ptr, size_t size, int readonly):
@@ -171,18 +208,19 @@ def _call_loadblk(bigfile, blk, _Buf buf, int entry):
             pass
         if interrupted:
             PyErr_SetInterrupt()
-    if buf.exports:
-        raise BufferError("loadblk kept a reference to its buffer (blk %d)" % blk)
     return res
 
 
-cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
+cdef int py_loadblk(Region* r, int64_t blk, char** slotp, int entry,
                     PyObject** exc, int* mapfd, int64_t* mapoff,
                     int recycled, PyObject** patches) noexcept with gil:
-    """Run loadblk into the staging slot.  When loadblk answers MapFile(path,
-    offset), the file is opened here and *mapfd / *mapoff say what to map at the
-    block's address instead (the caller maps it and closes *mapfd).
-    recycled: SLOT_*, what the slot holds."""
+    """Run loadblk into the staging slot *slotp.  When loadblk answers
+    MapFile(path, offset), the file is opened here and *mapfd / *mapoff say what
+    to map at the block's address instead (the caller maps it and closes
+    *mapfd).  recycled: SLOT_*, what the slot holds.  Views of the buffer that
+    outlive the call are detached (_Buf): *slotp is then a new slot, a copy."""
+    cdef char* slot = slotp[0]
+    cdef char* fresh
     cdef PyObject *et
     cdef PyObject *ev
     cdef PyObject *etb
@@ -224,12 +262,22 @@ cdef int py_loadblk(Region* r, int64_t blk, char* slot, int entry,
                     Py_INCREF(pt)
                     patches[0] = <PyObject*>pt
     except BaseException as e:
-        rc = E_BUFKEPT if buf.exports else E_PYTHON
+        rc = E_PYTHON
         if entry and exc != NULL:
             Py_INCREF(e)
             exc[0] = <PyObject*>e
         else:
             _report_fault_error(<object>r.bigfile, blk, e)
+    buf.done = 1
+    if buf.exports:
+        # views of the slot outlived loadblk (kept by it, or by another
+        # thread's gc.get_objects()): they keep the slot, the block gets a copy
+        fresh = detach(buf, rc == 0)
+        if fresh == NULL:
+            rc = E_BUFKEPT          # (no memory for a copy: the slot is theirs)
+            buf.owned = 0
+        else:
+            slotp[0] = fresh
     PyErr_Restore(et, ev, etb)
     return rc
 
@@ -246,20 +294,32 @@ def _patch(buf, patches):
         mv.release()
 
 
-cdef int _apply_patches(char* slot, size_t bs, PyObject* patches) noexcept with gil:
-    """Write `patches` into the file mapping at slot (copy-on-write); 0 or an
-    errno.  Consumes the reference to patches."""
+cdef int _apply_patches(char** slotp, size_t bs, PyObject* patches) noexcept with gil:
+    """Write `patches` into the file mapping at *slotp (copy-on-write); 0 or an
+    errno.  Consumes the reference to patches.  Views of the slot that outlive
+    the patching (another thread's gc.get_objects()) are detached: *slotp is
+    then an anonymous copy."""
     cdef int rc = 0
+    cdef char* slot = slotp[0]
+    cdef char* fresh
+    cdef _Buf b = mkbuf(slot, bs, 0)
     try:
         if mprotect(slot, bs, PROT_RW) != 0:
             rc = errno
         else:
-            _patch(mkbuf(slot, bs, 0), <object>patches)
+            _patch(b, <object>patches)
             if mprotect(slot, bs, PROT_RO) != 0:
                 rc = errno
     except BaseException as e:
         _report_ignored("applying the patches of a MapFile", e)
         rc = EIO
+    b.done = 1
+    if b.exports:
+        fresh = detach(b, 1)
+        if fresh == NULL:
+            rc = E_BUFKEPT          # (no memory for a copy: the slot is theirs)
+        else:
+            slotp[0] = fresh
     Py_DECREF(<object>patches)
     return rc
 
@@ -410,6 +470,7 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
     cdef int mapfd = -1
     cdef int64_t mapoff = 0
     cdef PyObject* patches = NULL
+    cdef char* slot0
     cdef int rc
     if ld.mapped:
         return map_direct(r, blk, in_seq_run(r, blk))
@@ -418,7 +479,7 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
     if r.direct_fd >= 0:
         return rw_full(r.direct_fd, ld.slot, bs, r.direct_off + <int64_t>(blk * bs),
                        IO_READ)
-    rc = py_loadblk(r, blk, ld.slot, entry, exc, &mapfd, &mapoff,
+    rc = py_loadblk(r, blk, &ld.slot, entry, exc, &mapfd, &mapoff,
                     SLOT_RECYCLED_WRITE if write > 0 and ld.recycled else ld.recycled,
                     &patches)
     if patches != NULL:
@@ -428,7 +489,10 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
             rc = map_fd_at(r, ld.slot, mapfd, mapoff, in_seq_run(r, blk), 1)
             if rc == 0:
                 ld.slotmap = 1      # (the slot is a file mapping now: never pooled)
-                rc = _apply_patches(ld.slot, bs, patches)
+                slot0 = ld.slot
+                rc = _apply_patches(&ld.slot, bs, patches)
+                if ld.slot != slot0:
+                    ld.slotmap = 0  # (detached: the block got an anonymous copy)
             else:
                 _drop_ref(patches)
         else:

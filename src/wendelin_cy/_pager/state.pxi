@@ -35,7 +35,7 @@ cdef enum:
     E_CLOSED = -2        # the handle was closed while we waited
     E_RECURSE = -3       # loadblk touched the block it is loading
     E_FORKED = -4        # Python loadblk in a forked child
-    E_BUFKEPT = -5       # loadblk kept a reference to its buffer
+    E_BUFKEPT = -5       # views of loadblk's buffer outlived it, no memory for a copy
     E_STALE = -6         # invalidate_page came while loading: load again
 
 # Region.advice (VMA.madvise); WILLNEED and DONTNEED act at once, never stored
