@@ -19,10 +19,20 @@ With allocations of up to 4 MiB served from the heap
 trimming (``M_TRIM_THRESHOLD``) those faults are gone, at the price of a few
 MiB of resident memory (the measured figures are in ``docs/scale-out.md``).
 
+The price grows with the threads, though: glibc gives each thread that
+allocates an arena of its own (up to 8 per core), and each keeps up to
+``TRIM_THRESHOLD`` free.  In benchmarks/soak.py (4 threads over ZEO and
+ZEO's own) the resident memory beside the pager's budget grew to about
+80 MiB over 30 minutes.  So a tuned process also gives its free heap memory
+back at transaction boundaries (``trim()``: ``malloc_trim(0)``, at most once
+per ``TRIM_INTERVAL`` seconds): a scan inside one transaction keeps its
+pages, and what stays resident between transactions is what is in use.
+
 What
 ----
 ``tune()`` sets those two values with ``mallopt``, once per process.
-``dbopen('zeo://...')`` calls it.  It does nothing - and says so by
+``dbopen('zeo://...')`` calls it, and calls ``trim()`` when a transaction
+begins on the storage (ZODB syncs it) and when a commit or abort of it ends.  It does nothing - and says so by
 returning False - when the C library is not glibc, when the user chose
 (``$WENDELIN_CY_MALLOC=default``), or when the process already has settings
 of its own (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
@@ -33,20 +43,27 @@ of its own (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
 
 import os
 
-__all__ = ['tune', 'MMAP_THRESHOLD', 'TRIM_THRESHOLD', 'ENV']
+import time
+
+__all__ = ['tune', 'trim', 'MMAP_THRESHOLD', 'TRIM_THRESHOLD', 'TRIM_INTERVAL', 'ENV']
 
 MMAP_THRESHOLD = 4 << 20
 TRIM_THRESHOLD = 16 << 20
+TRIM_INTERVAL = 1.0             # seconds: at most one trim() this often
+ARENA_MAX = 1                   # every thread allocates from the main arena
 ENV = 'WENDELIN_CY_MALLOC'
 
 _M_TRIM_THRESHOLD = -1          # <malloc.h>
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _USER_ENV = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_',
-             'MALLOC_MMAP_MAX_')
+             'MALLOC_MMAP_MAX_', 'MALLOC_ARENA_MAX')
 _USER_TUNABLES = ('glibc.malloc.mmap_threshold', 'glibc.malloc.trim_threshold',
-                  'glibc.malloc.top_pad', 'glibc.malloc.mmap_max')
+                  'glibc.malloc.top_pad', 'glibc.malloc.mmap_max', 'glibc.malloc.arena_max')
 
 _applied = None                 # the result of the first call
+_malloc_trim = None             # libc's, once tune() applied
+_last_trim = 0.0
 
 
 def _why_not():
@@ -67,7 +84,7 @@ def _why_not():
     return None
 
 
-def tune(mmap_threshold=MMAP_THRESHOLD, trim_threshold=TRIM_THRESHOLD):
+def tune(mmap_threshold=MMAP_THRESHOLD, trim_threshold=TRIM_THRESHOLD, arena_max=ARENA_MAX):
     """Set glibc's mmap and trim thresholds for this process (see the module
     docstring), the first time it is called.  True if they were set."""
     global _applied
@@ -83,5 +100,29 @@ def tune(mmap_threshold=MMAP_THRESHOLD, trim_threshold=TRIM_THRESHOLD):
         mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
         mallopt.restype = ctypes.c_int
         _applied = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))
-                        and mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
+                        and mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
+                        and (arena_max is None or mallopt(_M_ARENA_MAX, int(arena_max))))
+        if _applied:
+            global _malloc_trim
+            try:
+                _malloc_trim = ctypes.CDLL(None).malloc_trim
+                _malloc_trim.argtypes = (ctypes.c_size_t,)
+                _malloc_trim.restype = ctypes.c_int
+            except AttributeError:
+                pass
     return _applied
+
+
+def trim():
+    """Give the free memory of every malloc arena back to the kernel, if
+    tune() set the thresholds and the last trim is TRIM_INTERVAL seconds ago
+    or more (cheap otherwise: a time check).  True if it trimmed."""
+    global _last_trim
+    if _malloc_trim is None:
+        return False
+    now = time.monotonic()
+    if now - _last_trim < TRIM_INTERVAL:
+        return False
+    _last_trim = now
+    _malloc_trim(0)     # (the GIL is released: ctypes)
+    return True

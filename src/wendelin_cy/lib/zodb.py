@@ -92,12 +92,34 @@ def _zeo(rest, read_only=False):
         addr = u.path               # unix socket
     else:
         raise ValueError('dbopen: zeo:// URI needs host:port or a socket path')
+    from wendelin_cy.lib import malloc
+    # ZEO's client thread: no page faults per record (see there); before the
+    # client's thread starts, so that it allocates from the one arena too
+    tuned = malloc.tune()
     st = ClientStorage(addr, storage=storage, server_sync=True, read_only=read_only, **kw)
     _forget_oids_on_reconnect(st)
     register_zeo()      # page faults retry ClientDisconnected (bounded wait)
-    from wendelin_cy.lib import malloc
-    malloc.tune()       # ZEO's client thread: no page faults per record (see there)
+    if tuned:
+        _trim_at_boundaries(st, malloc.trim)
     return st
+
+
+def _trim_at_boundaries(st, trim):
+    """Call trim() (lib.malloc) when a transaction begins on `st` (ZODB's
+    MVCC adapter syncs the storage then) and after its commit or abort ends:
+    the free heap the tuned thresholds keep per thread goes back between
+    transactions, not only at 16 MiB per arena."""
+    for name in ('sync', 'tpc_finish', 'tpc_abort'):
+        orig = getattr(st, name, None)
+        if orig is None:
+            continue
+
+        def wrapped(*a, _orig=orig, **kw):
+            try:
+                return _orig(*a, **kw)
+            finally:
+                trim()
+        setattr(st, name, wrapped)
 
 
 def _forget_oids_on_reconnect(st):
