@@ -1,15 +1,18 @@
-"""Cost of the block checksums: ingest, warm scan, cold scan, before (a tree
-without them, e.g. main) and after (this tree), in one run, alternating.
+"""Cost of the block checksums: ingest, warm scan, cold scan, before and
+after, in one run, alternating.
 
-    python benchmarks/bench_checksum.py --before /work/main --after . \
+    python benchmarks/bench_checksum.py [--before TREE] [--after .] \
         [--mib 256] [--repeat 3] [--fmt auto|ZBlk0]
+
+Without --before, 'before' is this tree with no digests made at commit (the
+child replaces ``digest`` by a constant in every module that has it) and content checks off; with --before, a tree without checksums.
 
 Each measurement is a fresh child process with PYTHONPATH=<tree>/src.
 ingest: a ZBigArray of --mib MiB float64 written in slices and committed
 (FileStorage with blobs, dbopen of a path); warm scan: the sum of the array
 read by a new process, its files in the page cache; cold scan: the same after
 ``sync; echo 3 > /proc/sys/vm/drop_caches``.  'after' runs with content
-checks on (the default) and off (WENDELIN_CY_VERIFY=0).  Medians in MB/s.
+checks on (WENDELIN_CY_VERIFY=1) and off (WENDELIN_CY_VERIFY=0, the default).  Medians in MB/s.
 """
 
 import argparse
@@ -22,9 +25,16 @@ import sys
 import tempfile
 
 CHILD = r'''
-import sys, time, numpy as np, transaction
+import os, sys, time, numpy as np, transaction
 from wendelin_cy.lib.zodb import dbopen, dbclose
 from wendelin_cy.bigarray.array_zodb import ZBigArray
+import wendelin_cy.bigfile._zio, wendelin_cy.bigfile._zblk
+if os.environ.get('BENCH_NO_DIGEST'):       # the digests' cost at commit: none made
+    from wendelin_cy.storage import checksum
+    d0, z = checksum.digest, lambda b, _z=bytes(8): _z
+    for m in list(sys.modules.values()):
+        if getattr(m, 'digest', None) is d0:
+            m.digest = z
 op, path, mib, fmt = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 n = mib * 2**20 // 8
 if op == 'ingest':
@@ -66,14 +76,17 @@ def drop_caches():
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument('--before', required=True)
+    ap.add_argument('--before', default=None)
     ap.add_argument('--after', default='.')
     ap.add_argument('--mib', type=int, default=256)
     ap.add_argument('--repeat', type=int, default=3)
     ap.add_argument('--fmt', default='auto')
     ap.add_argument('--dir', default=None)
     a = ap.parse_args(argv)
-    variants = [('before', a.before, {}), ('after', a.after, {}),
+    before = ((a.before, {}) if a.before else
+              (a.after, {'BENCH_NO_DIGEST': '1', 'WENDELIN_CY_VERIFY': '0'}))
+    variants = [('before',) + before,
+                ('after, checks on', a.after, {'WENDELIN_CY_VERIFY': '1'}),
                 ('after, checks off', a.after, {'WENDELIN_CY_VERIFY': '0'})]
     res = {v[0]: {'ingest': [], 'warm': [], 'cold': []} for v in variants}
     for _ in range(a.repeat):
