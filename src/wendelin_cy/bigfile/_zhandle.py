@@ -7,6 +7,7 @@ import gc
 import os
 import tempfile
 import threading
+import time
 
 from wendelin_cy._pager import virtmem
 from wendelin_cy.bigfile import WRITEOUT_MARKSTORED, WRITEOUT_STORE
@@ -32,6 +33,21 @@ def zodb_storing():
     return getattr(_STORING, 'on', False)
 
 
+
+
+FULL_GC_INTERVAL = 1.0      # seconds between full collections after commits
+_last_full_gc = [0.0]
+
+
+def _collect():
+    """After a commit that stored blocks: generation 0 each time, everything
+    at most once per FULL_GC_INTERVAL."""
+    now = time.monotonic()
+    if now - _last_full_gc[0] >= FULL_GC_INTERVAL:
+        _last_full_gc[0] = now
+        gc.collect()
+    else:
+        gc.collect(0)
 
 class ZBigFileH:
     """A pager handle of a ZBigFile, tied to ``transaction``.
@@ -394,8 +410,12 @@ class ZBigFileH:
             # the pickles of the records just written (a block each): a
             # big-data loop makes too few objects for the gc to run on its own,
             # so RSS would grow by the commit size each time.  They are young:
-            # a generation-0 collection frees them, cheaply.
-            gc.collect(0)
+            # a generation-0 collection frees them, cheaply.  With other
+            # threads running, a cycle still alive at one of their automatic
+            # collections is promoted, and generation 2 may not be collected
+            # for thousands of commits (the soak's appending process grew by
+            # ~6 MiB a minute): a full collection at most once a second.
+            _collect()
         self._register_synch()      # a new ZBigFile may just have got its jar
         if not getattr(self._tm, 'explicit', False):
             self._boundary(txn, False)
