@@ -16,7 +16,7 @@ from wendelin_cy.storage.record import preadinto as _preadinto
 from wendelin_cy.errors import CorruptBlockError
 from wendelin_cy.storage.checksum import checks_on, digest
 
-from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blob_chunks, _blob_data,
+from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _EXTENT, _OWNER, _blob_chunks, _blob_data,
                     _blob_path, _checked_extent, _loaddata, _seg_fields, corrupt,
                     _storage_of as _storage)
 from ._txn import follows_this_thread
@@ -27,6 +27,8 @@ from ._zblk_io import (OVERLAY_MAX, SEG_BLOCKS, _OSPAGE, _blob_pool, _chunksize,
 
 # overlays over a segment block are loaded as a mapping of the segment with
 # their chunks as patches (MapFile(patches=...)); False: read and copied
+_Z64 = b'\0' * 8
+_SEGX = weakref.WeakKeyDictionary()     # ZBlkSeg -> (serial, bs, path, off, fsize, has digest)
 _MAP_OVERLAYS = True
 
 # every _ZBigFileIO (for dbclose)
@@ -144,6 +146,7 @@ class _ZBigFileIO(BigFile):
         self._unc = {}
         self._unc_open = False  # ... by an explicit dirty_writeout
         self._segpaths = {}     # Blob oid -> its file: segments seen in this transaction
+        self._segsizes = {}     # segment file -> its size, stat'ed in this transaction
 
     def __repr__(self):
         return '<_ZBigFileIO of %r>' % (self._zfile,)
@@ -209,9 +212,26 @@ class _ZBigFileIO(BigFile):
         every time: with the block's own record, about half of the time of a
         warm scan), and checked with one stat.  Anything not as expected (a
         digest to check, no size recorded, the file changed or gone) goes
-        through _checked_extent, which says what is wrong."""
-        seg, index, h, fsize = _seg_fields(z)
+        through _checked_extent, which says what is wrong.  Once loaded, a
+        ZBlkSeg's extent is kept (_SEGX; ZBlkSegs are never modified, the
+        record's serial is checked too): a block loaded again, after its
+        eviction, reads no record."""
         bs = self.blksize
+        e = _SEGX.get(z)
+        if (e is not None and e[0] == z._p_serial and e[1] == bs
+                and not (e[5] and checks_on(_storage(z)))):
+            path, off, fsize = e[2], e[3], e[4]
+            sizes = self._segsizes
+            if sizes.get(path) == fsize:            # stat'ed in this transaction
+                return path, off
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = None
+            if size == fsize:
+                sizes[path] = size
+                return path, off
+        seg, index, h, fsize = _seg_fields(z)
         if (fsize is None or type(index) is not int or index < 0
                 or (h is not None and checks_on(_storage(z)))):
             return _checked_extent(z, bs)
@@ -230,6 +250,10 @@ class _ZBigFileIO(BigFile):
         if size != fsize or size < off + bs:
             paths.pop(key, None)
             return _checked_extent(z, bs)
+        if z._p_jar is not None and z._p_serial != _Z64:
+            _EXTENT[z] = (z._p_serial, bs, path, off)   # (the commit's compare finds it)
+            _SEGX[z] = (z._p_serial, bs, path, off, fsize, h is not None)
+            self._segsizes[path] = size
         return path, off
 
     @property
@@ -564,6 +588,7 @@ class _ZBigFileIO(BigFile):
     def _committed(self, wo):
         """The transaction that stored wo is durable: forget the page refs."""
         self._segpaths.clear()
+        self._segsizes.clear()
         for blk, z in wo.written.items():
             self._track(blk, z, wo.bases.get(blk))
         for obj in wo.touched:
@@ -587,6 +612,7 @@ class _ZBigFileIO(BigFile):
         """The commit of wo failed.  ZODB invalidates the objects it had, and
         disowns those it was adding; undo our changes to the latter."""
         self._segpaths.clear()
+        self._segsizes.clear()
         self._unc.clear()
         self._unc_open = False
         for obj in wo.touched:
@@ -652,6 +678,7 @@ class _ZBigFileIO(BigFile):
 
     def _apply_invalidations(self):
         self._segpaths.clear()
+        self._segsizes.clear()
         self._prune()
         conn = self._zfile._p_jar
         self._unc.clear()                   # (the snapshot moved past them)
