@@ -191,3 +191,35 @@ def test_peak_rss_of_sparse_writes_stays_within_the_budget(tmp_path):
     assert ncompact >= 256 - 16
     # the budget, plus the kernel's copies of 256 pages, plus slack for Python
     assert grow <= (32 << 20) + 256 * PAGE + (16 << 20), grow / 2**20
+
+
+def _present(addr, size):
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        e = np.frombuffer(os.pread(fd, size // PAGE * 8, addr // PAGE * 8), np.uint64)
+    finally:
+        os.close(fd)
+    return int(((e >> np.uint64(63)) & np.uint64(1)).sum())
+
+
+def test_a_block_first_touched_by_a_random_write_is_not_populated(tmp_path, budget):
+    # populating it would map the whole block only for the kernel to copy the
+    # one page written; a block first read is populated (a read of the rest
+    # of it then costs no more faults)
+    budget(64 * BS)
+    n = 8
+    path, model = _segment(tmp_path, n)
+    f = SegFile(path)
+    fh = f.fileh_open()
+    a = np.ndarray((n * BS // 8,), np.int64, buffer=fh.mmap(0, n))
+    base = a.ctypes.data
+    for b in (5, 2, 7):                         # (not a sequential run)
+        a[b * BS // 8 + 7] = -1
+        assert _present(base + b * BS, BS) <= 16, b
+    for b in (3, 0):
+        assert a[b * BS // 8 + 7] == model[b * BS // 8 + 7]
+        assert _present(base + b * BS, BS) == BS // PAGE, b
+    model[[5 * BS // 8 + 7, 2 * BS // 8 + 7, 7 * BS // 8 + 7]] = -1
+    assert np.array_equal(a, model)
+    del a
+    fh.close()

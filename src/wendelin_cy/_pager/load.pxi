@@ -498,6 +498,7 @@ cdef int load_finish(Load* ld, Region* r, int write, int rc) noexcept nogil:
             rc = place(r, p, ld.slot, prot)
             if rc == 0 and ld.slotmap:
                 p.filemap = 1
+        p.seqmap = p.filemap and in_seq_run(r, p.blk)
     if rc != 0:
         load_undo(ld, r, rc)
         return rc

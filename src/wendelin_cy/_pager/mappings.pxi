@@ -272,11 +272,12 @@ cdef int page_unmap(Page* p) noexcept nogil:
     cdef char* addr = blk_addr(r, p.blk)
     cdef size_t bs = r.blksize
     cdef char* slot
-    if p.filemap:
+    if p.filemap and p.seqmap:
         # page cache pages the scan is done with: first in line for the
         # kernel's reclaim (under a memory cgroup limit they would otherwise
         # compete with the readahead the scan needs); without memory pressure
-        # they stay cached
+        # they stay cached.  (Not for blocks of random access: that walk of
+        # the block's page tables was a third of the cost of a miss.)
         madvise(addr, bs, MADV_COLD)
     if g_npool < POOLMAX and not p.filemap:
         slot = map_aligned(bs, align_for(bs), PROT_NONE)
