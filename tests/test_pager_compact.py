@@ -223,3 +223,23 @@ def test_a_block_first_touched_by_a_random_write_is_not_populated(tmp_path, budg
     assert np.array_equal(a, model)
     del a
     fh.close()
+
+
+def test_loads_of_blocks_mapped_from_a_file_reuse_one_staging_slot(tmp_path, budget):
+    # the slot a load does not need (it maps the file) is kept, emptied, for
+    # the next: no fresh aligned mapping per block; its data is never seen
+    budget(4 * BS)
+    n = 16
+    path, model = _segment(tmp_path, n)
+    f = SegFile(path)
+    fh = f.fileh_open()
+    a = np.ndarray((n * BS // 8,), np.int64, buffer=fh.mmap(0, n))
+    assert a[7] == model[7]         # (first load: the slot may be fresh)
+    s0 = _stats()
+    for b in (9, 3, 14, 1, 11, 6, 12, 0, 5, 15):    # evictions and reloads
+        i = b * BS // 8 + 3
+        assert a[i] == model[i]
+    assert _d(s0, "loads") == 10 and _d(s0, "fresh_slots") == 0, _stats()
+    assert np.array_equal(a, model)
+    del a
+    fh.close()

@@ -461,7 +461,7 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
             rc = map_fd(r, blk, mapfd, mapoff, map_how(r, blk, write), 1)
         close(mapfd)
         if rc == 0:
-            munmap(ld.slot, bs)
+            spare_put(ld.slot, bs)
             ld.slot = NULL
             ld.mapped = 1
         else:
