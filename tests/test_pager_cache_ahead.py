@@ -179,10 +179,10 @@ def test_bad_mapfile_answers_of_prefetch_are_ignored(tmp_path, budget):
     fh.close()
 
 
-def test_zbigarray_scan_of_segment_blocks_reads_their_files_ahead(tmp_path, budget):
-    # the embedded default: full blocks committed become ZBlkSeg, blocks of
-    # blob files (segments) the pager maps; a scan has the files read ahead
-    budget(1 << 20)
+def _segment_db(tmp_path):
+    """A database (dbopen: FileStorage with blobs) holding a ZBigArray "A" of
+    40 blocks 0, 1, 2, ... appended 8 blocks per commit: 5 segments.
+    (path, number of elements)."""
     path = str(tmp_path / "db.fs")
     root = dbopen(path)
     n = 40 * BS // 8
@@ -192,6 +192,14 @@ def test_zbigarray_scan_of_segment_blocks_reads_their_files_ahead(tmp_path, budg
         A.append(np.arange(lo, lo + 8 * BS // 8))
         transaction.commit()
     dbclose(root)
+    return path, n
+
+
+def test_zbigarray_scan_of_segment_blocks_reads_their_files_ahead(tmp_path, budget):
+    # the embedded default: full blocks committed become ZBlkSeg, blocks of
+    # blob files (segments) the pager maps; a scan has the files read ahead
+    budget(1 << 20)
+    path, n = _segment_db(tmp_path)
     root = dbopen(path)
     A = root["A"]
     assert all(type(A.zfile.blktab[b]) is ZBlkSeg for b in range(40))
@@ -217,15 +225,7 @@ def test_zbigarray_scan_looks_up_each_segment_file_once_per_transaction(
     # record loaded, its file stat'ed): now once per segment per transaction
     from wendelin_cy.bigfile import _zio
     budget(1 << 20)
-    path = str(tmp_path / "db.fs")
-    root = dbopen(path)
-    n = 40 * BS // 8
-    root["A"] = A = ZBigArray((0,), np.int64, blksize=BS)
-    transaction.commit()
-    for lo in range(0, n, 8 * BS // 8):             # 5 commits: 5 segments
-        A.append(np.arange(lo, lo + 8 * BS // 8))
-        transaction.commit()
-    dbclose(root)
+    path, n = _segment_db(tmp_path)
     calls = []
     real = _zio._blob_path
     monkeypatch.setattr(_zio, "_blob_path", lambda b: calls.append(b._p_oid) or real(b))

@@ -102,11 +102,3 @@ def stats():
              regions=g_nregions)
     unlock()
     return d
-
-def _set_lazy_map(int on):
-    """Testing/benchmarks: 0 populates every block mapped from a file at its
-    load (as before); 1 (default) only in a sequential run."""
-    global g_lazy_map
-    old = g_lazy_map
-    g_lazy_map = on
-    return old

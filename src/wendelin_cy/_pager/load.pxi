@@ -24,6 +24,7 @@ cdef struct Load:
     int mapped          # the block is mapped from a file's page cache (zero-copy)
     int recycled        # SLOT_*
     int slotmap         # the staging slot is a file mapping (a patched MapFile)
+    int how             # MAP_*: how a block mapped from a file is mapped (map_how)
 
 cdef class _Buf:
     """Exports raw memory as a buffer for the duration of one callback."""
@@ -316,7 +317,6 @@ cdef int map_fd(Region* r, int64_t blk, int fd, int64_t off, int how,
                 int blockwise) noexcept nogil:
     return map_fd_at(r, blk_addr(r, blk), fd, off, how, blockwise)
 
-cdef int g_lazy_map = 1          # (_set_lazy_map: for A/B runs)
 cdef enum:
     MAP_SEQ = 1                 # part of a sequential run
     MAP_LAZY = 2                # not populated: the pages fault in on access
@@ -329,7 +329,7 @@ cdef inline int map_how(Region* r, int64_t blk, int write) noexcept nogil:
     cdef int seq = in_seq_run(r, blk)
     if seq:
         return MAP_SEQ
-    return MAP_LAZY if write > 0 and g_lazy_map else 0
+    return MAP_LAZY if write > 0 else 0
 
 cdef int map_fd_at(Region* r, char* addr, int fd, int64_t off, int how,
                    int blockwise) noexcept nogil:
@@ -392,6 +392,7 @@ cdef int load_begin(Load* ld, Region* r, int64_t blk, Page* p) noexcept nogil:
     ld.spilled = p != NULL
     ld.recycled = SLOT_FRESH
     ld.slotmap = 0
+    ld.how = 0
     ld.slot = NULL
     if p == NULL:
         p = page_new(r, blk)
@@ -429,8 +430,9 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
     cdef int64_t mapoff = 0
     cdef PyObject* patches = NULL
     cdef int rc
+    ld.how = map_how(r, blk, write)
     if ld.mapped:
-        return map_direct(r, blk, map_how(r, blk, write))
+        return map_direct(r, blk, ld.how)
     if ld.spilled:
         return rw_full(g_scratch_fd, ld.slot, bs, ld.p.spill, IO_READ)
     if r.direct_fd >= 0:
@@ -443,7 +445,7 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
         # a MapFile with patches: the file is mapped over the staging slot,
         # patched there, and load_finish moves it into place like any slot
         if rc == 0:
-            rc = map_fd_at(r, ld.slot, mapfd, mapoff, map_how(r, blk, write), 1)
+            rc = map_fd_at(r, ld.slot, mapfd, mapoff, ld.how, 1)
             if rc == 0:
                 ld.slotmap = 1      # (the slot is a file mapping now: never pooled)
                 rc = _apply_patches(ld.slot, bs, patches)
@@ -458,7 +460,7 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
         # loadblk named a file extent (MapFile): map it instead; the slot
         # goes back, its share of g_resident now counts the mapping
         if rc == 0:
-            rc = map_fd(r, blk, mapfd, mapoff, map_how(r, blk, write), 1)
+            rc = map_fd(r, blk, mapfd, mapoff, ld.how, 1)
         close(mapfd)
         if rc == 0:
             spare_put(ld.slot, bs)
@@ -498,7 +500,7 @@ cdef int load_finish(Load* ld, Region* r, int write, int rc) noexcept nogil:
             rc = place(r, p, ld.slot, prot)
             if rc == 0 and ld.slotmap:
                 p.filemap = 1
-        p.seqmap = p.filemap and in_seq_run(r, p.blk)
+        p.seqmap = p.filemap and ld.how & MAP_SEQ
     if rc != 0:
         load_undo(ld, r, rc)
         return rc

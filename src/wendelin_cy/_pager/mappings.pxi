@@ -255,15 +255,22 @@ cdef void spare_put(char* slot, size_t bs) noexcept nogil:
     kept for the next load (g_lock not held), which saves mapping a fresh
     aligned slot and unmapping it again for every block mapped from a file."""
     global g_spare, g_spare_bs
+    cdef char* old = NULL
+    cdef size_t old_bs = 0
     if madvise(slot, bs, MADV_DONTNEED) == 0:     # (loadblk may have written to it)
         lock()
-        if g_spare == NULL:
+        if g_spare == NULL or g_spare_bs != bs:
+            # the latest block size wins: a spare of another file's size
+            # would otherwise block the reuse for this one for good
+            old, old_bs = g_spare, g_spare_bs
             g_spare = slot
             g_spare_bs = bs
             slot = NULL
         unlock()
     if slot != NULL:
         munmap(slot, bs)
+    if old != NULL:
+        munmap(old, old_bs)
 
 cdef void release_slot(char* slot, size_t bs) noexcept nogil:
     global g_resident

@@ -17,7 +17,7 @@ from wendelin_cy.errors import CorruptBlockError
 from wendelin_cy.storage.checksum import checks_on, digest
 
 from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _EXTENT, _OWNER, _blob_chunks, _blob_data,
-                    _blob_path, _checked_extent, _loaddata, _seg_fields, corrupt,
+                    _blob_path, _checked_extent, _keep_extent, _loaddata, _seg_fields, corrupt,
                     _storage_of as _storage)
 from ._txn import follows_this_thread
 from ._zforeign import check_foreign, load_foreign
@@ -27,8 +27,6 @@ from ._zblk_io import (OVERLAY_MAX, SEG_BLOCKS, _OSPAGE, _blob_pool, _chunksize,
 
 # overlays over a segment block are loaded as a mapping of the segment with
 # their chunks as patches (MapFile(patches=...)); False: read and copied
-_Z64 = b'\0' * 8
-_SEGX = weakref.WeakKeyDictionary()     # ZBlkSeg -> (serial, bs, path, off, fsize, has digest)
 _MAP_OVERLAYS = True
 
 # every _ZBigFileIO (for dbclose)
@@ -213,23 +211,15 @@ class _ZBigFileIO(BigFile):
         warm scan), and checked with one stat.  Anything not as expected (a
         digest to check, no size recorded, the file changed or gone) goes
         through _checked_extent, which says what is wrong.  Once loaded, a
-        ZBlkSeg's extent is kept (_SEGX; ZBlkSegs are never modified, the
+        ZBlkSeg's extent is kept (_EXTENT; ZBlkSegs are never modified, the
         record's serial is checked too): a block loaded again, after its
         eviction, reads no record."""
         bs = self.blksize
-        e = _SEGX.get(z)
-        if (e is not None and e[0] == z._p_serial and e[1] == bs
+        e = _EXTENT.get(z)
+        if (e is not None and e[:2] == (z._p_serial, bs) and e[4] is not None
                 and not (e[5] and checks_on(_storage(z)))):
-            path, off, fsize = e[2], e[3], e[4]
-            sizes = self._segsizes
-            if sizes.get(path) == fsize:            # stat'ed in this transaction
-                return path, off
-            try:
-                size = os.stat(path).st_size
-            except OSError:
-                size = None
-            if size == fsize:
-                sizes[path] = size
+            path, off, fsize = e[2:5]
+            if self._size_is(path, fsize):
                 return path, off
         seg, index, h, fsize = _seg_fields(z)
         if (fsize is None or type(index) is not int or index < 0
@@ -243,18 +233,26 @@ class _ZBigFileIO(BigFile):
             if key is not None and not getattr(seg, '_p_blob_uncommitted', None):
                 paths[key] = path
         off = index * bs
+        if fsize < off + bs or not self._size_is(path, fsize):
+            paths.pop(key, None)
+            return _checked_extent(z, bs)
+        _keep_extent(z, bs, path, off, fsize, h)
+        return path, off
+
+    def _size_is(self, path, fsize):
+        """Is segment file `path` fsize bytes long?  Stat'ed once per
+        transaction."""
+        sizes = self._segsizes
+        if sizes.get(path) == fsize:
+            return True
         try:
             size = os.stat(path).st_size
         except OSError:
-            size = None
-        if size != fsize or size < off + bs:
-            paths.pop(key, None)
-            return _checked_extent(z, bs)
-        if z._p_jar is not None and z._p_serial != _Z64:
-            _EXTENT[z] = (z._p_serial, bs, path, off)   # (the commit's compare finds it)
-            _SEGX[z] = (z._p_serial, bs, path, off, fsize, h is not None)
-            self._segsizes[path] = size
-        return path, off
+            return False
+        if size != fsize:
+            return False
+        sizes[path] = size
+        return True
 
     @property
     def readahead_max(self):
