@@ -179,10 +179,10 @@ def test_bad_mapfile_answers_of_prefetch_are_ignored(tmp_path, budget):
     fh.close()
 
 
-def test_zbigarray_scan_of_segment_blocks_reads_their_files_ahead(tmp_path, budget):
-    # the embedded default: full blocks committed become ZBlkSeg, blocks of
-    # blob files (segments) the pager maps; a scan has the files read ahead
-    budget(1 << 20)
+def _segment_db(tmp_path):
+    """A database (dbopen: FileStorage with blobs) holding a ZBigArray "A" of
+    40 blocks 0, 1, 2, ... appended 8 blocks per commit: 5 segments.
+    (path, number of elements)."""
     path = str(tmp_path / "db.fs")
     root = dbopen(path)
     n = 40 * BS // 8
@@ -192,6 +192,14 @@ def test_zbigarray_scan_of_segment_blocks_reads_their_files_ahead(tmp_path, budg
         A.append(np.arange(lo, lo + 8 * BS // 8))
         transaction.commit()
     dbclose(root)
+    return path, n
+
+
+def test_zbigarray_scan_of_segment_blocks_reads_their_files_ahead(tmp_path, budget):
+    # the embedded default: full blocks committed become ZBlkSeg, blocks of
+    # blob files (segments) the pager maps; a scan has the files read ahead
+    budget(1 << 20)
+    path, n = _segment_db(tmp_path)
     root = dbopen(path)
     A = root["A"]
     assert all(type(A.zfile.blktab[b]) is ZBlkSeg for b in range(40))
@@ -217,15 +225,7 @@ def test_zbigarray_scan_looks_up_each_segment_file_once_per_transaction(
     # record loaded, its file stat'ed): now once per segment per transaction
     from wendelin_cy.bigfile import _zio
     budget(1 << 20)
-    path = str(tmp_path / "db.fs")
-    root = dbopen(path)
-    n = 40 * BS // 8
-    root["A"] = A = ZBigArray((0,), np.int64, blksize=BS)
-    transaction.commit()
-    for lo in range(0, n, 8 * BS // 8):             # 5 commits: 5 segments
-        A.append(np.arange(lo, lo + 8 * BS // 8))
-        transaction.commit()
-    dbclose(root)
+    path, n = _segment_db(tmp_path)
     calls = []
     real = _zio._blob_path
     monkeypatch.setattr(_zio, "_blob_path", lambda b: calls.append(b._p_oid) or real(b))
@@ -235,12 +235,24 @@ def test_zbigarray_scan_looks_up_each_segment_file_once_per_transaction(
     assert len(segs) == 5
     assert int(np.sum(A[:])) == n * (n - 1) // 2
     assert set(calls) == segs and len(calls) == len(segs), calls
-    # the next transaction looks them up again (the cache is per
-    # transaction); block 3 was evicted by the scan (16 blocks fit)
+    # the next transaction: block 3 was evicted by the scan (16 blocks fit);
+    # loading it again reads neither its record nor its segment's (extents
+    # of ZBlkSegs are kept), but its file is stat'ed again (once per
+    # transaction: a file changed under the database is seen)
     transaction.abort()
     del calls[:]
+    stats = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: stats.append(p) or real_stat(p, *a, **k))
+    fields = []
+    real_fields = _zio._seg_fields
+    monkeypatch.setattr(_zio, "_seg_fields", lambda z: fields.append(z) or real_fields(z))
     a = A[:]
     assert a[3 * BS // 8] == 3 * BS // 8
-    assert calls and set(calls) <= segs
+    assert calls == [] and fields == []     # (no record read)
+    assert len(stats) == 1 and stats[0].endswith(".blob"), stats
+    assert a[3 * BS // 8 + 1] == 3 * BS // 8 + 1
+    assert len(stats) == 1
+    monkeypatch.undo()
     del a
     dbclose(root)

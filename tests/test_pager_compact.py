@@ -51,6 +51,16 @@ def _segment(tmp_path, n, bs=BS, sync=True):
     return p, data
 
 
+def _mapped(tmp_path, n, bs=BS, sync=True):
+    """A SegFile over a new segment of n blocks, its handle, the int64 view
+    of all of it, and the segment's values (the model)."""
+    path, model = _segment(tmp_path, n, bs=bs, sync=sync)
+    f = SegFile(path, bs=bs)
+    fh = f.fileh_open()
+    a = np.ndarray((n * bs // 8,), np.int64, buffer=fh.mmap(0, n))
+    return f, fh, a, model
+
+
 def _stats():
     return wendelin_cy.pager_stats()
 
@@ -63,10 +73,7 @@ def test_sparse_writes_beyond_the_budget_compact_instead_of_spilling(tmp_path, b
     n = 48
     budget(8 * BS)                      # 16 MiB; 48 blocks get written: 96 MiB
     for sync in (True, False):          # (dirty page cache under the file: the same)
-        path, model = _segment(tmp_path, n, sync=sync)
-        f = SegFile(path)
-        fh = f.fileh_open()
-        a = np.ndarray((n * BS // 8,), np.int64, buffer=fh.mmap(0, n))
+        f, fh, a, model = _mapped(tmp_path, n, sync=sync)
         s0 = _stats()
         rng = np.random.default_rng(sync)
         idx = np.unique(rng.integers(0, len(model), 3 * n))
@@ -100,10 +107,7 @@ def test_dense_writes_are_spilled_not_compacted(tmp_path, budget):
     # spills it (as it did before compaction), and data stays right
     n = 16
     budget(4 * BS)
-    path, model = _segment(tmp_path, n)
-    f = SegFile(path)
-    fh = f.fileh_open()
-    a = np.ndarray((n * BS // 8,), np.int64, buffer=fh.mmap(0, n))
+    f, fh, a, model = _mapped(tmp_path, n)
     s0 = _stats()
     a[:] += 1
     model += 1
@@ -126,12 +130,9 @@ def test_compacted_blocks_against_a_numpy_model(tmp_path_factory, ops):
     wendelin_cy.set_ram_budget(4 * bs)          # the fixture is function-scoped
     try:
         tmp = tmp_path_factory.mktemp("c")
-        path, base = _segment(tmp, n, bs=bs)
+        f, fh, a, base = _mapped(tmp, n, bs=bs)
         model = base.copy()
-        f = SegFile(path, bs=bs)
-        fh = f.fileh_open()
         nel = n * bs // 8
-        a = np.ndarray((nel,), np.int64, buffer=fh.mmap(0, n))
         stored = base.copy()            # what storage holds
         for op, i in ops:
             i %= nel
@@ -191,3 +192,56 @@ def test_peak_rss_of_sparse_writes_stays_within_the_budget(tmp_path):
     assert ncompact >= 256 - 16
     # the budget, plus the kernel's copies of 256 pages, plus slack for Python
     assert grow <= (32 << 20) + 256 * PAGE + (16 << 20), grow / 2**20
+
+
+def _present(addr, size):
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        e = np.frombuffer(os.pread(fd, size // PAGE * 8, addr // PAGE * 8), np.uint64)
+    finally:
+        os.close(fd)
+    return int(((e >> np.uint64(63)) & np.uint64(1)).sum())
+
+
+def test_a_block_first_touched_by_a_random_write_is_not_populated(tmp_path, budget):
+    # populating it would map the whole block only for the kernel to copy the
+    # one page written; a block first read is populated (a read of the rest
+    # of it then costs no more faults)
+    budget(64 * BS)
+    n = 8
+    f, fh, a, model = _mapped(tmp_path, n)
+    base = a.ctypes.data
+    for b in (5, 2, 7):                         # (not a sequential run)
+        a[b * BS // 8 + 7] = -1
+        assert _present(base + b * BS, BS) <= 16, b
+    for b in (3, 0):
+        assert a[b * BS // 8 + 7] == model[b * BS // 8 + 7]
+        assert _present(base + b * BS, BS) == BS // PAGE, b
+    model[[5 * BS // 8 + 7, 2 * BS // 8 + 7, 7 * BS // 8 + 7]] = -1
+    assert np.array_equal(a, model)
+    del a
+    fh.close()
+
+
+def test_loads_of_blocks_mapped_from_a_file_reuse_one_staging_slot(tmp_path, budget):
+    # the slot a load does not need (it maps the file) is kept, emptied, for
+    # the next: no fresh aligned mapping per block; its data is never seen
+    budget(4 * BS)
+    # a file of another block size loaded first leaves a spare of its size
+    # (in a full run some earlier test does): it must not block the reuse
+    small = tmp_path / "small"
+    small.mkdir()
+    f0, fh0, a0, model0 = _mapped(small, 2, bs=64 << 10)
+    assert a0[5] == model0[5]
+    n = 16
+    f, fh, a, model = _mapped(tmp_path, n)
+    assert a[7] == model[7]         # (first load: the slot may be fresh)
+    s0 = _stats()
+    for b in (9, 3, 14, 1, 11, 6, 12, 0, 5, 15):    # evictions and reloads
+        i = b * BS // 8 + 3
+        assert a[i] == model[i]
+    assert _d(s0, "loads") == 10 and _d(s0, "fresh_slots") == 0, _stats()
+    assert np.array_equal(a, model)
+    del a, a0
+    fh.close()
+    fh0.close()

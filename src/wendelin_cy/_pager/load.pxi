@@ -24,6 +24,7 @@ cdef struct Load:
     int mapped          # the block is mapped from a file's page cache (zero-copy)
     int recycled        # SLOT_*
     int slotmap         # the staging slot is a file mapping (a patched MapFile)
+    int how             # MAP_*: how a block mapped from a file is mapped (map_how)
 
 cdef class _Buf:
     """Exports raw memory as a buffer for the duration of one callback.
@@ -369,14 +370,28 @@ cdef int direct_covers(Region* r, int64_t blk) noexcept nogil:
         return 0
     return r.direct_off + (blk + 1) * <int64_t>r.blksize <= st.st_size
 
-cdef int map_direct(Region* r, int64_t blk, int seq) noexcept nogil:
-    return map_fd(r, blk, r.direct_fd, r.direct_off + blk * <int64_t>r.blksize, seq, 0)
+cdef int map_direct(Region* r, int64_t blk, int how) noexcept nogil:
+    return map_fd(r, blk, r.direct_fd, r.direct_off + blk * <int64_t>r.blksize, how, 0)
 
-cdef int map_fd(Region* r, int64_t blk, int fd, int64_t off, int seq,
+cdef int map_fd(Region* r, int64_t blk, int fd, int64_t off, int how,
                 int blockwise) noexcept nogil:
-    return map_fd_at(r, blk_addr(r, blk), fd, off, seq, blockwise)
+    return map_fd_at(r, blk_addr(r, blk), fd, off, how, blockwise)
 
-cdef int map_fd_at(Region* r, char* addr, int fd, int64_t off, int seq,
+cdef enum:
+    MAP_SEQ = 1                 # part of a sequential run
+    MAP_LAZY = 2                # not populated: the pages fault in on access
+
+cdef inline int map_how(Region* r, int64_t blk, int write) noexcept nogil:
+    """How a block mapped from a file is mapped: MAP_SEQ in a sequential run;
+    MAP_LAZY when a write outside of one needs it: populating it is wasted
+    (each page written is copied by the kernel anyway, the others stay
+    untouched, as in random writes)."""
+    cdef int seq = in_seq_run(r, blk)
+    if seq:
+        return MAP_SEQ
+    return MAP_LAZY if write > 0 else 0
+
+cdef int map_fd_at(Region* r, char* addr, int fd, int64_t off, int how,
                    int blockwise) noexcept nogil:
     """Map block blk of a local file from the page cache (g_lock not held).
     In a sequential run the mapping is marked MADV_SEQUENTIAL before it is
@@ -398,6 +413,7 @@ cdef int map_fd_at(Region* r, char* addr, int fd, int64_t off, int seq,
     # sequential scan the readahead thread brings the next blocks into the
     # page cache meanwhile, through one mapping of their file (readahead.pxi,
     # "Readahead into the page cache"): the fault then finds them there.
+    cdef int seq = how & MAP_SEQ
     cdef int huge = (r.blksize % HUGE == 0 and off % HUGE == 0
                      and (<uintptr_t>addr) % HUGE == 0)
     if seq or huge:
@@ -411,8 +427,10 @@ cdef int map_fd_at(Region* r, char* addr, int fd, int64_t off, int seq,
         if seq and not (huge and blockwise):
             madvise(addr, r.blksize, MADV_SEQUENTIAL)
         # (on kernels without MADV_POPULATE_READ the pages fault in on access)
-        madvise(addr, r.blksize, MADV_POPULATE_READ)
-    elif mmap(addr, r.blksize, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
+        if not how & MAP_LAZY:
+            madvise(addr, r.blksize, MADV_POPULATE_READ)
+    elif mmap(addr, r.blksize, PROT_READ,
+              MAP_PRIVATE | MAP_FIXED | (0 if how & MAP_LAZY else MAP_POPULATE),
               fd, off) == MAP_FAILED:
         return errno
     st_zerocopy += 1
@@ -434,6 +452,7 @@ cdef int load_begin(Load* ld, Region* r, int64_t blk, Page* p) noexcept nogil:
     ld.spilled = p != NULL
     ld.recycled = SLOT_FRESH
     ld.slotmap = 0
+    ld.how = 0
     ld.slot = NULL
     if p == NULL:
         p = page_new(r, blk)
@@ -472,8 +491,9 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
     cdef PyObject* patches = NULL
     cdef char* slot0
     cdef int rc
+    ld.how = map_how(r, blk, write)
     if ld.mapped:
-        return map_direct(r, blk, in_seq_run(r, blk))
+        return map_direct(r, blk, ld.how)
     if ld.spilled:
         return rw_full(g_scratch_fd, ld.slot, bs, ld.p.spill, IO_READ)
     if r.direct_fd >= 0:
@@ -486,7 +506,7 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
         # a MapFile with patches: the file is mapped over the staging slot,
         # patched there, and load_finish moves it into place like any slot
         if rc == 0:
-            rc = map_fd_at(r, ld.slot, mapfd, mapoff, in_seq_run(r, blk), 1)
+            rc = map_fd_at(r, ld.slot, mapfd, mapoff, ld.how, 1)
             if rc == 0:
                 ld.slotmap = 1      # (the slot is a file mapping now: never pooled)
                 slot0 = ld.slot
@@ -504,10 +524,10 @@ cdef int load_fill(Load* ld, Region* r, int64_t blk, int write, int entry,
         # loadblk named a file extent (MapFile): map it instead; the slot
         # goes back, its share of g_resident now counts the mapping
         if rc == 0:
-            rc = map_fd(r, blk, mapfd, mapoff, in_seq_run(r, blk), 1)
+            rc = map_fd(r, blk, mapfd, mapoff, ld.how, 1)
         close(mapfd)
         if rc == 0:
-            munmap(ld.slot, bs)
+            spare_put(ld.slot, bs)
             ld.slot = NULL
             ld.mapped = 1
         else:
@@ -544,6 +564,7 @@ cdef int load_finish(Load* ld, Region* r, int write, int rc) noexcept nogil:
             rc = place(r, p, ld.slot, prot)
             if rc == 0 and ld.slotmap:
                 p.filemap = 1
+        p.seqmap = p.filemap and ld.how & MAP_SEQ
     if rc != 0:
         load_undo(ld, r, rc)
         return rc

@@ -220,11 +220,14 @@ cdef void pool_drain() noexcept nogil:
 
 # ---------------------------------------------- staging slots and placement
 
+cdef char* g_spare = NULL       # an empty staging slot (PROT_RW, no pages), kept
+cdef size_t g_spare_bs = 0      # when a load mapped a file instead of using it
+
 cdef char* acquire_slot(size_t bs, int* recycled=NULL) noexcept nogil:
     """A writable staging buffer for one block, counted as resident (g_lock held).
     *recycled: 1 if it holds the pages of an evicted block (old data), 0 if it
     is a fresh mapping (zero, no pages yet)."""
-    global st_fresh_slots
+    global st_fresh_slots, g_spare
     cdef char* slot
     reclaim(bs, bs)
     slot = pool_take(bs)
@@ -234,6 +237,9 @@ cdef char* acquire_slot(size_t bs, int* recycled=NULL) noexcept nogil:
             slot = NULL
     if recycled != NULL:
         recycled[0] = slot != NULL
+    if slot == NULL and g_spare != NULL and g_spare_bs == bs:
+        slot = g_spare              # (empty: reads as zeros, like a fresh one)
+        g_spare = NULL
     if slot == NULL:
         slot = map_aligned(bs, align_for(bs), PROT_RW)
         if slot == NULL:
@@ -243,6 +249,28 @@ cdef char* acquire_slot(size_t bs, int* recycled=NULL) noexcept nogil:
             madvise(slot, bs, MADV_HUGEPAGE)
     resident_add(bs)
     return slot
+
+cdef void spare_put(char* slot, size_t bs) noexcept nogil:
+    """A staging slot a load did not need (it mapped a file): emptied and
+    kept for the next load (g_lock not held), which saves mapping a fresh
+    aligned slot and unmapping it again for every block mapped from a file."""
+    global g_spare, g_spare_bs
+    cdef char* old = NULL
+    cdef size_t old_bs = 0
+    if madvise(slot, bs, MADV_DONTNEED) == 0:     # (loadblk may have written to it)
+        lock()
+        if g_spare == NULL or g_spare_bs != bs:
+            # the latest block size wins: a spare of another file's size
+            # would otherwise block the reuse for this one for good
+            old, old_bs = g_spare, g_spare_bs
+            g_spare = slot
+            g_spare_bs = bs
+            slot = NULL
+        unlock()
+    if slot != NULL:
+        munmap(slot, bs)
+    if old != NULL:
+        munmap(old, old_bs)
 
 cdef void release_slot(char* slot, size_t bs) noexcept nogil:
     global g_resident
@@ -272,11 +300,12 @@ cdef int page_unmap(Page* p) noexcept nogil:
     cdef char* addr = blk_addr(r, p.blk)
     cdef size_t bs = r.blksize
     cdef char* slot
-    if p.filemap:
+    if p.filemap and p.seqmap:
         # page cache pages the scan is done with: first in line for the
         # kernel's reclaim (under a memory cgroup limit they would otherwise
         # compete with the readahead the scan needs); without memory pressure
-        # they stay cached
+        # they stay cached.  (Not for blocks of random access: that walk of
+        # the block's page tables was a third of the cost of a miss.)
         madvise(addr, bs, MADV_COLD)
     if g_npool < POOLMAX and not p.filemap:
         slot = map_aligned(bs, align_for(bs), PROT_NONE)

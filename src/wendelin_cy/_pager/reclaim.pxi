@@ -132,28 +132,26 @@ cdef int64_t unmap_file_pages(char* addr, size_t size) noexcept nogil:
         madvise(addr + run * OSPAGE, (npg - run) * OSPAGE, MADV_DONTNEED)
     return kept
 
-cdef int page_compact(Page* p) noexcept nogil:
+cdef void page_compact(Page* p) noexcept nogil:
     """Make the dirty LOADED block p, mapped privately from a file (filemap),
     cost only the RAM of its written pages (g_lock held).  Only those hold
     data of their own (the kernel's private copies); the others are the
     file's, still in the page cache: they are unmapped (unmap_file_pages) and
     the block is counted as the pages left.  It stays PROT_NONE, so that no
     thread changes it meanwhile and its next access is a soft fault that
-    counts it whole again (set_prot).  Returns 1 when at least half of the
-    block was freed; else it is not tried again."""
+    counts it whole again (set_prot).  When it frees less than half of the
+    block, it is not tried again."""
     global st_compactions
     cdef Region* r = p.region
     cdef size_t bs = r.blksize
     cdef int64_t n
     if set_prot(p, PROT_NONE) != 0:
-        return 0
+        return
     n = unmap_file_pages(blk_addr(r, p.blk), bs)
     if n < 0:
         p.nocompact = 1
-        return 0
+        return
     set_charge(p, <size_t>n * OSPAGE)
     st_compactions += 1
     if <size_t>n * OSPAGE * 2 > bs:
         p.nocompact = 1
-        return 0
-    return 1

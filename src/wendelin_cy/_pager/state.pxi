@@ -74,6 +74,7 @@ cdef struct Page:
                          # bytes of the block not in RAM and not counted in
                          # g_resident; > 0 only while PROT_NONE
     int nocompact        # compacting it did not free enough: not tried again
+    int seqmap           # mapped from a file in a sequential run (a scan's)
     pthread_t loader     # thread filling it while LOADING
     Page* prev           # CLOCK ring (LOADED pages only)
     Page* next

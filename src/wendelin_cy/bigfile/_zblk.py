@@ -29,9 +29,10 @@ _CLASS_MODULE = 'wendelin_cy.bigfile.file_zodb'     # where databases find them
 # the ZBlk objects: ghostification clears an object's __dict__.
 _OWNER = weakref.WeakKeyDictionary()
 
-# ZBlkSeg -> (serial, blksize, path, offset) of its bytes, as last checked at a load
-# (ZBlkSegs and their segments are never modified): a commit comparing the
-# block with what is stored finds the file without loading the Blob again.
+# ZBlkSeg -> (serial, blksize, path, offset, file size, has a digest) of its
+# bytes, as last checked at a load (ZBlkSegs and their segments are never
+# modified): a block loaded again, and a commit comparing the block with what
+# is stored, find the file without reading a record.
 _EXTENT = weakref.WeakKeyDictionary()
 
 
@@ -210,7 +211,7 @@ def _blk_extent(z, bs):
     segment's file); z stays a ghost."""
     e = _EXTENT.get(z)
     if e is not None and e[:2] == (z._p_serial, bs):
-        return e[2:]
+        return e[2:4]
     seg, index = _seg_fields(z)[:2]
     return _blob_path(seg), index * bs
 
@@ -247,9 +248,14 @@ def _checked_extent(z, bs):
                               % index, path)
     finally:
         os.close(fd)
-    if z._p_jar is not None and z._p_serial != b'\0' * 8:
-        _EXTENT[z] = (z._p_serial, bs, path, off)
+    _keep_extent(z, bs, path, off, fsize, h)
     return path, off
+
+
+def _keep_extent(z, bs, path, off, fsize, h):
+    """Remember where the stored ZBlkSeg `z` lies (_EXTENT)."""
+    if z._p_jar is not None and z._p_serial != b'\0' * 8:
+        _EXTENT[z] = (z._p_serial, bs, path, off, fsize, h is not None)
 
 
 def _storage_of(obj):

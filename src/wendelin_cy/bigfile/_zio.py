@@ -16,8 +16,8 @@ from wendelin_cy.storage.record import preadinto as _preadinto
 from wendelin_cy.errors import CorruptBlockError
 from wendelin_cy.storage.checksum import checks_on, digest
 
-from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _OWNER, _blob_chunks, _blob_data,
-                    _blob_path, _checked_extent, _loaddata, _seg_fields, corrupt,
+from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _EXTENT, _OWNER, _blob_chunks, _blob_data,
+                    _blob_path, _checked_extent, _keep_extent, _loaddata, _seg_fields, corrupt,
                     _storage_of as _storage)
 from ._txn import follows_this_thread
 from ._zforeign import check_foreign, load_foreign
@@ -144,6 +144,7 @@ class _ZBigFileIO(BigFile):
         self._unc = {}
         self._unc_open = False  # ... by an explicit dirty_writeout
         self._segpaths = {}     # Blob oid -> its file: segments seen in this transaction
+        self._segsizes = {}     # segment file -> its size, stat'ed in this transaction
 
     def __repr__(self):
         return '<_ZBigFileIO of %r>' % (self._zfile,)
@@ -209,9 +210,18 @@ class _ZBigFileIO(BigFile):
         every time: with the block's own record, about half of the time of a
         warm scan), and checked with one stat.  Anything not as expected (a
         digest to check, no size recorded, the file changed or gone) goes
-        through _checked_extent, which says what is wrong."""
-        seg, index, h, fsize = _seg_fields(z)
+        through _checked_extent, which says what is wrong.  Once loaded, a
+        ZBlkSeg's extent is kept (_EXTENT; ZBlkSegs are never modified, the
+        record's serial is checked too): a block loaded again, after its
+        eviction, reads no record."""
         bs = self.blksize
+        e = _EXTENT.get(z)
+        if (e is not None and e[:2] == (z._p_serial, bs) and e[4] is not None
+                and not (e[5] and checks_on(_storage(z)))):
+            path, off, fsize = e[2:5]
+            if self._size_is(path, fsize):
+                return path, off
+        seg, index, h, fsize = _seg_fields(z)
         if (fsize is None or type(index) is not int or index < 0
                 or (h is not None and checks_on(_storage(z)))):
             return _checked_extent(z, bs)
@@ -223,14 +233,26 @@ class _ZBigFileIO(BigFile):
             if key is not None and not getattr(seg, '_p_blob_uncommitted', None):
                 paths[key] = path
         off = index * bs
+        if fsize < off + bs or not self._size_is(path, fsize):
+            paths.pop(key, None)
+            return _checked_extent(z, bs)
+        _keep_extent(z, bs, path, off, fsize, h)
+        return path, off
+
+    def _size_is(self, path, fsize):
+        """Is segment file `path` fsize bytes long?  Stat'ed once per
+        transaction."""
+        sizes = self._segsizes
+        if sizes.get(path) == fsize:
+            return True
         try:
             size = os.stat(path).st_size
         except OSError:
-            size = None
-        if size != fsize or size < off + bs:
-            paths.pop(key, None)
-            return _checked_extent(z, bs)
-        return path, off
+            return False
+        if size != fsize:
+            return False
+        sizes[path] = size
+        return True
 
     @property
     def readahead_max(self):
@@ -564,6 +586,7 @@ class _ZBigFileIO(BigFile):
     def _committed(self, wo):
         """The transaction that stored wo is durable: forget the page refs."""
         self._segpaths.clear()
+        self._segsizes.clear()
         for blk, z in wo.written.items():
             self._track(blk, z, wo.bases.get(blk))
         for obj in wo.touched:
@@ -587,6 +610,7 @@ class _ZBigFileIO(BigFile):
         """The commit of wo failed.  ZODB invalidates the objects it had, and
         disowns those it was adding; undo our changes to the latter."""
         self._segpaths.clear()
+        self._segsizes.clear()
         self._unc.clear()
         self._unc_open = False
         for obj in wo.touched:
@@ -652,6 +676,7 @@ class _ZBigFileIO(BigFile):
 
     def _apply_invalidations(self):
         self._segpaths.clear()
+        self._segsizes.clear()
         self._prune()
         conn = self._zfile._p_jar
         self._unc.clear()                   # (the snapshot moved past them)
