@@ -889,6 +889,19 @@ def test_tofile(order, tmp_path, tiny_budget):
     assert b.getvalue() == m.tobytes(order='C')
 
 
+def test_tofile_of_an_f_ordered_bytes_array_with_one_long_row(tmp_path, tiny_budget):
+    # rows copied out in pieces: the size of a row is not that of its first
+    # element (a bytes scalar drops its trailing NULs: 0 for b'\\0...')
+    # (found by hypothesis: ZeroDivisionError)
+    A, fh, f = new_array((1, 400000), np.dtype('S7'), 'F')
+    m = np.zeros((1, 400000), 'S7', order='F')
+    m[0, 1::3] = b'abc'
+    np.asarray(A)[...] = m
+    p = tmp_path / 'a.bin'
+    A.tofile(str(p))
+    assert p.read_bytes() == m.tobytes(order='C')
+
+
 def test_tofile_falls_back_to_a_copy_on_EFAULT():
     # if the kernel refuses mapped memory anyway (a block reclaimed between
     # prefault and write), tofile writes a copy instead of failing

@@ -728,7 +728,7 @@ class BigArray:
         if t.ndim == 0 or t.nbytes <= limit:
             _write_all(f, _c_bytes(t))
             return
-        row = t[0].nbytes
+        row = t.nbytes // t.shape[0]    # (not t[0].nbytes: a bytes scalar drops trailing NULs)
         if row > limit:
             for i in range(t.shape[0]):
                 self._tofile_copy(f, t[i], limit)
