@@ -342,3 +342,42 @@ def test_random_writes_commits_and_reopens_read_back_as_numpy(tmp_path_factory, 
     c = Conn(db)
     np.testing.assert_array_equal(c.root['A'][:], model)
     _close(db, c)
+
+
+def test_a_commit_tells_overlay_chunks_unchanged_without_reading_them(tmp_path, monkeypatch):
+    """The chunks a load patched into a mapped segment block are known by
+    digest: the commit after a write elsewhere in the block reads none of
+    their records again, and a chunk written with other bytes (or the same
+    ones) is still told apart."""
+    path = str(tmp_path / 'db.fs')
+    db, c, A, model = _filled(path, blobs=True)
+    a = A[:]
+    per = BS // 8
+    for k in (3, 1000, 2000, 4000):             # 4 chunks of block 1
+        a[per + k] = model[per + k] = -1.0 - k
+    c.commit()
+    del a
+    _close(db, c)
+
+    db = file_db(path, blobs=True)
+    c = Conn(db)
+    A = c.root['A']
+    a = A[:]
+    np.testing.assert_array_equal(a[per:2 * per], model[per:2 * per])   # (loaded, patched)
+    read = []
+    real = _zio._loaddata
+    monkeypatch.setattr(_zio, '_loaddata', lambda o: read.append(type(o)) or real(o))
+    a[per + 5000] = model[per + 5000] = -7.0    # a chunk not overlaid yet
+    a[per + 3] = model[per + 3]                 # the same value again
+    a[per + 1000] = model[per + 1000] = 5.0     # an overlaid chunk, changed
+    c.commit()
+    assert ZData not in read, read
+    z = A.zfile.blktab[1]
+    assert type(z) is ZBlk1 and sorted(z.chunktab.keys()) == [0, 4096, 12288, 28672, 36864]
+    np.testing.assert_array_equal(a, model)
+    del a
+    _close(db, c)
+    db = file_db(path, blobs=True)
+    c = Conn(db)
+    np.testing.assert_array_equal(c.root['A'][:], model)
+    _close(db, c)

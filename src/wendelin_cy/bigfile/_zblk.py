@@ -6,6 +6,7 @@ Their class paths are ``wendelin_cy.bigfile.file_zodb.*``: databases record
 them, so ``__module__`` says so, and file_zodb imports them from here.
 """
 
+import hashlib
 import mmap
 import os
 import weakref
@@ -34,6 +35,25 @@ _OWNER = weakref.WeakKeyDictionary()
 # modified): a block loaded again, and a commit comparing the block with what
 # is stored, find the file without reading a record.
 _EXTENT = weakref.WeakKeyDictionary()
+
+# ZData -> (serial, 128-bit BLAKE2b of its chunk as a load patched it into a
+# block mapped from its base's file): a commit tells whether the block's
+# chunk still holds those bytes without reading the record again.  A ZData
+# changed since has another serial (or is _p_changed) and is read.
+_PATCHSUM = weakref.WeakKeyDictionary()
+
+
+def _chunk_digest(b):
+    return hashlib.blake2b(b, digest_size=16).digest()
+
+
+def _same_as_patched(zd, chunk):
+    """True / False: the bytes-like `chunk` is / is not what the last load
+    patched in from ZData `zd` (still at that serial); None: not known."""
+    e = _PATCHSUM.get(zd)
+    if e is None or zd._p_changed or e[0] != zd._p_serial:
+        return None
+    return _chunk_digest(chunk) == e[1]
 
 
 class _ZBlkBase(Persistent):
@@ -350,10 +370,11 @@ class ZBlk1(_ZBlkBase):
         d['base'] = state.get('base')
         d['rev'] = state.get('rev', 0)
 
-    def mapfile(self, bs):
+    def mapfile(self, bs, extent=None):
         """(MapFile, base) for the block when its base is a segment block:
         the base's part of the segment file, with the chunks as patches (the
-        pager maps the file and writes just those pages); None otherwise."""
+        pager maps the file and writes just those pages); None otherwise.
+        extent(base) -> (path, offset), checked (default: _checked_extent)."""
         base = self.base
         if type(base) is not ZBlkSeg:
             return None
@@ -369,7 +390,10 @@ class ZBlk1(_ZBlkBase):
             if len(data) > cs:
                 return None
             patches.append((off, data, cs))
-        m = MapFile(*_checked_extent(base, bs), patches=patches)
+            _PATCHSUM[zd] = (zd._p_serial, _chunk_digest(
+                data if len(data) == cs else data + bytes(cs - len(data))))
+        m = MapFile(*(_checked_extent(base, bs) if extent is None else extent(base)),
+                    patches=patches)
         if not self._p_changed:
             self._p_deactivate()
         return m, base

@@ -17,7 +17,8 @@ from wendelin_cy.errors import CorruptBlockError
 from wendelin_cy.storage.checksum import checks_on, digest
 
 from ._zblk import (ZBlk0, ZBlk1, ZBlkSeg, ZData, _EXTENT, _OWNER, _blob_chunks, _blob_data,
-                    _blob_path, _checked_extent, _keep_extent, _loaddata, _seg_fields, corrupt,
+                    _blob_path, _checked_extent, _keep_extent, _loaddata, _same_as_patched,
+                    _seg_fields, corrupt,
                     _storage_of as _storage)
 from ._txn import follows_this_thread
 from ._zforeign import check_foreign, load_foreign
@@ -193,7 +194,7 @@ class _ZBigFileIO(BigFile):
         elif type(zblk) is ZBlk1 and _MAP_OVERLAYS:
             # an overlay over a segment block: the segment mapped, its
             # chunks written over it by the pager
-            mb = ZBlk1.mapfile(zblk, self.blksize)
+            mb = ZBlk1.mapfile(zblk, self.blksize, self._seg_extent)
             if mb is not None:
                 self._v_mapbase = mb[1]
                 return mb[0]
@@ -814,8 +815,13 @@ def _diff(buf, old, cs, nch, written=None):
     changed.difference_update(overlay)
     with memoryview(buf) as mv:
         for i, zd in overlay.items():
-            if not _same(mv[i * cs:min((i + 1) * cs, n)], _loaddata(zd)):
+            chunk = mv[i * cs:min((i + 1) * cs, n)]
+            same = _same_as_patched(zd, chunk) if len(chunk) == cs else None
+            if same is None:
+                same = _same(chunk, _loaddata(zd))
+            if not same:
                 changed.add(i)
+            del chunk
     changed = sorted(changed)
     return changed, zero if zero is not None else _zero_of(buf, cs, nch, changed), same_base
 
