@@ -201,7 +201,11 @@ class _ZBigFileIO(BigFile):
             ZBlk1.loadblkdata(zblk, buf)
         else:
             # through the class: an attribute of a ghost would load its state
-            type(zblk).loadblkdata(zblk, buf)
+            load = getattr(type(zblk), 'loadblkdata', None)
+            if load is None:
+                raise corrupt(zblk, 'not a block record: a %s in the block table'
+                              % type(zblk).__name__)
+            load(zblk, buf)
 
     def _seg_extent(self, z):
         """(path, offset) of ZBlkSeg z's bytes, checked as _checked_extent
