@@ -47,6 +47,31 @@ def _close(db, c):
     db.close()
 
 
+def _overlaid(path, ks):
+    """_filled, then the elements per + k (k in ks) of block 1 set to -1 - k
+    (an overlay over it), committed, and the database opened again ->
+    (db, conn, A, model)."""
+    db, c, A, model = _filled(path, blobs=True)
+    a = A[:]
+    per = BS // 8
+    for k in ks:
+        a[per + k] = model[per + k] = -1.0 - k
+    c.commit()
+    del a
+    _close(db, c)
+    db = file_db(path, blobs=True)
+    c = Conn(db)
+    return db, c, c.root['A'], model
+
+
+def _reads_back(path, model, blobs=True):
+    """The database at path, opened afresh, holds model in A."""
+    db = file_db(path, blobs)
+    c = Conn(db)
+    np.testing.assert_array_equal(c.root['A'][:], model)
+    _close(db, c)
+
+
 @pytest.mark.parametrize('blobs', [True, False], ids=['segments', 'ZBlk0'])
 def test_sparse_writes_grow_the_store_by_about_the_pages_changed(tmp_path, blobs):
     path = str(tmp_path / 'db.fs')
@@ -78,10 +103,7 @@ def test_sparse_writes_grow_the_store_by_about_the_pages_changed(tmp_path, blobs
     assert nrec == len(pages)
     del a
     _close(db, c)
-    db = file_db(path, blobs)
-    c = Conn(db)
-    np.testing.assert_array_equal(c.root['A'][:], model)
-    _close(db, c)
+    _reads_back(path, model, blobs)
 
 
 def test_dense_change_rewrites_the_block_whole(tmp_path):
@@ -268,10 +290,7 @@ def test_an_overlaid_segment_block_loads_as_a_patched_mapping(tmp_path):
     np.testing.assert_array_equal(a, model)
     del a
     _close(db, c)
-    db = file_db(path, blobs=True)
-    c = Conn(db)
-    np.testing.assert_array_equal(c.root['A'][:], model)
-    _close(db, c)
+    _reads_back(path, model)
 
 
 def test_mapfile_rejects_bad_patches():
@@ -338,10 +357,7 @@ def test_random_writes_commits_and_reopens_read_back_as_numpy(tmp_path_factory, 
         del a
         transaction.abort()
         _close(db, c)
-    db = file_db(path, blobs)
-    c = Conn(db)
-    np.testing.assert_array_equal(c.root['A'][:], model)
-    _close(db, c)
+    _reads_back(path, model, blobs)
 
 
 def test_a_commit_tells_overlay_chunks_unchanged_without_reading_them(tmp_path, monkeypatch):
@@ -350,18 +366,8 @@ def test_a_commit_tells_overlay_chunks_unchanged_without_reading_them(tmp_path, 
     their records again, and a chunk written with other bytes (or the same
     ones) is still told apart."""
     path = str(tmp_path / 'db.fs')
-    db, c, A, model = _filled(path, blobs=True)
-    a = A[:]
+    db, c, A, model = _overlaid(path, (3, 1000, 2000, 4000))   # 4 chunks of block 1
     per = BS // 8
-    for k in (3, 1000, 2000, 4000):             # 4 chunks of block 1
-        a[per + k] = model[per + k] = -1.0 - k
-    c.commit()
-    del a
-    _close(db, c)
-
-    db = file_db(path, blobs=True)
-    c = Conn(db)
-    A = c.root['A']
     a = A[:]
     np.testing.assert_array_equal(a[per:2 * per], model[per:2 * per])   # (loaded, patched)
     read = []
@@ -377,7 +383,4 @@ def test_a_commit_tells_overlay_chunks_unchanged_without_reading_them(tmp_path, 
     np.testing.assert_array_equal(a, model)
     del a
     _close(db, c)
-    db = file_db(path, blobs=True)
-    c = Conn(db)
-    np.testing.assert_array_equal(c.root['A'][:], model)
-    _close(db, c)
+    _reads_back(path, model)

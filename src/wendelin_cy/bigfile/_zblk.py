@@ -370,11 +370,11 @@ class ZBlk1(_ZBlkBase):
         d['base'] = state.get('base')
         d['rev'] = state.get('rev', 0)
 
-    def mapfile(self, bs, extent=None):
+    def mapfile(self, bs, extent):
         """(MapFile, base) for the block when its base is a segment block:
         the base's part of the segment file, with the chunks as patches (the
         pager maps the file and writes just those pages); None otherwise.
-        extent(base) -> (path, offset), checked (default: _checked_extent)."""
+        extent(base) -> (path, offset), checked as _checked_extent checks."""
         base = self.base
         if type(base) is not ZBlkSeg:
             return None
@@ -392,8 +392,7 @@ class ZBlk1(_ZBlkBase):
             patches.append((off, data, cs))
             _PATCHSUM[zd] = (zd._p_serial, _chunk_digest(
                 data if len(data) == cs else data + bytes(cs - len(data))))
-        m = MapFile(*(_checked_extent(base, bs) if extent is None else extent(base)),
-                    patches=patches)
+        m = MapFile(*extent(base), patches=patches)
         if not self._p_changed:
             self._p_deactivate()
         return m, base
