@@ -128,6 +128,32 @@ def test_blocks_ahead_not_in_the_page_cache_are_read_those_cached_are_not(
         fh.close()
 
 
+def test_blocks_ahead_not_in_the_page_cache_are_read_in_runs(tmp_path, budget):
+    # consecutive blocks ahead that are not in the cache are read with one
+    # request of several blocks, not one by one: the disk gets several 2 MiB
+    # reads in flight (the speed-up of cold scans, docs/benchmarks.md)
+    bs = 2 << 20
+    budget(64 * bs)                     # a window of 16 blocks
+    n = 32
+    p = _segment(tmp_path, n, bs=bs)
+    f = SegFile(p, n, bs=bs)
+    fh = f.fileh_open()
+    _uncache(p)
+    st0 = wendelin_cy.pager_stats()
+    c0 = _cached()
+    a = np.ndarray((n * bs,), np.uint8, buffer=fh.mmap(0, n))
+    assert a[0] == 1 and a[bs] == 2         # a sequential run: 15 blocks asked for
+    _settle(c0, f.asked[0][1])              # read them before the scan goes on
+    assert [int(a[b * bs]) for b in range(n)] == list(range(1, n + 1))
+    _settle(c0, sum(max(0, min(b + k, n) - b) for b, k in f.asked))
+    st = wendelin_cy.pager_stats()
+    read = st["readahead_cached"] - st0["readahead_cached"]
+    reads = st["readahead_cache_reads"] - st0["readahead_cache_reads"]
+    assert read >= 8 and 1 <= reads and reads * 2 <= read, (read, reads)
+    del a
+    fh.close()
+
+
 def test_random_access_to_mapfile_blocks_brings_nothing_ahead(tmp_path, budget):
     budget(1 << 20)
     n = 32

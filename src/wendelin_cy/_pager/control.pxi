@@ -96,7 +96,8 @@ def stats():
              readahead_blocks=st_ra_blocks, zerocopy_loads=st_zerocopy,
              readahead_loads=st_ra_loads, readahead_hits=st_ra_hits,
              readahead_dropped=st_ra_dropped, readahead_inflight=g_ra_inflight,
-             readahead_cached=st_ra_cached, readahead_cache_checked=st_ra_checked,
+             readahead_cached=st_ra_cached, readahead_cache_reads=st_ra_cache_reads,
+             readahead_cache_checked=st_ra_checked,
              warm_slots=st_warm_slots, small_page_slots=st_small_slots,
              readahead_queued=g_raq_len,
              regions=g_nregions)

@@ -86,6 +86,7 @@ cdef int g_ra_started = 0
 cdef int64_t g_ra_inflight = 0
 cdef uint64_t st_ra_loads = 0, st_ra_hits = 0, st_ra_dropped = 0, st_warm_slots = 0
 cdef uint64_t st_ra_cached = 0     # blocks brought into the page cache ahead
+cdef uint64_t st_ra_cache_reads = 0 # ... in that many reads (runs of blocks)
 cdef uint64_t st_ra_checked = 0    # ... and blocks asked for (in the cache or not)
 
 cdef Page* ra_begin(Region* r, int64_t blk, uint64_t gen, char** slot) noexcept nogil:
@@ -248,6 +249,8 @@ cdef void warm_slots(size_t bs, int64_t want) noexcept nogil:
 # open, or a new mapping, for every few blocks restarted it each time, and the
 # blocks at each restart came in 4 KiB folios).  Dropped when its end is
 # reached, or for another file.  (The readahead thread's own.)
+cdef enum:
+    RA_CACHE_RUN = 16 << 20     # bytes read into the page cache per MADV_POPULATE_READ, at most
 cdef int g_wc_fd = -1
 cdef unsigned long g_wc_dev = 0, g_wc_ino = 0
 cdef char* g_wc_map = NULL
@@ -284,10 +287,10 @@ cdef void warm_cache(int fd, int64_t off, int64_t n, size_t bs) noexcept nogil:
     """Bring bytes [off, off+n) of file fd into the page cache (the readahead
     thread, g_lock not held; fd is closed, or kept as g_wc_fd); errors are
     ignored (advice)."""
-    global g_wc_fd, g_wc_dev, g_wc_ino, g_wc_map, g_wc_len, st_ra_cached
+    global g_wc_fd, g_wc_dev, g_wc_ino, g_wc_map, g_wc_len, st_ra_cached, st_ra_cache_reads
     cdef stat_t st
     cdef int huge = off % HUGE == 0 and bs % HUGE == 0
-    cdef int64_t i, end
+    cdef int64_t i, j, end
     cdef size_t k, size
     cdef char* a
     if fstat(fd, &st) != 0:
@@ -312,15 +315,29 @@ cdef void warm_cache(int fd, int64_t off, int64_t n, size_t bs) noexcept nogil:
     end = off + n
     if end > <int64_t>g_wc_len:
         end = <int64_t>g_wc_len
+    # blocks not in the cache yet (mincore) are read in runs of up to
+    # RA_CACHE_RUN bytes, one MADV_POPULATE_READ each: the kernel then has
+    # several 2 MiB reads in flight (one block at a time kept the disk at one
+    # or two, benchmarks/repro/cache_ahead.py); the mapping is dropped after
+    # each run (the cache keeps the pages; RSS grows by one run at most)
     i = off
     while i < end:
         k = bs if i + <int64_t>bs <= end else <size_t>(end - i)
-        if not cached(g_wc_map + i, k):         # (a warm scan: nothing to do)
-            if madvise(g_wc_map + i, k, MADV_POPULATE_READ) != 0:
+        if cached(g_wc_map + i, k):             # (a warm scan: nothing to do)
+            i += k
+            continue
+        j = i + <int64_t>k                      # extend the run of blocks to read
+        while j < end and j - i < RA_CACHE_RUN:
+            k = bs if j + <int64_t>bs <= end else <size_t>(end - j)
+            if cached(g_wc_map + j, k):
                 break
-            madvise(g_wc_map + i, k, MADV_DONTNEED)     # (the cache keeps them)
-            st_ra_cached += 1
-        i += k
+            j += k
+        if madvise(g_wc_map + i, <size_t>(j - i), MADV_POPULATE_READ) != 0:
+            break
+        madvise(g_wc_map + i, <size_t>(j - i), MADV_DONTNEED)
+        st_ra_cached += <uint64_t>((j - i + <int64_t>bs - 1) // <int64_t>bs)
+        st_ra_cache_reads += 1
+        i = j
     if end >= <int64_t>g_wc_len:
         wc_drop()
 
