@@ -1,5 +1,5 @@
 # Kernel and libc declarations used by the pager core (and nothing else).
-from libc.stdint cimport uintptr_t, int64_t
+from libc.stdint cimport uintptr_t, int64_t, uint64_t
 
 cdef extern from "<sys/types.h>":
     ctypedef long off_t
@@ -145,5 +145,6 @@ cdef extern from "wcy.h" nogil:
     int wcy_fault_is_write(void* uc)
     void wcy_call_handler(const sigaction_t* sa, int sig, siginfo_t* si, void* uc)
     int wcy_handler_is_default(const sigaction_t* sa)
+    int wcy_file_cached(int fd, uint64_t off, uint64_t len, uint64_t pagesize)
     void* wcy_handler_ptr(const sigaction_t* sa)
     void wcy_set_siginfo_handler(sigaction_t* sa, void (*fn)(int, siginfo_t*, void*) noexcept nogil)

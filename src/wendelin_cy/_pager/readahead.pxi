@@ -266,11 +266,22 @@ cdef void wc_drop() noexcept nogil:
     g_wc_map = NULL
     g_wc_len = 0
 
+cdef int g_cachestat = 1        # 0: the kernel has no cachestat(2), mincore it is
+
 cdef int cached(char* a, size_t n) noexcept nogil:
-    """Are all pages of the file mapped at a[:n] in the page cache (mincore:
-    nothing is read or mapped)?"""
+    """Are all pages of bytes [a - g_wc_map, +n) of the file being read ahead
+    in the page cache (nothing is read or mapped)?  cachestat(2) of the file,
+    else mincore of its mapping (which holds the mmap lock: the scan's own
+    mmap of a block waits meanwhile -- in a warm scan, for every block)."""
+    global g_cachestat
     cdef unsigned char vec[512]
     cdef size_t i, k, np
+    cdef int c
+    if g_cachestat:
+        c = wcy_file_cached(g_wc_fd, <uint64_t>(a - g_wc_map), n, OSPAGE)
+        if c >= 0:
+            return c
+        g_cachestat = 0
     while n > 0:
         k = n if n <= 512 * OSPAGE else 512 * OSPAGE
         np = (k + OSPAGE - 1) // OSPAGE

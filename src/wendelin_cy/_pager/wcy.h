@@ -95,4 +95,30 @@ static inline void wcy_set_siginfo_handler(struct sigaction *sa, void (*fn)(int,
     sa->sa_sigaction = fn;
 }
 
+/* Are all pages of bytes [off, off+len) of file fd in the page cache?  1 yes,
+ * 0 no, -1 cannot tell (no cachestat(2): Linux < 6.5).  cachestat asks the
+ * file's page cache directly: unlike mincore of a mapping it takes no mmap
+ * lock, which a scan thread mapping its blocks meanwhile waits for. */
+#include <unistd.h>
+#include <sys/syscall.h>
+#ifndef __NR_cachestat
+#  if defined(__x86_64__) || defined(__aarch64__) || defined(__riscv) || defined(__i386__)
+#    define __NR_cachestat 451
+#  endif
+#endif
+struct wcy_cachestat_range { uint64_t off, len; };
+struct wcy_cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; };
+static inline int wcy_file_cached(int fd, uint64_t off, uint64_t len, uint64_t pagesize) {
+#ifdef __NR_cachestat
+    struct wcy_cachestat_range r = { off, len };
+    struct wcy_cachestat cs;
+    if (syscall(__NR_cachestat, fd, &r, &cs, 0) != 0)
+        return -1;
+    return cs.nr_cache >= (len + pagesize - 1) / pagesize;
+#else
+    (void)fd; (void)off; (void)len; (void)pagesize;
+    return -1;
+#endif
+}
+
 #endif
