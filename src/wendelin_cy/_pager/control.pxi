@@ -45,6 +45,15 @@ def set_readahead(flag):
     global g_ra_enabled
     g_ra_enabled = 1 if flag else 0
 
+def set_map_ahead(flag):
+    """Enable (default) or disable mapping ahead: blocks a scan comes to next
+    that are in the page cache mapped at once, before their faults
+    (readahead.pxi).  Returns the previous setting."""
+    global g_map_ahead
+    old = bool(g_map_ahead)
+    g_map_ahead = 1 if flag else 0
+    return old
+
 def get_budget():
     return g_budget
 
@@ -97,6 +106,7 @@ def stats():
              readahead_loads=st_ra_loads, readahead_hits=st_ra_hits,
              readahead_dropped=st_ra_dropped, readahead_inflight=g_ra_inflight,
              readahead_cached=st_ra_cached, readahead_cache_reads=st_ra_cache_reads,
+             mapped_ahead=st_mapped_ahead,
              readahead_cache_checked=st_ra_checked,
              warm_slots=st_warm_slots, small_page_slots=st_small_slots,
              readahead_queued=g_raq_len,

@@ -431,28 +431,35 @@ cdef void ra_advise(Region* r, int64_t start, int64_t n) noexcept nogil:
     if r.has_prefetch:
         call_prefetch(r, start, n)
 
-cdef _queue_extents(Region* r, extents):
-    """Queue what prefetch() answered: extents (blk, fd, offset, nbytes), read
-    by the readahead thread, and (blk, future) pairs, placed when the future
-    completes, with the block's bytes, in whichever thread completes it."""
+cdef _queue_extents(Region* r, extents, uint64_t gen0):
+    """Queue what prefetch() answered (at the region's generation gen0):
+    extents (blk, fd, offset, nbytes), read by the readahead thread, (blk,
+    future) pairs, placed when the future completes, with the block's bytes,
+    in whichever thread completes it, and (blk, MapFile[, placed]) -- runs of
+    consecutive blocks of one file brought into the page cache, or mapped at
+    once (map_ahead) when they are there and loadblk would answer the same
+    (`placed`: called as placed(blk) for each block so mapped)."""
     cdef int64_t blk, off, n
     cdef int fd
     cdef uint64_t gen
     fh = None
-    run = None              # [path, blk, offset, nbytes]: consecutive MapFile blocks
+    run = None              # [path, blk, offset, nbytes, placed]: consecutive MapFile blocks
     for e in extents:
-        if len(e) == 2 and type(e[1]) is MapFile:
+        if 2 <= len(e) <= 3 and type(e[1]) is MapFile:
             blk = e[0]
             m = <MapFile>e[1]
-            if blk < 0 or blk >= r.nblk:
-                raise ValueError("prefetch: bad (blk, MapFile) %r" % (e,))
+            placed = e[2] if len(e) == 3 else None
+            if blk < 0 or blk >= r.nblk or not (placed is None or callable(placed)):
+                raise ValueError("prefetch: bad (blk, MapFile[, placed]) %r" % (e,))
+            if m.patches is not None:
+                placed = None       # (a patched block is copied: never mapped ahead)
             if (run is not None and run[0] == m.path and run[1] + run[3] // r.blksize == blk
-                    and run[2] + run[3] == m.offset):
+                    and run[2] + run[3] == m.offset and run[4] is placed):
                 run[3] += r.blksize
             else:
                 if run is not None:
-                    _queue_cache(r, run)
-                run = [m.path, blk, m.offset, r.blksize]
+                    _queue_cache(r, run, gen0)
+                run = [m.path, blk, m.offset, r.blksize, placed]
             continue
         if len(e) == 2:
             blk, fut = e
@@ -476,13 +483,17 @@ cdef _queue_extents(Region* r, extents):
         if rc != 0:
             break
     if run is not None:
-        _queue_cache(r, run)
+        _queue_cache(r, run, gen0)
 
-cdef _queue_cache(Region* r, run):
-    """A page-cache request for the blocks of run (see _queue_extents)."""
+cdef _queue_cache(Region* r, run, uint64_t gen0):
+    """A page-cache request for the blocks of run (see _queue_extents); the
+    first ones, when their bytes are in the page cache already and `placed`
+    was given, are mapped at once instead (map_ahead)."""
     cdef int fd
-    cdef int64_t off = run[2], n = run[3]
+    cdef int64_t blk = run[1], off = run[2], n = run[3], k = 0, i, done
+    cdef size_t bs = r.blksize
     cdef int rc
+    placed = run[4]
     try:
         fd = _os.open(run[0], _os.O_RDONLY | _os.O_CLOEXEC)
     except OSError:
@@ -493,13 +504,103 @@ cdef _queue_cache(Region* r, run):
             n = (size - off) // OSPAGE * OSPAGE if size > off else 0
     except OSError:
         n = 0
+    if placed is not None and g_map_ahead and n >= <int64_t>bs:
+        with nogil:
+            # the blocks whose bytes are all in the page cache (no waiting
+            # for the disk in the scan's thread: the others are read ahead)
+            while (k + 1) * <int64_t>bs <= n and wcy_file_cached(
+                    fd, <uint64_t>(off + k * <int64_t>bs), bs, OSPAGE) == 1:
+                k += 1
+            done = map_ahead(r, blk, fd, off, k, gen0) if k else 0
+        for i in range(done):
+            try:
+                placed(blk + i)
+            except BaseException as e:      # (advice: the block stays mapped)
+                _report_ignored("placed(%d) of prefetch" % (blk + i), e)
+        blk += done
+        off += done * <int64_t>bs
+        n -= done * <int64_t>bs
     rc = -1
     if n > 0:
         lock()
-        rc = ra_cache(r, <int64_t>run[1], fd, off, n)
+        rc = ra_cache(r, blk, fd, off, n)
         unlock()
     if rc != 0:
         _os.close(fd)
+
+
+# Mapping ahead: in a scan over a warm page cache the time of each block is
+# the fault (signal, handler, loadblk, an mmap and three madvise of the
+# block), ~40 us against the 3-4 us of numpy.memmap's fault of a 2 MiB folio.
+# When prefetch() says that blocks ahead are consecutive blocks of one file
+# that loadblk would map (a callable `placed` with the MapFile) and their
+# bytes are in the page cache, they are mapped at once, with one mmap and one
+# populate for the run, and become LOADED as if each had been loaded: the
+# scan reads them without a fault (benchmarks/repro/map_ahead.py).
+
+cdef int g_map_ahead = 1
+cdef uint64_t st_mapped_ahead = 0
+
+cdef int64_t map_ahead(Region* r, int64_t blk, int fd, int64_t off, int64_t n,
+                       uint64_t gen0) noexcept nogil:
+    """Map blocks [blk, blk+n) of r from fd at off (their bytes in the page
+    cache), the ones absent from the first up to the first present (g_lock not
+    held).  -> how many became LOADED (blocks blk, blk+1, ...: those after a
+    block invalidated meanwhile are given up too)."""
+    global st_zerocopy, st_mapped_ahead, g_resident
+    cdef size_t bs = r.blksize
+    cdef int64_t k = 0, i, good
+    cdef Page* p
+    cdef char* addr = blk_addr(r, blk)
+    cdef int huge = bs % HUGE == 0 and off % HUGE == 0 and (<uintptr_t>addr) % HUGE == 0
+    cdef int ok
+    lock()
+    if r.closed or r.forked or r.gen != gen0:
+        unlock()
+        return 0
+    while k < n and blk + k < r.nblk and r.pages[blk + k] == NULL:
+        p = page_new(r, blk + k)
+        if p == NULL:
+            break
+        p.state = PG_LOADING
+        p.loader = pthread_self()
+        reclaim(bs, 0)
+        resident_add(bs)
+        k += 1
+    unlock()
+    if k == 0:
+        return 0
+    ok = mmap(addr, <size_t>k * bs, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, off) != MAP_FAILED
+    if ok:
+        if huge:
+            madvise(addr, <size_t>k * bs, MADV_HUGEPAGE)
+        madvise(addr, <size_t>k * bs, MADV_RANDOM)
+        madvise(addr, <size_t>k * bs, MADV_POPULATE_READ)
+    lock()
+    good = 0
+    for i in range(k):
+        p = r.pages[blk + i]
+        if ok and good == i and not p.stale and not r.closed and r.gen == gen0:
+            p.filemap = 1
+            p.seqmap = 1
+            p.prot = PROT_RO
+            p.state = PG_LOADED
+            p.referenced = 1
+            clock_add(p)
+            good += 1
+        else:
+            if ok:
+                reset_slot(addr + i * <int64_t>bs, bs)
+            g_resident -= bs
+            page_free(p)
+    if good:
+        st_zerocopy += good
+        st_mapped_ahead += good
+        if r.last_load < blk + good - 1:
+            r.last_load = blk + good - 1    # (the scan goes on from there)
+    notify()
+    unlock()
+    return good
 
 
 cdef class _RAPlace:
@@ -536,15 +637,19 @@ cdef void call_prefetch(Region* r, int64_t start, int64_t n) noexcept nogil:
         _run_prefetch(r, start, n)
 
 cdef void _run_prefetch(Region* r, int64_t start, int64_t n) noexcept:
+    cdef uint64_t gen
     cdef PyObject *et
     cdef PyObject *ev
     cdef PyObject *etb
     PyErr_Fetch(&et, &ev, &etb)
     if not r.closed:
         try:
+            lock()
+            gen = r.gen
+            unlock()
             extents = (<object>r.bigfile).prefetch(start, n)
             if extents:
-                _queue_extents(r, extents)
+                _queue_extents(r, extents, gen)
             elif not r.last_mapped:
                 # the blocks will be copied in by loadblk on the faulting
                 # thread: have their staging memory made ready meanwhile

@@ -291,7 +291,7 @@ class _ZBigFileIO(BigFile):
                 segs.append((b, z))
             elif isinstance(z, ZBlk0) and z._p_changed is None:  # a ghost: not read yet
                 todo.append((b, z))
-        ahead = _seg_ahead(segs, self.blksize, self._segpaths) if segs else []
+        ahead = self._seg_ahead(conn, segs) if segs else []
         if not todo:
             return ahead or None
         be = backend_of(conn)
@@ -318,6 +318,32 @@ class _ZBigFileIO(BigFile):
             self._track(b, z)           # (as for extents, above)
             out.append((b, fut))
         return out or None
+
+    def _seg_ahead(self, conn, segs):
+        """What prefetch answers for the segment blocks `segs` [(blk,
+        ZBlkSeg)]: (blk, MapFile, self._placed), exactly what loadblk would
+        answer, so that the pager may map those already in the page cache at
+        once (readahead.pxi, "Mapping ahead"); with content checks on, where
+        they lie only (_seg_ahead: brought into the page cache; each block's
+        own load checks it).  A block whose record or file is not right is
+        left out (its own load reports it)."""
+        if checks_on(conn.db().storage):
+            return _seg_ahead(segs, self.blksize, self._segpaths)
+        out = []
+        placed = self._placed
+        for b, z in segs:
+            try:
+                out.append((b, MapFile(*self._seg_extent(z)), placed))
+            except Exception:
+                continue
+        return out
+
+    def _placed(self, blk):
+        """The pager mapped block blk ahead from what prefetch answered: kept
+        track of as loadblk keeps track of the blocks it maps."""
+        z = self._zfile.blktab.get(blk)
+        self._track(blk, z)
+        self._mapped[blk] = z
 
     def _track(self, blk, zblk, base=None):
         m = self._mapped.get(blk)
