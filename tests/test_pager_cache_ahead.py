@@ -224,7 +224,18 @@ def _segment_db(tmp_path):
 def test_zbigarray_scan_of_segment_blocks_reads_their_files_ahead(tmp_path, budget):
     # the embedded default: full blocks committed become ZBlkSeg, blocks of
     # blob files (segments) the pager maps; a scan has the files read ahead
+    # (mapping ahead off: the files were just written, in the page cache,
+    # and their blocks would be mapped ahead instead, tests/test_pager_map_ahead.py)
+    from wendelin_cy._pager.virtmem import set_map_ahead
     budget(1 << 20)
+    was = set_map_ahead(False)
+    try:
+        _scan_reads_files_ahead(tmp_path)
+    finally:
+        set_map_ahead(was)
+
+
+def _scan_reads_files_ahead(tmp_path):
     path, n = _segment_db(tmp_path)
     root = dbopen(path)
     A = root["A"]

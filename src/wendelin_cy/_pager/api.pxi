@@ -71,7 +71,13 @@ cdef class BigFile:
     a ``concurrent.futures.Future`` (loading in a thread of the BigFile's
     own) whose result is the block's bytes (or None), which the pager copies
     into the block, in the thread that completes the future, as long as the
-    block was not touched, written or invalidated meanwhile.  It is advice: errors are
+    block was not touched, written or invalidated meanwhile; or ``[(blk,
+    MapFile), ...]``: where blocks lie in files (consecutive blocks of one file
+    are brought into the page cache by the pager's readahead thread), and
+    ``(blk, MapFile, placed)`` when loadblk would answer exactly that MapFile:
+    blocks whose bytes are in the page cache are then mapped at once, without
+    a fault each, and ``placed(blk)`` is called for each of them (the
+    bookkeeping loadblk would do).  It is advice: errors are
     reported once and ignored.  Instead of filling ``buf``, loadblk may return
     ``HOLE`` (all zeros) or ``MapFile(path, offset)`` (the block is that part
     of an immutable file: mapped without a copy).  loadblk may
